@@ -1,0 +1,10 @@
+//! airlock: carry signed, multi-arch container images across an air gap.
+//!
+//! The CLI (`src/main.rs`) is a thin layer over this library; see
+//! `docs/architecture.md` for how the modules fit together.
+
+pub mod digest;
+pub mod oci;
+pub mod progress;
+pub mod reference;
+pub mod registry;

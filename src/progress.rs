@@ -1,0 +1,136 @@
+//! Progress for long transfers: a live line (bytes, rate, ETA) on a
+//! terminal, nothing but start/end lines otherwise, silence with `--quiet`.
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+pub fn set_quiet(q: bool) {
+    QUIET.store(q, Ordering::Relaxed);
+}
+
+/// A human message on stderr (never on stdout, which `--json` owns).
+pub fn note(msg: &str) {
+    if QUIET.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut err = std::io::stderr().lock();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[2K");
+    }
+    let _ = writeln!(err, "{msg}");
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[derive(Clone)]
+pub struct Progress {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    label: String,
+    total: AtomicU64,
+    done: AtomicU64,
+    start: Instant,
+    stop: AtomicBool,
+}
+
+impl Progress {
+    /// A counter that draws itself every 200 ms while stderr is a terminal.
+    pub fn start(label: &str, total: u64) -> Progress {
+        let p = Progress {
+            inner: Arc::new(Inner {
+                label: label.to_string(),
+                total: AtomicU64::new(total),
+                done: AtomicU64::new(0),
+                start: Instant::now(),
+                stop: AtomicBool::new(false),
+            }),
+        };
+        if std::io::stderr().is_terminal() && !QUIET.load(Ordering::Relaxed) {
+            let inner = p.inner.clone();
+            std::thread::spawn(move || {
+                while !inner.stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(200));
+                    if !inner.stop.load(Ordering::Relaxed) {
+                        inner.draw();
+                    }
+                }
+            });
+        }
+        p
+    }
+
+    /// A counter that never draws (library use, tests).
+    pub fn hidden() -> Progress {
+        let p = Progress::start("", 0);
+        p.inner.stop.store(true, Ordering::Relaxed);
+        p
+    }
+
+    pub fn add(&self, n: u64) {
+        self.inner.done.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn add_total(&self, n: u64) {
+        self.inner.total.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn done(&self) -> u64 {
+        self.inner.done.load(Ordering::Relaxed)
+    }
+    pub fn elapsed(&self) -> Duration {
+        self.inner.start.elapsed()
+    }
+    pub fn finish(&self) {
+        if !self.inner.stop.swap(true, Ordering::Relaxed)
+            && std::io::stderr().is_terminal()
+            && !QUIET.load(Ordering::Relaxed)
+        {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Inner {
+    fn draw(&self) {
+        let done = self.done.load(Ordering::Relaxed);
+        let total = self.total.load(Ordering::Relaxed);
+        let secs = self.start.elapsed().as_secs_f64().max(0.001);
+        let rate = done as f64 / secs;
+        let eta = if rate > 0.0 && total > done {
+            format!("{:.0}s", (total - done) as f64 / rate)
+        } else {
+            "-".into()
+        };
+        let _ = write!(
+            std::io::stderr(),
+            "\r\x1b[2K{}: {} / {} ({}/s, ETA {eta})",
+            self.label,
+            human_bytes(done),
+            human_bytes(total),
+            human_bytes(rate as u64)
+        );
+    }
+}

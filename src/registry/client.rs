@@ -1,0 +1,1204 @@
+use super::auth::{parse_challenge, Challenge, Credential, CredentialStore};
+use super::RegistryError;
+use crate::digest::{Digest, Hasher};
+use crate::oci::{self, Descriptor, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
+use crate::progress::Progress;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use reqwest::{RequestBuilder, Response, StatusCode};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Mutex;
+use url::Url;
+
+/// A blob's bytes on their way to a registry. Built anew for every attempt.
+pub type BlobBody = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// Raised inside a [`BlobBody`] when the bytes do not hash to the digest
+/// they claim; found again in the error chain so that it is not retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BlobIntegrityError(pub String);
+
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all (1 = no retry).
+    pub attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 6,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Exponential backoff with jitter (half fixed, half random), so that
+    /// parallel transfers that failed together do not retry together.
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let exp = self
+            .base_delay
+            .saturating_mul(1u32 << attempt.min(16))
+            .min(self.max_delay);
+        let jitter = rand::random::<f64>() * 0.5 + 0.5;
+        let d = exp.mul_f64(jitter);
+        match retry_after {
+            Some(ra) => ra.min(Duration::from_secs(60)).max(d),
+            None => d,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RegistryConfig {
+    pub credentials: CredentialStore,
+    /// Extra CA certificates (PEM) trusted for every registry, on top of the system roots.
+    pub ca_files: Vec<PathBuf>,
+    /// Hosts reached over plain HTTP, or HTTPS without certificate checks.
+    pub insecure_hosts: Vec<String>,
+    pub retry: RetryPolicy,
+    /// Upload blobs in PATCH chunks of this size instead of one streamed PUT.
+    pub upload_chunk_size: Option<usize>,
+}
+
+/// One client per registry host (TLS settings and tokens are per host).
+pub struct Registries {
+    config: Arc<RegistryConfig>,
+    hosts: Mutex<HashMap<String, Arc<Registry>>>,
+}
+
+impl Registries {
+    pub fn new(config: RegistryConfig) -> Self {
+        Registries {
+            config: Arc::new(config),
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub async fn get(&self, host: &str) -> Result<Arc<Registry>, RegistryError> {
+        let mut hosts = self.hosts.lock().await;
+        if let Some(r) = hosts.get(host) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(Registry::connect(host, &self.config).await?);
+        hosts.insert(host.to_string(), r.clone());
+        Ok(r)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct RawManifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushOutcome {
+    Exists,
+    Mounted,
+    Uploaded,
+}
+
+enum Attempt {
+    Retry(RegistryError, Option<Duration>),
+    Fatal(RegistryError),
+}
+
+pub struct Registry {
+    host: String,
+    base: Url,
+    http: reqwest::Client,
+    credential: Option<Credential>,
+    challenge: Mutex<Option<Challenge>>,
+    tokens: Mutex<HashMap<String, String>>,
+    retry: RetryPolicy,
+    chunk_size: Option<usize>,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    matches!(h, "localhost" | "127.0.0.1" | "[::1]") || h.starts_with("127.")
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let t = s.to_string();
+        if !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}
+
+/// Finds a [`BlobIntegrityError`] raised by a body stream, however deep.
+fn integrity_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(i) = err.downcast_ref::<BlobIntegrityError>() {
+            return Some(i.0.clone());
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(i) = io.get_ref().and_then(|i| i.downcast_ref::<BlobIntegrityError>()) {
+                return Some(i.0.clone());
+            }
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn looks_like_tls_failure(detail: &str) -> bool {
+    let d = detail.to_ascii_lowercase();
+    d.contains("certificate") || d.contains("unknownissuer") || d.contains("handshake")
+}
+
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+async fn body_excerpt(resp: Response) -> String {
+    let text = resp.text().await.unwrap_or_default();
+    let t: String = text.chars().take(300).collect();
+    t.trim().to_string()
+}
+
+fn scope_pull(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+fn scope_push(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+impl Registry {
+    async fn connect(host: &str, config: &RegistryConfig) -> Result<Registry, RegistryError> {
+        let insecure = config.insecure_hosts.iter().any(|h| h == host);
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(20))
+            .read_timeout(Duration::from_secs(120))
+            .pool_max_idle_per_host(16);
+        let mut extra = Vec::new();
+        for f in &config.ca_files {
+            let pem = std::fs::read(f).map_err(|e| RegistryError::Io {
+                what: format!("CA file {}", f.display()),
+                source: e,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                RegistryError::Tls {
+                    host: host.to_string(),
+                    detail: format!("CA file {} is not PEM certificates: {e}", f.display()),
+                }
+            })?;
+            extra.extend(certs);
+        }
+        if !extra.is_empty() {
+            builder = builder.tls_certs_merge(extra);
+        }
+        if insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| RegistryError::Tls {
+            host: host.to_string(),
+            detail: error_chain(&e),
+        })?;
+        let api_host = if host == crate::reference::DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            host
+        };
+        let https = Url::parse(&format!("https://{api_host}/")).map_err(|e| {
+            RegistryError::Protocol {
+                what: format!("registry {host}"),
+                detail: e.to_string(),
+            }
+        })?;
+        let mut reg = Registry {
+            host: host.to_string(),
+            base: https,
+            http,
+            credential: config.credentials.lookup(host)?,
+            challenge: Mutex::new(None),
+            tokens: Mutex::new(HashMap::new()),
+            retry: config.retry.clone(),
+            chunk_size: config.upload_chunk_size,
+        };
+        // Like docker: loopback and --insecure registries may speak plain
+        // HTTP; try TLS first and fall back only when the server is not TLS.
+        if insecure || is_loopback(host) {
+            match reg.ping().await {
+                Ok(()) => {}
+                Err(RegistryError::Tls { .. }) if insecure => {}
+                Err(e @ RegistryError::Tls { .. }) => return Err(e),
+                Err(_) => {
+                    reg.base = Url::parse(&format!("http://{api_host}/")).map_err(|e| {
+                        RegistryError::Protocol {
+                            what: format!("registry {host}"),
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    reg.ping().await?;
+                }
+            }
+        }
+        Ok(reg)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// `GET /v2/` once, to learn the auth challenge (and whether TLS works).
+    async fn ping(&self) -> Result<(), RegistryError> {
+        let url = self.url("v2/");
+        let resp = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&e))?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(c) = resp
+                .headers()
+                .get("www-authenticate")
+                .and_then(|h| h.to_str().ok())
+                .and_then(parse_challenge)
+            {
+                *self.challenge.lock().await = Some(c);
+            }
+            return Ok(());
+        }
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Err(RegistryError::Status {
+            what: format!("registry {} /v2/", self.host),
+            status: resp.status().as_u16(),
+            body: body_excerpt(resp).await,
+        })
+    }
+
+    fn url(&self, path: &str) -> Url {
+        // `path` is built from validated repository names and digests.
+        self.base.join(path).unwrap_or_else(|_| self.base.clone())
+    }
+
+    fn transport_error(&self, e: &reqwest::Error) -> RegistryError {
+        let detail = error_chain(e);
+        if looks_like_tls_failure(&detail) {
+            RegistryError::Tls {
+                host: self.host.clone(),
+                detail,
+            }
+        } else {
+            RegistryError::Connect {
+                host: self.host.clone(),
+                detail,
+            }
+        }
+    }
+
+    async fn auth_header(&self, scopes: &[String]) -> Result<Option<String>, RegistryError> {
+        let key = scopes.join(" ");
+        if let Some(h) = self.tokens.lock().await.get(&key) {
+            return Ok(Some(h.clone()));
+        }
+        let challenge = self.challenge.lock().await.clone();
+        let header = match challenge {
+            None => return Ok(None),
+            Some(Challenge::Basic) => match &self.credential {
+                Some(Credential::Basic { username, password }) => {
+                    use base64::Engine as _;
+                    let enc = base64::engine::general_purpose::STANDARD
+                        .encode(format!("{username}:{password}"));
+                    format!("Basic {enc}")
+                }
+                _ => {
+                    return Err(RegistryError::Auth {
+                        host: self.host.clone(),
+                        scope: key,
+                        detail: "the registry asks for a username and password and none is configured".into(),
+                    })
+                }
+            },
+            Some(Challenge::Bearer { realm, service }) => {
+                format!("Bearer {}", self.fetch_token(&realm, service.as_deref(), scopes).await?)
+            }
+        };
+        self.tokens.lock().await.insert(key, header.clone());
+        Ok(Some(header))
+    }
+
+    async fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<String, RegistryError> {
+        let auth_err = |detail: String| RegistryError::Auth {
+            host: self.host.clone(),
+            scope: scopes.join(" "),
+            detail,
+        };
+        let realm_url = Url::parse(realm)
+            .map_err(|_| auth_err(format!("token realm {realm:?} is not a URL")))?;
+        let req = match &self.credential {
+            Some(Credential::IdentityToken(tok)) => {
+                let mut form = vec![
+                    ("grant_type", "refresh_token".to_string()),
+                    ("refresh_token", tok.clone()),
+                    ("client_id", "airlock".to_string()),
+                    ("scope", scopes.join(" ")),
+                ];
+                if let Some(s) = service {
+                    form.push(("service", s.to_string()));
+                }
+                self.http.post(realm_url).form(&form)
+            }
+            cred => {
+                let mut url = realm_url;
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    for s in scopes {
+                        q.append_pair("scope", s);
+                    }
+                }
+                let r = self.http.get(url);
+                match cred {
+                    Some(Credential::Basic { username, password }) => {
+                        r.basic_auth(username, Some(password))
+                    }
+                    _ => r,
+                }
+            }
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| auth_err(format!("token request failed: {}", error_chain(&e))))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            return Err(auth_err(format!(
+                "token service answered {status}{}",
+                if self.credential.is_none() {
+                    " (no credentials configured for this registry)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| auth_err(format!("token answer unreadable: {}", error_chain(&e))))?;
+        let ans: TokenAnswer = serde_json::from_slice(&body)
+            .map_err(|_| auth_err("token answer is not JSON".into()))?;
+        ans.token
+            .or(ans.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| auth_err("token answer holds no token".into()))
+    }
+
+    /// One request with auth; a 401 renews the challenge and token once.
+    async fn send_once(
+        &self,
+        scopes: &[String],
+        what: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Attempt> {
+        let mut reauthed = false;
+        loop {
+            let header = self.auth_header(scopes).await.map_err(Attempt::Fatal)?;
+            let mut req = build(&self.http);
+            if let Some(h) = &header {
+                req = req.header(AUTHORIZATION, h);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let err = self.transport_error(&e);
+                    return Err(match err {
+                        RegistryError::Tls { .. } => Attempt::Fatal(err),
+                        _ => Attempt::Retry(err, None),
+                    });
+                }
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !reauthed {
+                reauthed = true;
+                let challenge = resp
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(parse_challenge);
+                if challenge.is_some() {
+                    *self.challenge.lock().await = challenge;
+                    self.tokens.lock().await.remove(&scopes.join(" "));
+                    continue;
+                }
+            }
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                let body = body_excerpt(resp).await;
+                return Err(Attempt::Fatal(RegistryError::Auth {
+                    host: self.host.clone(),
+                    scope: scopes.join(" "),
+                    detail: format!("{what}: {status} {body}"),
+                }));
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                let ra = retry_after(resp.headers());
+                let body = body_excerpt(resp).await;
+                return Err(Attempt::Retry(
+                    RegistryError::Status {
+                        what: what.to_string(),
+                        status: status.as_u16(),
+                        body,
+                    },
+                    ra,
+                ));
+            }
+            return Ok(resp);
+        }
+    }
+
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, RegistryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e, ra)) => {
+                    attempt += 1;
+                    if attempt >= self.retry.attempts {
+                        return Err(e);
+                    }
+                    let d = self.retry.delay(attempt - 1, ra);
+                    tracing_retry(&e, attempt, d);
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    /// A request whose body is read whole (manifests, tag lists), retried as a unit.
+    async fn request_bytes(
+        &self,
+        scopes: &[String],
+        what: &str,
+        limit: u64,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<(StatusCode, HeaderMap, Bytes), RegistryError> {
+        self.retrying(|| async {
+            let resp = self.send_once(scopes, what, build).await?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            if let Some(len) = resp.content_length() {
+                if len > limit {
+                    return Err(Attempt::Fatal(RegistryError::Protocol {
+                        what: what.to_string(),
+                        detail: format!("answer of {len} bytes exceeds the {limit}-byte limit"),
+                    }));
+                }
+            }
+            let mut body = Vec::new();
+            let mut stream = resp.bytes_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
+                if (body.len() + chunk.len()) as u64 > limit {
+                    return Err(Attempt::Fatal(RegistryError::Protocol {
+                        what: what.to_string(),
+                        detail: format!("answer exceeds the {limit}-byte limit"),
+                    }));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok((status, headers, Bytes::from(body)))
+        })
+        .await
+    }
+
+    async fn request(
+        &self,
+        scopes: &[String],
+        what: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, RegistryError> {
+        self.retrying(|| self.send_once(scopes, what, build)).await
+    }
+
+    // ---------------------------------------------------------------- manifests
+
+    /// Fetch a manifest by tag or digest, as the exact bytes served.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<RawManifest, RegistryError> {
+        let what = format!("manifest {}/{repo}:{reference}", self.host);
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let accept = MANIFEST_MEDIA_TYPES.join(", ");
+        let (status, headers, bytes) = self
+            .request_bytes(&[scope_pull(repo)], &what, MAX_MANIFEST_BYTES, &|c| {
+                c.get(url.clone()).header(ACCEPT, accept.clone())
+            })
+            .await?;
+        if status == StatusCode::NOT_FOUND {
+            return Err(RegistryError::NotFound { what });
+        }
+        if !status.is_success() {
+            return Err(RegistryError::Status {
+                what,
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into(),
+            });
+        }
+        let actual = Digest::of(&bytes);
+        let expected = match reference.parse::<Digest>() {
+            Ok(d) => Some(d),
+            Err(_) => headers
+                .get("docker-content-digest")
+                .and_then(|h| h.to_str().ok())
+                .and_then(|s| s.parse().ok()),
+        };
+        if let Some(expected) = expected {
+            if expected != actual {
+                return Err(RegistryError::DigestMismatch {
+                    what,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        let content_type = headers
+            .get(CONTENT_TYPE)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string);
+        let view = oci::ManifestView::parse(&bytes, content_type.as_deref())
+            .map_err(|source| RegistryError::Manifest {
+                what: what.clone(),
+                source,
+            })?;
+        Ok(RawManifest {
+            bytes,
+            media_type: view.media_type,
+            digest: actual,
+        })
+    }
+
+    /// The digest a tag or digest resolves to, if the manifest exists.
+    pub async fn head_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<Digest>, RegistryError> {
+        let what = format!("manifest {}/{repo}:{reference}", self.host);
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let accept = MANIFEST_MEDIA_TYPES.join(", ");
+        let resp = self
+            .request(&[scope_pull(repo)], &what, &|c| {
+                c.head(url.clone()).header(ACCEPT, accept.clone())
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let digest = resp
+                    .headers()
+                    .get("docker-content-digest")
+                    .and_then(|h| h.to_str().ok())
+                    .and_then(|s| s.parse::<Digest>().ok());
+                match digest {
+                    Some(d) => Ok(Some(d)),
+                    // Some registries omit the header on HEAD: ask for the bytes.
+                    None => Ok(Some(self.get_manifest(repo, reference).await?.digest)),
+                }
+            }
+            s => Err(RegistryError::Status {
+                what,
+                status: s.as_u16(),
+                body: body_excerpt(resp).await,
+            }),
+        }
+    }
+
+    /// Push manifest bytes unchanged under `reference` (a tag or their digest).
+    pub async fn put_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        bytes: &Bytes,
+        media_type: &str,
+    ) -> Result<Digest, RegistryError> {
+        let what = format!("push of manifest {}/{repo}:{reference}", self.host);
+        let url = self.url(&format!("v2/{repo}/manifests/{reference}"));
+        let digest = Digest::of(bytes);
+        let resp = self
+            .request(&[scope_push(repo)], &what, &|c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, media_type)
+                    .body(bytes.clone())
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(RegistryError::Status {
+                what,
+                status,
+                body: body_excerpt(resp).await,
+            });
+        }
+        if let Some(got) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
+            if got != digest {
+                return Err(RegistryError::DigestMismatch {
+                    what,
+                    expected: digest,
+                    actual: got,
+                });
+            }
+        }
+        Ok(digest)
+    }
+
+    // ---------------------------------------------------------------- tags and referrers
+
+    /// Every tag of `repo` (following `Link` pagination); empty if the repository is unknown.
+    pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct TagList {
+            #[serde(default)]
+            tags: Option<Vec<String>>,
+        }
+        let what = format!("tag list of {}/{repo}", self.host);
+        let mut next = Some(self.url(&format!("v2/{repo}/tags/list?n=1000")));
+        let mut tags = Vec::new();
+        let mut pages = 0;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > 10_000 {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: "tag list pagination does not end".into(),
+                });
+            }
+            let (status, headers, body) = self
+                .request_bytes(&[scope_pull(repo)], &what, 64 << 20, &|c| c.get(url.clone()))
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                return Ok(tags);
+            }
+            if !status.is_success() {
+                return Err(RegistryError::Status {
+                    what,
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                });
+            }
+            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
+                RegistryError::Protocol {
+                    what: what.clone(),
+                    detail: format!("tag list is not JSON: {e}"),
+                }
+            })?;
+            tags.extend(list.tags.unwrap_or_default());
+            next = next_link(&headers).and_then(|l| url.join(&l).ok());
+        }
+        Ok(tags)
+    }
+
+    /// OCI 1.1 referrers of `digest`; `None` when the registry has no referrers API.
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        let what = format!("referrers of {}/{repo}@{digest}", self.host);
+        let mut next = Some(self.url(&format!("v2/{repo}/referrers/{digest}")));
+        let mut out = Vec::new();
+        while let Some(url) = next.take() {
+            let (status, headers, body) = self
+                .request_bytes(&[scope_pull(repo)], &what, MAX_MANIFEST_BYTES, &|c| {
+                    c.get(url.clone()).header(ACCEPT, oci::OCI_INDEX)
+                })
+                .await?;
+            if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+                return Ok(None);
+            }
+            if !status.is_success() {
+                return Err(RegistryError::Status {
+                    what,
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                });
+            }
+            let is_index = headers
+                .get(CONTENT_TYPE)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|c| c.starts_with(oci::OCI_INDEX));
+            if !is_index {
+                return Ok(None);
+            }
+            let view = oci::ManifestView::parse(&body, Some(oci::OCI_INDEX)).map_err(|source| {
+                RegistryError::Manifest {
+                    what: what.clone(),
+                    source,
+                }
+            })?;
+            out.extend(view.manifests);
+            next = next_link(&headers).and_then(|l| url.join(&l).ok());
+        }
+        Ok(Some(out))
+    }
+
+    // ---------------------------------------------------------------- blobs
+
+    pub async fn blob_exists(&self, repo: &str, desc: &Descriptor) -> Result<bool, RegistryError> {
+        let what = format!("blob {} in {}/{repo}", desc.digest, self.host);
+        let url = self.url(&format!("v2/{repo}/blobs/{}", desc.digest));
+        let resp = self
+            .request(&[scope_pull(repo)], &what, &|c| c.head(url.clone()))
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(false),
+            s if s.is_success() => Ok(true),
+            s => Err(RegistryError::Status {
+                what,
+                status: s.as_u16(),
+                body: String::new(),
+            }),
+        }
+    }
+
+    /// Download a blob into `out` (truncated first), checking size and
+    /// sha256 on the fly. A failed attempt starts over, hash included.
+    pub async fn fetch_blob(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        out: &mut tokio::fs::File,
+        progress: &Progress,
+    ) -> Result<(), RegistryError> {
+        let what = format!("blob {} of {}/{repo}", desc.digest, self.host);
+        let url = self.url(&format!("v2/{repo}/blobs/{}", desc.digest));
+        let io_err = |source| RegistryError::Io {
+            what: format!("spool file for {what}"),
+            source,
+        };
+        let mut attempt = 0;
+        loop {
+            let result: Result<(), Attempt> = async {
+                out.set_len(0).await.map_err(|e| Attempt::Fatal(io_err(e)))?;
+                out.seek(std::io::SeekFrom::Start(0))
+                    .await
+                    .map_err(|e| Attempt::Fatal(io_err(e)))?;
+                let resp = self
+                    .send_once(&[scope_pull(repo)], &what, &|c| c.get(url.clone()))
+                    .await?;
+                match resp.status() {
+                    StatusCode::NOT_FOUND => {
+                        return Err(Attempt::Fatal(RegistryError::NotFound { what: what.clone() }))
+                    }
+                    s if !s.is_success() => {
+                        return Err(Attempt::Fatal(RegistryError::Status {
+                            what: what.clone(),
+                            status: s.as_u16(),
+                            body: body_excerpt(resp).await,
+                        }))
+                    }
+                    _ => {}
+                }
+                let mut hasher = Hasher::new();
+                let mut stream = resp.bytes_stream();
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
+                    hasher.update(&chunk);
+                    if hasher.len() > desc.size {
+                        return Err(Attempt::Fatal(RegistryError::SizeMismatch {
+                            what: what.clone(),
+                            expected: desc.size,
+                            actual: hasher.len(),
+                        }));
+                    }
+                    out.write_all(&chunk).await.map_err(|e| Attempt::Fatal(io_err(e)))?;
+                    progress.add(chunk.len() as u64);
+                }
+                if hasher.len() != desc.size {
+                    return Err(Attempt::Retry(
+                        RegistryError::SizeMismatch {
+                            what: what.clone(),
+                            expected: desc.size,
+                            actual: hasher.len(),
+                        },
+                        None,
+                    ));
+                }
+                let actual = hasher.finish();
+                if actual != desc.digest {
+                    return Err(Attempt::Retry(
+                        RegistryError::DigestMismatch {
+                            what: what.clone(),
+                            expected: desc.digest.clone(),
+                            actual,
+                        },
+                        None,
+                    ));
+                }
+                out.flush().await.map_err(|e| Attempt::Fatal(io_err(e)))?;
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e, ra)) => {
+                    attempt += 1;
+                    if attempt >= self.retry.attempts {
+                        return Err(e);
+                    }
+                    let d = self.retry.delay(attempt - 1, ra);
+                    tracing_retry(&e, attempt, d);
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    /// Push a blob unless it is there: mount it from `mount_from` (same
+    /// registry) when possible, else upload it from a fresh `open()` body.
+    /// Every failed attempt starts a new upload session from a new body.
+    pub async fn push_blob<F, Fut>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+        open: F,
+    ) -> Result<PushOutcome, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<BlobBody, RegistryError>>,
+    {
+        if self.blob_exists(repo, desc).await? {
+            return Ok(PushOutcome::Exists);
+        }
+        let what = format!("upload of blob {} to {}/{repo}", desc.digest, self.host);
+        let mut attempt = 0;
+        loop {
+            let result = self.try_push_blob(repo, desc, mount_from, &open, &what).await;
+            match result {
+                Ok(o) => return Ok(o),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Retry(e, ra)) => {
+                    attempt += 1;
+                    if attempt >= self.retry.attempts {
+                        return Err(e);
+                    }
+                    let d = self.retry.delay(attempt - 1, ra);
+                    tracing_retry(&e, attempt, d);
+                    tokio::time::sleep(d).await;
+                }
+            }
+        }
+    }
+
+    async fn try_push_blob<F, Fut>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+        open: &F,
+        what: &str,
+    ) -> Result<PushOutcome, Attempt>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<BlobBody, RegistryError>>,
+    {
+        let mut scopes = vec![scope_push(repo)];
+        let mut start = self.url(&format!("v2/{repo}/blobs/uploads/"));
+        if let Some(from) = mount_from.filter(|f| *f != repo) {
+            scopes.push(scope_pull(from));
+            start
+                .query_pairs_mut()
+                .append_pair("mount", &desc.digest.to_string())
+                .append_pair("from", from);
+        }
+        let resp = self
+            .send_once(&scopes, what, &|c| c.post(start.clone()).header(CONTENT_LENGTH, 0))
+            .await?;
+        let status = resp.status();
+        if status == StatusCode::CREATED && mount_from.is_some() {
+            return Ok(PushOutcome::Mounted);
+        }
+        if status != StatusCode::ACCEPTED {
+            return Err(Attempt::Fatal(RegistryError::Status {
+                what: what.to_string(),
+                status: status.as_u16(),
+                body: body_excerpt(resp).await,
+            }));
+        }
+        // 202: an upload session, also the answer to a mount the registry declined.
+        let mut location = self.location(&resp, what).map_err(Attempt::Fatal)?;
+        let body = open().await.map_err(Attempt::Fatal)?;
+        let result = match self.chunk_size {
+            Some(chunk) => {
+                self.upload_chunked(repo, desc, &mut location, body, chunk, what)
+                    .await
+            }
+            None => self.upload_monolithic(repo, desc, &location, body, what).await,
+        };
+        if result.is_err() {
+            // Best effort: free the session the registry holds for us.
+            let loc = location.clone();
+            let _ = self
+                .send_once(&[scope_push(repo)], what, &|c| c.delete(loc.clone()))
+                .await;
+        }
+        result.map(|_| PushOutcome::Uploaded)
+    }
+
+    fn location(&self, resp: &Response, what: &str) -> Result<Url, RegistryError> {
+        let loc = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|h| h.to_str().ok())
+            .ok_or_else(|| RegistryError::Protocol {
+                what: what.to_string(),
+                detail: "upload answer has no Location header".into(),
+            })?;
+        self.base.join(loc).map_err(|e| RegistryError::Protocol {
+            what: what.to_string(),
+            detail: format!("bad upload Location {loc:?}: {e}"),
+        })
+    }
+
+    fn body_failure(&self, e: &reqwest::Error, what: &str) -> Attempt {
+        match integrity_failure(e) {
+            Some(detail) => Attempt::Fatal(RegistryError::Integrity {
+                what: what.to_string(),
+                detail,
+            }),
+            None => Attempt::Retry(self.transport_error(e), None),
+        }
+    }
+
+    async fn finish_upload(&self, resp: Response, desc: &Descriptor, what: &str) -> Result<(), Attempt> {
+        let status = resp.status();
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let ra = retry_after(resp.headers());
+            return Err(Attempt::Retry(
+                RegistryError::Status {
+                    what: what.to_string(),
+                    status: status.as_u16(),
+                    body: body_excerpt(resp).await,
+                },
+                ra,
+            ));
+        }
+        if status != StatusCode::CREATED {
+            return Err(Attempt::Fatal(RegistryError::Status {
+                what: what.to_string(),
+                status: status.as_u16(),
+                body: body_excerpt(resp).await,
+            }));
+        }
+        if let Some(got) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|h| h.to_str().ok())
+            .and_then(|s| s.parse::<Digest>().ok())
+        {
+            if got != desc.digest {
+                return Err(Attempt::Fatal(RegistryError::DigestMismatch {
+                    what: what.to_string(),
+                    expected: desc.digest.clone(),
+                    actual: got,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upload_monolithic(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        location: &Url,
+        body: BlobBody,
+        what: &str,
+    ) -> Result<(), Attempt> {
+        let mut url = location.clone();
+        url.query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
+        let header = self
+            .auth_header(&[scope_push(repo)])
+            .await
+            .map_err(Attempt::Fatal)?;
+        let mut req = self
+            .http
+            .put(url)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, desc.size)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(h) = header {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let resp = req.send().await.map_err(|e| self.body_failure(&e, what))?;
+        self.finish_upload(resp, desc, what).await
+    }
+
+    async fn upload_chunked(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        location: &mut Url,
+        mut body: BlobBody,
+        chunk_size: usize,
+        what: &str,
+    ) -> Result<(), Attempt> {
+        let mut offset: u64 = 0;
+        let mut pending: Vec<u8> = Vec::with_capacity(chunk_size.min(desc.size as usize));
+        let mut ended = false;
+        loop {
+            // Fill one chunk; the body stream is bounded, so memory stays at one chunk.
+            while !ended && pending.len() < chunk_size {
+                match body.next().await {
+                    Some(Ok(b)) => pending.extend_from_slice(&b),
+                    Some(Err(e)) => {
+                        return Err(
+                            match e.get_ref().and_then(|i| i.downcast_ref::<BlobIntegrityError>()) {
+                                Some(i) => Attempt::Fatal(RegistryError::Integrity {
+                                    what: what.to_string(),
+                                    detail: i.0.clone(),
+                                }),
+                                None => Attempt::Fatal(RegistryError::Io {
+                                    what: what.to_string(),
+                                    source: e,
+                                }),
+                            },
+                        )
+                    }
+                    None => ended = true,
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            let take = pending.len().min(chunk_size);
+            let chunk = Bytes::copy_from_slice(&pending[..take]);
+            pending.drain(..take);
+            let end = offset + chunk.len() as u64 - 1;
+            let loc = location.clone();
+            let resp = self
+                .send_once(&[scope_push(repo)], what, &|c| {
+                    c.patch(loc.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header("content-range", format!("{offset}-{end}"))
+                        .header(CONTENT_LENGTH, chunk.len())
+                        .body(chunk.clone())
+                })
+                .await?;
+            if resp.status() != StatusCode::ACCEPTED {
+                return Err(Attempt::Fatal(RegistryError::Status {
+                    what: what.to_string(),
+                    status: resp.status().as_u16(),
+                    body: body_excerpt(resp).await,
+                }));
+            }
+            *location = self.location(&resp, what).map_err(Attempt::Fatal)?;
+            offset = end + 1;
+        }
+        let mut url = location.clone();
+        url.query_pairs_mut()
+            .append_pair("digest", &desc.digest.to_string());
+        let resp = self
+            .send_once(&[scope_push(repo)], what, &|c| {
+                c.put(url.clone()).header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        self.finish_upload(resp, desc, what).await
+    }
+}
+
+fn next_link(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get("link")?.to_str().ok()?;
+    link.split(',').find_map(|part| {
+        let part = part.trim();
+        if !part.contains("rel=\"next\"") && !part.contains("rel=next") {
+            return None;
+        }
+        let start = part.find('<')? + 1;
+        let end = part.find('>')?;
+        Some(part[start..end].to_string())
+    })
+}
+
+fn tracing_retry(e: &RegistryError, attempt: u32, delay: Duration) {
+    crate::progress::note(&format!(
+        "retrying in {:.1}s (attempt {}): {e}",
+        delay.as_secs_f64(),
+        attempt + 1
+    ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "link",
+            "</v2/a/tags/list?n=2&last=b>; rel=\"next\"".parse().unwrap(),
+        );
+        assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
+    }
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after() {
+        let p = RetryPolicy::default();
+        assert!(p.delay(0, None) <= Duration::from_millis(250));
+        assert!(p.delay(3, None) >= Duration::from_millis(1000));
+        assert!(p.delay(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        assert!(p.delay(30, None) <= Duration::from_secs(20));
+    }
+}
