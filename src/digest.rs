@@ -175,3 +175,72 @@ mod tests {
         assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
     }
 }
+
+/// Reads exactly `size` bytes and, at their end, fails instead of reporting
+/// EOF unless they hash to `expected`. A consumer that commits only after
+/// seeing EOF therefore never commits bad bytes.
+pub struct VerifyingReader<R> {
+    inner: io::Take<R>,
+    hasher: Hasher,
+    expected: Digest,
+    size: u64,
+    what: String,
+    verified: bool,
+}
+
+impl<R: Read> VerifyingReader<R> {
+    pub fn new(inner: R, expected: Digest, size: u64, what: String) -> Self {
+        VerifyingReader {
+            inner: inner.take(size),
+            hasher: Hasher::new(),
+            expected,
+            size,
+            what,
+            verified: false,
+        }
+    }
+    /// Read what is left (if anything) so that the check runs.
+    pub fn drain(&mut self) -> io::Result<()> {
+        io::copy(self, &mut io::sink()).map(|_| ())
+    }
+    pub fn into_inner(self) -> R {
+        self.inner.into_inner()
+    }
+}
+
+/// The error a [`VerifyingReader`] raises; the registry client recognises it.
+pub fn integrity_error(msg: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        crate::registry::BlobIntegrityError(msg),
+    )
+}
+
+impl<R: Read> Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.verified {
+            return Ok(0);
+        }
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        if n == 0 && !buf.is_empty() {
+            if self.hasher.len() != self.size {
+                return Err(integrity_error(format!(
+                    "{} is truncated: {} of {} bytes",
+                    self.what,
+                    self.hasher.len(),
+                    self.size
+                )));
+            }
+            let actual = std::mem::take(&mut self.hasher).finish();
+            if actual != self.expected {
+                return Err(integrity_error(format!(
+                    "{} does not match its digest: expected {}, got {actual}",
+                    self.what, self.expected
+                )));
+            }
+            self.verified = true;
+        }
+        Ok(n)
+    }
+}

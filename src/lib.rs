@@ -3,6 +3,7 @@
 //! The CLI (`src/main.rs`) is a thin layer over this library; see
 //! `docs/architecture.md` for how the modules fit together.
 
+pub mod bundle;
 pub mod digest;
 pub mod oci;
 pub mod progress;

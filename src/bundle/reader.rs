@@ -1,0 +1,303 @@
+//! Reading a bundle: as a stream (a pipe, a data diode: one pass, in
+//! order) or as a seekable file (random access to any member through the
+//! seek table, for concurrent uploads without extraction).
+//!
+//! Every member is checked against the bundle index: path, size, and sha256
+//! (by [`VerifyingReader`], which fails at the end instead of reporting EOF).
+
+use super::frames::SeekTable;
+use super::{is_layout_path, padded, BundleError, BundleIndex, Member, INDEX_MEDIA_TYPE};
+use super::{FORMAT_VERSION, INDEX_PATH, MAX_INDEX_BYTES};
+use crate::digest::{Digest, VerifyingReader};
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+pub enum StreamEvent<'a> {
+    Index {
+        index: &'a BundleIndex,
+        digest: &'a Digest,
+    },
+    Member {
+        member: &'a Member,
+        data: &'a mut dyn Read,
+    },
+}
+
+fn corrupt(bundle: &str, detail: impl std::fmt::Display) -> BundleError {
+    BundleError::Corrupt {
+        bundle: bundle.to_string(),
+        detail: format!("truncated or corrupt archive: {detail}"),
+    }
+}
+
+/// Parse and sanity-check the bundle index bytes.
+pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleError> {
+    let bad = |detail: String| BundleError::BadIndex {
+        bundle: bundle.to_string(),
+        detail,
+    };
+    let index: BundleIndex =
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    if index.schema_version != FORMAT_VERSION || index.media_type != INDEX_MEDIA_TYPE {
+        return Err(bad(format!(
+            "format {} version {} is not supported (this airlock reads {INDEX_MEDIA_TYPE} version {FORMAT_VERSION})",
+            index.media_type, index.schema_version
+        )));
+    }
+    let mut seen = HashSet::new();
+    for m in &index.members {
+        if !is_layout_path(&m.path) || m.path == INDEX_PATH {
+            return Err(bad(format!("member path {:?} is not an OCI layout path", m.path)));
+        }
+        if !seen.insert(m.path.as_str()) {
+            return Err(bad(format!("member {} is listed twice", m.path)));
+        }
+        if m.path.starts_with("blobs/") && m.path != m.digest.layout_path() {
+            return Err(bad(format!("member {} is listed with digest {}", m.path, m.digest)));
+        }
+    }
+    for required in ["oci-layout", "index.json"] {
+        if !seen.contains(required) {
+            return Err(bad(format!("no {required} member")));
+        }
+    }
+    Ok(index)
+}
+
+fn check_header(
+    bundle: &str,
+    path: &str,
+    entry_type: tar::EntryType,
+    size: u64,
+    expected: Option<&Member>,
+) -> Result<(), BundleError> {
+    if entry_type != tar::EntryType::Regular {
+        return Err(BundleError::UnexpectedMember {
+            bundle: bundle.into(),
+            member: path.into(),
+            detail: format!("entry type {entry_type:?}; only regular files are allowed"),
+        });
+    }
+    let Some(m) = expected else {
+        return Err(BundleError::UnexpectedMember {
+            bundle: bundle.into(),
+            member: path.into(),
+            detail: "not listed in the bundle index".into(),
+        });
+    };
+    if path != m.path {
+        let detail = if is_layout_path(path) {
+            format!("found where the index lists {}", m.path)
+        } else {
+            "not an OCI layout path".into()
+        };
+        return Err(BundleError::UnexpectedMember {
+            bundle: bundle.into(),
+            member: path.into(),
+            detail,
+        });
+    }
+    if size != m.size {
+        return Err(BundleError::MemberMismatch {
+            bundle: bundle.into(),
+            member: path.into(),
+            detail: format!("size {size}, index says {}", m.size),
+        });
+    }
+    Ok(())
+}
+
+fn member_error(bundle: &str, member: &Member, e: io::Error) -> BundleError {
+    if e.get_ref()
+        .is_some_and(|i| i.is::<crate::registry::BlobIntegrityError>())
+    {
+        BundleError::MemberMismatch {
+            bundle: bundle.into(),
+            member: member.path.clone(),
+            detail: e.to_string(),
+        }
+    } else {
+        corrupt(bundle, format!("reading {}: {e}", member.path))
+    }
+}
+
+/// Read a whole bundle in one pass, checking every member in order.
+pub fn read_stream<R: Read>(
+    input: R,
+    bundle: &str,
+    mut visit: impl FnMut(StreamEvent) -> Result<(), BundleError>,
+) -> Result<(BundleIndex, Digest), BundleError> {
+    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
+    let mut archive = tar::Archive::new(dec);
+    let (index, digest) = {
+        let mut entries = archive.entries().map_err(|e| corrupt(bundle, e))?;
+        let mut first = entries
+            .next()
+            .ok_or_else(|| corrupt(bundle, "empty archive"))?
+            .map_err(|e| corrupt(bundle, e))?;
+        let path = first
+            .path()
+            .map_err(|e| corrupt(bundle, e))?
+            .to_string_lossy()
+            .into_owned();
+        if path != INDEX_PATH {
+            return Err(BundleError::UnexpectedMember {
+                bundle: bundle.into(),
+                member: path,
+                detail: format!("the first member must be {INDEX_PATH}"),
+            });
+        }
+        if first.size() > MAX_INDEX_BYTES {
+            return Err(corrupt(bundle, "bundle index is implausibly large"));
+        }
+        let mut bytes = Vec::new();
+        first
+            .read_to_end(&mut bytes)
+            .map_err(|e| corrupt(bundle, e))?;
+        let digest = Digest::of(&bytes);
+        let index = parse_index(bundle, &bytes)?;
+        visit(StreamEvent::Index {
+            index: &index,
+            digest: &digest,
+        })?;
+        for member in &index.members {
+            let entry = entries.next().ok_or_else(|| {
+                corrupt(bundle, format!("archive ends before member {}", member.path))
+            })?;
+            let entry = entry.map_err(|e| corrupt(bundle, e))?;
+            let path = entry
+                .path()
+                .map_err(|e| corrupt(bundle, e))?
+                .to_string_lossy()
+                .into_owned();
+            check_header(
+                bundle,
+                &path,
+                entry.header().entry_type(),
+                entry.size(),
+                Some(member),
+            )?;
+            let mut data =
+                VerifyingReader::new(entry, member.digest.clone(), member.size, member.path.clone());
+            visit(StreamEvent::Member {
+                member,
+                data: &mut data,
+            })?;
+            data.drain().map_err(|e| member_error(bundle, member, e))?;
+        }
+        if let Some(extra) = entries.next() {
+            let extra = extra.map_err(|e| corrupt(bundle, e))?;
+            let path = extra
+                .path()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            check_header(bundle, &path, extra.header().entry_type(), extra.size(), None)?;
+        }
+        (index, digest)
+    };
+    // Decode to the very end so that a damaged tail is noticed too.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(bundle, e))?;
+    Ok((index, digest))
+}
+
+/// A bundle file with a seek table: any member can be read on its own.
+pub struct SeekableBundle {
+    pub path: PathBuf,
+    pub index: BundleIndex,
+    pub digest: Digest,
+    offsets: Vec<u64>,
+    table: SeekTable,
+}
+
+impl SeekableBundle {
+    /// `Ok(None)` when the file has no seek table (read it as a stream).
+    pub fn open(path: &Path) -> Result<Option<SeekableBundle>, BundleError> {
+        let name = path.display().to_string();
+        let io_err = |source| BundleError::Io {
+            path: name.clone(),
+            source,
+        };
+        let mut f = File::open(path).map_err(io_err)?;
+        let table = match SeekTable::read(&mut f) {
+            Ok(t) => t,
+            Err(super::frames::SeekTableError::Missing) => return Ok(None),
+            Err(e) => return Err(corrupt(&name, e)),
+        };
+        f.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        let mut dec =
+            zstd::stream::read::Decoder::new(BufReader::new(f)).map_err(|e| corrupt(&name, e))?;
+        let mut block = [0u8; 512];
+        dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
+        let header = tar::Header::from_byte_slice(&block);
+        let hpath = header
+            .path()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let size = header.size().map_err(|e| corrupt(&name, e))?;
+        if hpath != INDEX_PATH || size > MAX_INDEX_BYTES {
+            return Err(BundleError::UnexpectedMember {
+                bundle: name,
+                member: hpath,
+                detail: format!("the first member must be {INDEX_PATH}"),
+            });
+        }
+        let mut bytes = vec![0u8; size as usize];
+        dec.read_exact(&mut bytes).map_err(|e| corrupt(&name, e))?;
+        let digest = Digest::of(&bytes);
+        let index = parse_index(&name, &bytes)?;
+        let offsets = index.data_offsets(size);
+        if let (Some(last), Some(m)) = (offsets.last(), index.members.last()) {
+            if last + padded(m.size) + 1024 > table.decompressed_len {
+                return Err(corrupt(&name, "members run past the end of the archive"));
+            }
+        }
+        Ok(Some(SeekableBundle {
+            path: path.to_path_buf(),
+            index,
+            digest,
+            offsets,
+            table,
+        }))
+    }
+
+    /// A reader of member `i`'s data that verifies its digest at the end.
+    pub fn open_member(
+        &self,
+        i: usize,
+    ) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
+        let name = self.path.display().to_string();
+        let m = &self.index.members[i];
+        let offset = self.offsets[i];
+        let (c, d) = self
+            .table
+            .locate(offset)
+            .ok_or_else(|| corrupt(&name, format!("no frame holds member {}", m.path)))?;
+        let mut f = File::open(&self.path).map_err(|source| BundleError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        f.seek(SeekFrom::Start(c)).map_err(|e| corrupt(&name, e))?;
+        let mut dec =
+            zstd::stream::read::Decoder::new(BufReader::new(f)).map_err(|e| corrupt(&name, e))?;
+        io::copy(&mut (&mut dec).take(offset - d), &mut io::sink()).map_err(|e| corrupt(&name, e))?;
+        let boxed: Box<dyn Read + Send> = Box::new(dec);
+        Ok(VerifyingReader::new(
+            boxed,
+            m.digest.clone(),
+            m.size,
+            format!("{} in {name}", m.path),
+        ))
+    }
+
+    /// Read a (small) member whole, verified.
+    pub fn read_member(&self, i: usize) -> Result<Vec<u8>, BundleError> {
+        let mut r = self.open_member(i)?;
+        let mut out = Vec::with_capacity(self.index.members[i].size as usize);
+        r.read_to_end(&mut out)
+            .map_err(|e| member_error(&self.path.display().to_string(), &self.index.members[i], e))?;
+        Ok(out)
+    }
+}

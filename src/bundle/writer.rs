@@ -1,0 +1,53 @@
+//! Writing the tar stream into zstd frames.
+//!
+//! Tar headers are built with the `tar` crate, but we write them ourselves
+//! instead of using `tar::Builder`: a frame must end exactly between a
+//! member's header and its data, and the builder has no hook there.
+
+use super::frames::{FrameEntry, FramedWriter};
+use std::io::{self, Read, Write};
+
+pub struct BundleWriter<W: Write> {
+    out: FramedWriter<W>,
+}
+
+impl<W: Write> BundleWriter<W> {
+    pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
+        Ok(BundleWriter {
+            out: FramedWriter::new(out, level, threads, frame_max)?,
+        })
+    }
+
+    /// Append one regular file of exactly `size` bytes read from `data`.
+    pub fn append(&mut self, path: &str, size: u64, data: &mut dyn Read) -> io::Result<()> {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path)?;
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        self.out.write_all(h.as_bytes())?;
+        // Member data starts a frame: readers can seek straight to it.
+        self.out.cut()?;
+        let copied = io::copy(&mut data.take(size), &mut self.out)?;
+        if copied != size {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{path}: source gave {copied} of {size} bytes"),
+            ));
+        }
+        let pad = (super::padded(size) - size) as usize;
+        self.out.write_all(&[0u8; 512][..pad])?;
+        Ok(())
+    }
+
+    /// Write the end-of-archive blocks and the seek table.
+    pub fn finish(mut self) -> io::Result<(W, Vec<FrameEntry>)> {
+        self.out.cut()?;
+        self.out.write_all(&[0u8; 1024])?;
+        self.out.finish()
+    }
+}
