@@ -9,3 +9,8 @@ pub mod oci;
 pub mod progress;
 pub mod reference;
 pub mod registry;
+pub mod export;
+pub mod layout;
+pub mod selection;
+pub mod signatures;
+pub mod fixtures;

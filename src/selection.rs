@@ -1,0 +1,198 @@
+//! What to export: image references from the command line and/or a
+//! selection file (YAML), each with tags, a tag pattern, digests, a
+//! platform filter and an optional target repository.
+
+use crate::digest::Digest;
+use crate::oci::Platform;
+use crate::reference::{is_valid_repository, Reference};
+use serde::Deserialize;
+use std::path::Path;
+
+/// One entry of a selection file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SelectionEntry {
+    /// `registry/repository`, optionally with `:tag` or `@digest`.
+    #[serde(alias = "repository", alias = "image")]
+    pub r#ref: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// A regular expression; every tag of the repository it matches fully is taken.
+    #[serde(default)]
+    pub tag_pattern: Option<String>,
+    #[serde(default)]
+    pub digests: Vec<String>,
+    /// `os/arch[/variant]`; empty = every platform.
+    #[serde(default)]
+    pub platforms: Vec<String>,
+    /// Repository path suggested for the target registry, e.g. `dynatrace-operator`.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectionFile {
+    images: Vec<SelectionEntry>,
+}
+
+/// A resolved request: one repository and what to take from it.
+#[derive(Clone, Debug)]
+pub struct ImageSelection {
+    pub repo: Reference,
+    pub tags: Vec<String>,
+    pub tag_pattern: Option<regex::Regex>,
+    pub digests: Vec<Digest>,
+    pub platforms: Vec<Platform>,
+    pub target: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SelectionError {
+    #[error("selection file {path}: {detail}")]
+    File { path: String, detail: String },
+    #[error("{context}: {detail}")]
+    Entry { context: String, detail: String },
+}
+
+impl ImageSelection {
+    pub fn from_entry(e: &SelectionEntry, context: &str) -> Result<ImageSelection, SelectionError> {
+        let err = |detail: String| SelectionError::Entry {
+            context: context.to_string(),
+            detail,
+        };
+        let r = Reference::parse(&e.r#ref).map_err(|e| err(e.to_string()))?;
+        let mut tags = e.tags.clone();
+        let mut digests = Vec::new();
+        if let Some(t) = &r.tag {
+            tags.push(t.clone());
+        }
+        if let Some(d) = &r.digest {
+            digests.push(d.clone());
+        }
+        for d in &e.digests {
+            digests.push(
+                d.parse()
+                    .map_err(|_| err(format!("digest {d:?} is not sha256:<64 hex>")))?,
+            );
+        }
+        for t in &tags {
+            if !crate::reference::is_valid_tag(t) {
+                return Err(err(format!("tag {t:?} is not a valid tag")));
+            }
+        }
+        let tag_pattern = match &e.tag_pattern {
+            Some(p) => Some(
+                regex::Regex::new(&format!("^(?:{p})$"))
+                    .map_err(|x| err(format!("tagPattern {p:?}: {x}")))?,
+            ),
+            None => None,
+        };
+        if tags.is_empty() && digests.is_empty() && tag_pattern.is_none() {
+            tags.push("latest".into());
+        }
+        let platforms = e
+            .platforms
+            .iter()
+            .map(|p| {
+                Platform::parse(p).ok_or_else(|| err(format!("platform {p:?} is not os/arch[/variant]")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(t) = &e.target {
+            if !is_valid_repository(t) {
+                return Err(err(format!("target {t:?} is not a valid repository path")));
+            }
+        }
+        tags.dedup();
+        Ok(ImageSelection {
+            repo: Reference {
+                tag: None,
+                digest: None,
+                ..r
+            },
+            tags,
+            tag_pattern,
+            digests,
+            platforms,
+            target: e.target.clone(),
+        })
+    }
+}
+
+/// Parse a selection file.
+pub fn load_file(path: &Path) -> Result<Vec<ImageSelection>, SelectionError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| SelectionError::File {
+        path: name.clone(),
+        detail: e.to_string(),
+    })?;
+    parse_selection(&text, &name)
+}
+
+pub fn parse_selection(text: &str, name: &str) -> Result<Vec<ImageSelection>, SelectionError> {
+    let file: SelectionFile = serde_saphyr::from_str(text).map_err(|e| SelectionError::File {
+        path: name.to_string(),
+        detail: e.to_string(),
+    })?;
+    file.images
+        .iter()
+        .enumerate()
+        .map(|(i, e)| ImageSelection::from_entry(e, &format!("{name}: images[{i}] ({})", e.r#ref)))
+        .collect()
+}
+
+/// Command-line references, all with the same platform filter.
+pub fn from_refs(refs: &[String], platforms: &[String]) -> Result<Vec<ImageSelection>, SelectionError> {
+    refs.iter()
+        .map(|r| {
+            let entry = SelectionEntry {
+                r#ref: r.clone(),
+                tags: vec![],
+                tag_pattern: None,
+                digests: vec![],
+                platforms: platforms.to_vec(),
+                target: None,
+            };
+            ImageSelection::from_entry(&entry, r)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_selection_file() {
+        let sel = parse_selection(
+            r#"
+images:
+  - ref: public.ecr.aws/dynatrace/dynatrace-operator
+    tags: ["1.4.0"]
+    platforms: [linux/amd64, linux/arm64]
+    target: dynatrace-operator
+  - ref: 127.0.0.1:5000/vendor/agent
+    tagPattern: "1\\.[0-9]+\\.0"
+"#,
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(sel.len(), 2);
+        assert_eq!(sel[0].tags, vec!["1.4.0"]);
+        assert_eq!(sel[0].platforms.len(), 2);
+        assert!(sel[1].tag_pattern.as_ref().unwrap().is_match("1.2.0"));
+        assert!(!sel[1].tag_pattern.as_ref().unwrap().is_match("1.2.0-rc"));
+    }
+
+    #[test]
+    fn rejects_bad_entries() {
+        for bad in [
+            "images:\n  - ref: a/b\n    platforms: [linux]\n",
+            "images:\n  - ref: a/b\n    unknown: 1\n",
+            "images:\n  - ref: a/b\n    tagPattern: \"(\"\n",
+            "images:\n  - ref: a/b\n    target: \"UP/per\"\n",
+        ] {
+            assert!(parse_selection(bad, "t").is_err(), "{bad}");
+        }
+    }
+}
