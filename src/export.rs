@@ -600,12 +600,24 @@ async fn write_bundle(
     progress.finish();
     fed?;
     let (file_digest, len) = written?;
+    make_readable(tmp.as_file(), &tmp_name)?;
     tmp.persist(out).map_err(|e| ExportError::Io {
         path: out.display().to_string(),
         source: e.error,
     })?;
     write_sidecar(out, &file_name, &file_digest)?;
     Ok((file_digest.hex(), len))
+}
+
+/// Temp files are created 0600; a bundle is meant to be shared.
+fn make_readable(f: &std::fs::File, name: &str) -> Result<(), ExportError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(|source| ExportError::Io { path: name.to_string(), source })?;
+    }
+    Ok(())
 }
 
 /// `NAME.sha256` in `sha256sum` format, written atomically too.
@@ -619,6 +631,7 @@ fn write_sidecar(out: &Path, file_name: &str, digest: &Digest) -> Result<(), Exp
     let mut t = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
     writeln!(t, "{}  {file_name}", digest.hex()).map_err(err)?;
     t.as_file().sync_all().map_err(err)?;
+    make_readable(t.as_file(), &side.display().to_string())?;
     t.persist(&side).map_err(|e| err(e.error))?;
     Ok(())
 }

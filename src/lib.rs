@@ -14,3 +14,7 @@ pub mod layout;
 pub mod selection;
 pub mod signatures;
 pub mod fixtures;
+pub mod graph;
+pub mod import;
+pub mod inspect;
+pub mod verify;

@@ -1,1 +1,326 @@
-fn main(){}
+//! The `airlock` command line: argument parsing, credentials and output
+//! formatting over the library. Exit codes: 0 success, 1 error,
+//! 2 usage, 3 integrity failure (corrupt or tampered bundle).
+
+use airlock::bundle::BundleError;
+use airlock::export::{self, ExportOptions};
+use airlock::import::{self, ImportOptions, OnExistingTag, Target};
+use airlock::progress::{self, human_bytes};
+use airlock::registry::{Credential, CredentialStore, Registries, RegistryConfig, RetryPolicy};
+use airlock::{inspect, selection, verify};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+
+const EXIT_INTEGRITY: i32 = 3;
+
+#[derive(Parser)]
+#[command(name = "airlock", version, about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Only errors on stderr.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+}
+
+#[derive(Args, Clone)]
+struct RegistryArgs {
+    /// Extra CA certificate (PEM) to trust, on top of the system roots (repeatable).
+    #[arg(long = "ca-file", value_name = "PEM")]
+    ca_files: Vec<PathBuf>,
+    /// Registry host reached over plain HTTP or TLS without verification (repeatable).
+    #[arg(long = "insecure", value_name = "HOST")]
+    insecure: Vec<String>,
+    /// Username for the registry (with --password-stdin).
+    #[arg(long, requires = "password_stdin")]
+    username: Option<String>,
+    /// Read the password (or token) from stdin.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Attempts per request or blob before giving up.
+    #[arg(long, default_value_t = 6)]
+    retries: u32,
+    /// Upload blobs in chunks of this many bytes (default: one streamed PUT).
+    #[arg(long, value_name = "BYTES")]
+    upload_chunk_size: Option<usize>,
+    /// Concurrent blob transfers.
+    #[arg(long, short, default_value_t = 6)]
+    jobs: usize,
+}
+
+impl RegistryArgs {
+    fn config(&self, credential_hosts: &[String]) -> Result<RegistryConfig> {
+        let mut credentials = CredentialStore::default();
+        if let Some(user) = &self.username {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("reading the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_string();
+            for h in credential_hosts {
+                credentials.explicit.insert(
+                    h.clone(),
+                    Credential::Basic { username: user.clone(), password: password.clone() },
+                );
+            }
+        }
+        Ok(RegistryConfig {
+            credentials,
+            ca_files: self.ca_files.clone(),
+            insecure_hosts: self.insecure.clone(),
+            retry: RetryPolicy { attempts: self.retries.max(1), ..RetryPolicy::default() },
+            upload_chunk_size: self.upload_chunk_size,
+        })
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Pull images with their signatures into one bundle file.
+    Export {
+        /// Output bundle, e.g. mirror.tar.zst (a NAME.tar.zst.sha256 is written beside it).
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Selection file (YAML), see README.
+        #[arg(long = "file", short = 'f')]
+        file: Option<PathBuf>,
+        /// Image references (registry/repo:tag or @sha256:…).
+        refs: Vec<String>,
+        /// Keep only these platforms of command-line references (os/arch[/variant], repeatable).
+        #[arg(long = "platform")]
+        platforms: Vec<String>,
+        /// Fail if any image or platform manifest has no signature.
+        #[arg(long)]
+        require_signatures: bool,
+        /// zstd level (1-19).
+        #[arg(long, default_value_t = 3)]
+        level: i32,
+        /// Compression threads (default: all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Replace an existing output file.
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Verify a bundle and push it into a registry.
+    Import {
+        /// Bundle file, or - for stdin.
+        bundle: String,
+        /// Target: HOST[/PREFIX] or HOST/TEMPLATE with {repo} and {name}.
+        #[arg(long)]
+        to: String,
+        /// What to do when a tag at the target points to another digest.
+        #[arg(long, value_enum, default_value_t = OnExistingTag::Refuse)]
+        on_existing_tag: OnExistingTag,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// Show what a bundle holds.
+    Inspect {
+        bundle: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a bundle offline: every digest, the index, the graph.
+    Verify {
+        /// Bundle file, or - for stdin.
+        bundle: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Test fixtures: push the deterministic signed image set to a registry.
+    #[command(hide = true)]
+    Fixtures {
+        /// HOST[/PREFIX], e.g. 127.0.0.1:5000/vendor
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 1)]
+        scale: usize,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Export { output, file, refs, platforms, require_signatures, level, threads, force, json, registry } => {
+            let mut sel = Vec::new();
+            if let Some(f) = &file {
+                sel.extend(selection::load_file(f)?);
+            }
+            sel.extend(selection::from_refs(&refs, &platforms)?);
+            if sel.is_empty() {
+                bail!("nothing to export: give image references or --file");
+            }
+            let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
+            let registries = Registries::new(registry.config(&hosts)?);
+            let mut opts = ExportOptions::new(&output);
+            opts.jobs = registry.jobs;
+            opts.level = level;
+            if let Some(t) = threads {
+                opts.threads = t;
+            }
+            opts.require_signatures = require_signatures;
+            opts.force = force;
+            let report = export::export(&registries, &sel, &opts).await?;
+            if json {
+                return print_json(&report);
+            }
+            for img in &report.images {
+                println!("{}  {}  [{}]  {} artifacts", img.source, img.digest, img.platforms.join(", "), img.artifacts);
+            }
+            println!(
+                "wrote {} ({}, {} images, {} manifests, {} blobs, {} of blobs) in {:.1}s ({}/s)",
+                report.bundle,
+                human_bytes(report.file_size),
+                report.images.len(),
+                report.manifests,
+                report.blobs,
+                human_bytes(report.blob_bytes),
+                report.seconds,
+                human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
+            );
+            println!("bundle digest: {}", report.bundle_digest);
+            println!("file sha256:   {}  (also in {}.sha256)", report.file_sha256, report.bundle);
+            Ok(())
+        }
+        Command::Import { bundle, to, on_existing_tag, json, registry } => {
+            let target = Target::parse(&to)?;
+            let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
+            let opts = ImportOptions { target, on_existing_tag, jobs: registry.jobs };
+            let report = if bundle == "-" {
+                import::import_stream(&registries, Box::new(std::io::stdin()), "stdin", &opts).await
+            } else {
+                import::import_file(&registries, std::path::Path::new(&bundle), &opts).await
+            };
+            let report = match report {
+                Ok(r) => r,
+                Err(import::ImportError::Bundle(e)) => return Err(integrity(e)),
+                Err(e) => return Err(e.into()),
+            };
+            if json {
+                return print_json(&report);
+            }
+            for img in &report.images {
+                println!("{} -> {}  {}  ({} artifacts)", img.source, img.target, img.digest, img.artifacts);
+            }
+            for t in &report.tags_skipped {
+                println!("left as it was: {t}");
+            }
+            println!(
+                "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
+                report.images.len(),
+                report.mode,
+                report.blobs_uploaded,
+                human_bytes(report.bytes_sent),
+                report.blobs_mounted,
+                report.blobs_present,
+                human_bytes(report.bytes_skipped),
+                report.manifests_pushed,
+                report.manifests_present,
+                report.tags_set,
+                report.seconds
+            );
+            if let Some(d) = &report.bundle_digest {
+                println!("bundle digest: {d}");
+            }
+            Ok(())
+        }
+        Command::Inspect { bundle, json } => {
+            let (index, digest) = inspect::read_index(&bundle).map_err(integrity)?;
+            if json {
+                return print_json(&serde_json::json!({"bundleDigest": digest, "index": index}));
+            }
+            print!("{}", inspect::render(&index, &digest));
+            Ok(())
+        }
+        Command::Verify { bundle, json } => {
+            let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
+                (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
+            } else {
+                (PathBuf::from(&bundle), None)
+            };
+            let report = match verify::verify(&path, input) {
+                Ok(r) => r,
+                Err(verify::VerifyError::Io { path, source }) => bail!("{path}: {source}"),
+                Err(e) => {
+                    if json {
+                        print_json(&serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}))?;
+                    }
+                    return Err(IntegrityFailure(e.to_string()).into());
+                }
+            };
+            if json {
+                let mut v = serde_json::to_value(&report)?;
+                v["verified"] = serde_json::Value::Bool(true);
+                return print_json(&v);
+            }
+            for img in &report.images {
+                println!("ok  {}  {}  [{}]  {} blobs, {} artifacts", img.source, img.digest, img.platforms.join(", "), img.blobs, img.artifacts);
+            }
+            for u in &report.unreferenced {
+                println!("note: member {u} is listed but no image needs it");
+            }
+            println!(
+                "verified {}: {} members, {} checked, graph complete{}",
+                report.bundle,
+                report.members,
+                human_bytes(report.bytes),
+                match report.sidecar_ok {
+                    Some(true) => ", file sha256 matches the .sha256 file",
+                    _ => " (no .sha256 file to compare)",
+                }
+            );
+            println!("bundle digest: {}  created {} by {}", report.bundle_digest, report.created, report.tool);
+            Ok(())
+        }
+        Command::Fixtures { to, scale, registry } => {
+            let (host, prefix) = to.split_once('/').unwrap_or((&to, ""));
+            let prefix = if prefix.is_empty() { String::new() } else { format!("{}/", prefix.trim_end_matches('/')) };
+            let registries = Registries::new(registry.config(&[host.to_string()])?);
+            let reg = registries.get(host).await?;
+            for img in airlock::fixtures::seed(&reg, &prefix, scale).await? {
+                println!("{host}/{}:{}  {}  {} artifacts", img.repository, img.tag, img.digest, img.artifact_tags.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct IntegrityFailure(String);
+
+fn integrity(e: BundleError) -> anyhow::Error {
+    IntegrityFailure(e.to_string()).into()
+}
+
+fn main() {
+    let cli = Cli::parse();
+    progress::set_quiet(cli.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("airlock: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        let code = if e.downcast_ref::<IntegrityFailure>().is_some() { EXIT_INTEGRITY } else { 1 };
+        eprintln!("airlock: error: {e:#}");
+        std::process::exit(code);
+    }
+}

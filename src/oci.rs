@@ -209,9 +209,12 @@ impl ManifestView {
 
     /// The artifact type as cosign / ORAS define it: `artifactType`, else the config media type.
     pub fn effective_artifact_type(&self) -> Option<String> {
-        self.artifact_type
-            .clone()
-            .or_else(|| self.config.as_ref().map(|c| c.media_type.clone()))
+        self.artifact_type.clone().or_else(|| {
+            self.config
+                .as_ref()
+                .map(|c| c.media_type.clone())
+                .filter(|m| m != OCI_CONFIG && m != OCI_EMPTY)
+        })
     }
 }
 

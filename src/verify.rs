@@ -1,0 +1,121 @@
+//! `airlock verify`: the offline integrity audit of a bundle. One pass
+//! over the file: the whole-file sha256 (checked against `NAME.sha256`
+//! when present), every member's size and digest against the bundle index,
+//! no member the index does not list, and the descriptor graph complete.
+//! Signature checks against a site policy come with the trust module.
+
+use crate::bundle::{self, BundleError, MemberKind, StreamEvent};
+use crate::digest::{Digest, HashingReader};
+use crate::graph::{self, Manifests};
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifiedImage {
+    pub source: String,
+    pub digest: Digest,
+    pub platforms: Vec<String>,
+    pub artifacts: usize,
+    pub blobs: usize,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifyReport {
+    pub bundle: String,
+    pub bundle_digest: Digest,
+    pub file_sha256: String,
+    /// `Some(true)` when `NAME.sha256` exists and matches.
+    pub sidecar_ok: Option<bool>,
+    pub created: String,
+    pub tool: String,
+    pub members: usize,
+    pub bytes: u64,
+    pub images: Vec<VerifiedImage>,
+    /// Listed members no image needs (allowed, reported).
+    pub unreferenced: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("{bundle}: file sha256 {actual} does not match {sidecar} ({expected})")]
+    Sidecar { bundle: String, sidecar: String, expected: String, actual: String },
+}
+
+fn read_sidecar(path: &Path) -> Option<(String, String)> {
+    let side = format!("{}.sha256", path.display());
+    let text = std::fs::read_to_string(&side).ok()?;
+    let hex = text.split_whitespace().next()?.to_ascii_lowercase();
+    Some((side, hex))
+}
+
+/// Verify the bundle at `path` (or a stream, when `input` is given).
+pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<VerifyReport, VerifyError> {
+    let name = path.display().to_string();
+    let from_file = input.is_none();
+    let raw: Box<dyn Read + Send> = match input {
+        Some(r) => r,
+        None => Box::new(std::fs::File::open(path).map_err(|source| VerifyError::Io { path: name.clone(), source })?),
+    };
+    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, raw));
+    let mut manifests: Manifests = HashMap::new();
+    let mut bytes = 0u64;
+    let (index, digest) = bundle::read_stream(&mut hashing, &name, |ev| {
+        if let StreamEvent::Member { member, data } = ev {
+            bytes += member.size;
+            if member.kind == MemberKind::Manifest {
+                let mut b = Vec::with_capacity(member.size as usize);
+                data.read_to_end(&mut b).map_err(|e| BundleError::MemberMismatch {
+                    bundle: name.clone(),
+                    member: member.path.clone(),
+                    detail: e.to_string(),
+                })?;
+                manifests.insert(member.digest.clone(), (Bytes::from(b), member.media_type.clone().unwrap_or_default()));
+            }
+        }
+        Ok(())
+    })?;
+    // The seek table trails the tar; hash it too for the whole-file digest.
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|source| VerifyError::Io { path: name.clone(), source })?;
+    let (file_digest, _) = hashing.finish();
+    let graphs = graph::build(&name, &index, &manifests)?;
+    let sidecar_ok = match (from_file, read_sidecar(path)) {
+        (true, Some((side, expected))) => {
+            if expected != file_digest.hex() {
+                return Err(VerifyError::Sidecar { bundle: name, sidecar: side, expected, actual: file_digest.hex() });
+            }
+            Some(true)
+        }
+        _ => None,
+    };
+    let images = graphs
+        .iter()
+        .map(|g| VerifiedImage {
+            source: g.entry.source.clone(),
+            digest: g.entry.digest.clone(),
+            platforms: g.entry.platforms.iter().map(|p| p.platform.clone().unwrap_or_else(|| "-".into())).collect(),
+            artifacts: g.artifacts.len(),
+            blobs: g.blobs.len(),
+        })
+        .collect();
+    Ok(VerifyReport {
+        bundle: name,
+        bundle_digest: digest,
+        file_sha256: file_digest.hex(),
+        sidecar_ok,
+        created: index.created.clone(),
+        tool: index.tool.clone(),
+        members: index.members.len() + 1,
+        bytes,
+        unreferenced: graph::unreferenced(&index, &graphs),
+        images,
+    })
+}
