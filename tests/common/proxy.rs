@@ -1,0 +1,151 @@
+//! A fault-injecting HTTP/1.1 proxy in front of a real registry. Each
+//! request gets its own upstream connection (`Connection: close`), so every
+//! request can be matched against the rules: answer with a status (5xx,
+//! 429 with Retry-After), drop the connection, or forward the request and
+//! cut the response body in half.
+
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Clone, Debug)]
+pub enum Fault {
+    Status(u16, Option<u64>),
+    Drop,
+    Truncate,
+}
+
+#[derive(Clone, Debug)]
+pub struct Rule {
+    pub method: &'static str,
+    pub path_contains: String,
+    pub fault: Fault,
+    /// How many matching requests to fail (usize::MAX = all).
+    pub times: usize,
+}
+
+pub struct Proxy {
+    pub host: String,
+    rules: Arc<Mutex<Vec<Rule>>>,
+    pub injected: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Proxy {
+    pub async fn start(upstream: &str, rules: Vec<Rule>) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let host = listener.local_addr().unwrap().to_string();
+        let rules = Arc::new(Mutex::new(rules));
+        let injected = Arc::new(Mutex::new(Vec::new()));
+        let (r, i, up) = (rules.clone(), injected.clone(), upstream.to_string());
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (r, i, up) = (r.clone(), i.clone(), up.clone());
+                tokio::spawn(async move {
+                    let _ = handle(conn, &up, r, i).await;
+                });
+            }
+        });
+        Proxy { host, rules, injected, task }
+    }
+
+    pub fn set_rules(&self, rules: Vec<Rule>) {
+        *self.rules.lock().unwrap() = rules;
+    }
+
+    pub fn injected(&self) -> Vec<String> {
+        self.injected.lock().unwrap().clone()
+    }
+}
+
+async fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(pos + 4);
+            return Ok(Some((buf, rest)));
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn force_close(head: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(head);
+    let mut out = String::new();
+    for line in text.trim_end().split("\r\n") {
+        if line.to_ascii_lowercase().starts_with("connection:") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    out.into_bytes()
+}
+
+async fn handle(
+    mut client: TcpStream,
+    upstream: &str,
+    rules: Arc<Mutex<Vec<Rule>>>,
+    injected: Arc<Mutex<Vec<String>>>,
+) -> std::io::Result<()> {
+    let Some((head, rest)) = read_head(&mut client).await? else { return Ok(()) };
+    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+    let mut parts = line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let fault = {
+        let mut rules = rules.lock().unwrap();
+        rules
+            .iter_mut()
+            .find(|r| r.times > 0 && r.method == method && path.contains(&r.path_contains))
+            .map(|r| {
+                r.times = r.times.saturating_sub(1);
+                r.fault.clone()
+            })
+    };
+    if let Some(f) = &fault {
+        injected.lock().unwrap().push(format!("{f:?} {method} {path}"));
+    }
+    match fault {
+        Some(Fault::Drop) => return Ok(()),
+        Some(Fault::Status(code, retry_after)) => {
+            let ra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+            let resp = format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{ra}Connection: close\r\n\r\n");
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        _ => {}
+    }
+    let mut up = TcpStream::connect(upstream).await?;
+    up.write_all(&force_close(&head)).await?;
+    up.write_all(&rest).await?;
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = up.into_split();
+    let to_upstream = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut cr, &mut uw).await;
+    });
+    if matches!(fault, Some(Fault::Truncate)) {
+        let mut resp = Vec::new();
+        ur.read_to_end(&mut resp).await?;
+        let cut = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(0);
+        let keep = cut + (resp.len() - cut) / 2;
+        cw.write_all(&resp[..keep]).await?;
+    } else {
+        tokio::io::copy(&mut ur, &mut cw).await?;
+    }
+    let _ = cw.shutdown().await;
+    to_upstream.abort();
+    Ok(())
+}
