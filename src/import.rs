@@ -477,7 +477,17 @@ pub async fn import_file(registries: &Registries, path: &std::path::Path, opts: 
             .map_err(|e| ImportError::Io { path: name.clone(), source: std::io::Error::other(e.to_string()) })??
     };
     let Some(bundle) = seekable else {
-        progress::note(&format!("{name} has no seek table: reading it as a stream"));
+        // A file can be read twice: check all of it before pushing anything,
+        // then push in one streamed pass (only pipes push as they verify).
+        progress::note(&format!("{name} has no seek table: verifying it whole, then reading it as a stream"));
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || crate::verify::verify(&p, None))
+            .await
+            .map_err(|e| ImportError::Io { path: name.clone(), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| match e {
+                crate::verify::VerifyError::Bundle(b) => ImportError::Bundle(b),
+                other => ImportError::Io { path: name.clone(), source: std::io::Error::other(other.to_string()) },
+            })?;
         let file = std::fs::File::open(path).map_err(|source| ImportError::Io { path: name.clone(), source })?;
         return import_stream(registries, Box::new(std::io::BufReader::new(file)), &name, opts).await;
     };
@@ -533,7 +543,7 @@ async fn verify_blobs_first(bundle: &Arc<SeekableBundle>, jobs: usize) -> Result
         .members
         .iter()
         .enumerate()
-        .filter(|(_, m)| matches!(m.kind, MemberKind::Small | MemberKind::Layer))
+        .filter(|(_, m)| m.kind != MemberKind::Manifest) // manifests were read (and checked) already
         .map(|(i, _)| i)
         .collect();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(jobs.max(1));
@@ -553,6 +563,10 @@ async fn verify_blobs_first(bundle: &Arc<SeekableBundle>, jobs: usize) -> Result
     while let Some(r) = checks.next().await {
         r.map_err(|e| ImportError::Io { path: bundle.path.display().to_string(), source: std::io::Error::other(e.to_string()) })??;
     }
+    let b = bundle.clone();
+    tokio::task::spawn_blocking(move || b.check_end())
+        .await
+        .map_err(|e| ImportError::Io { path: bundle.path.display().to_string(), source: std::io::Error::other(e.to_string()) })??;
     Ok(())
 }
 

@@ -32,6 +32,15 @@ fn corrupt(bundle: &str, detail: impl std::fmt::Display) -> BundleError {
     }
 }
 
+/// The ustar header checksum: the sum of all bytes, the checksum field counted as spaces.
+fn ustar_checksum(block: &[u8; 512]) -> u32 {
+    block
+        .iter()
+        .enumerate()
+        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+        .sum()
+}
+
 /// Parse and sanity-check the bundle index bytes.
 pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleError> {
     let bad = |detail: String| BundleError::BadIndex {
@@ -263,33 +272,65 @@ impl SeekableBundle {
         }))
     }
 
-    /// A reader of member `i`'s data that verifies its digest at the end.
-    pub fn open_member(
-        &self,
-        i: usize,
-    ) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
+    fn decoder_at(&self, offset: u64) -> Result<zstd::stream::read::Decoder<'static, BufReader<File>>, BundleError> {
         let name = self.path.display().to_string();
-        let m = &self.index.members[i];
-        let offset = self.offsets[i];
         let (c, d) = self
             .table
             .locate(offset)
-            .ok_or_else(|| corrupt(&name, format!("no frame holds member {}", m.path)))?;
-        let mut f = File::open(&self.path).map_err(|source| BundleError::Io {
-            path: name.clone(),
-            source,
-        })?;
+            .ok_or_else(|| corrupt(&name, format!("no frame holds offset {offset}")))?;
+        let mut f = File::open(&self.path).map_err(|source| BundleError::Io { path: name.clone(), source })?;
         f.seek(SeekFrom::Start(c)).map_err(|e| corrupt(&name, e))?;
-        let mut dec =
-            zstd::stream::read::Decoder::new(BufReader::new(f)).map_err(|e| corrupt(&name, e))?;
+        let mut dec = zstd::stream::read::Decoder::new(f).map_err(|e| corrupt(&name, e))?;
         io::copy(&mut (&mut dec).take(offset - d), &mut io::sink()).map_err(|e| corrupt(&name, e))?;
+        Ok(dec)
+    }
+
+    /// A reader of member `i`'s data, after checking its tar header, that
+    /// verifies the data's digest at the end.
+    pub fn open_member(&self, i: usize) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
+        let name = self.path.display().to_string();
+        let m = &self.index.members[i];
+        let mut dec = self.decoder_at(self.offsets[i] - 512)?;
+        let mut block = [0u8; 512];
+        dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
+        let header = tar::Header::from_byte_slice(&block);
+        let cksum_ok = header.cksum().ok() == Some(ustar_checksum(&block));
+        let path = String::from_utf8_lossy(header.path_bytes().as_ref()).into_owned();
+        let size = header.size().map_err(|e| corrupt(&name, format!("header of {}: {e}", m.path)))?;
+        if !cksum_ok {
+            return Err(corrupt(&name, format!("tar header of {} has a bad checksum", m.path)));
+        }
+        check_header(&name, &path, header.entry_type(), size, Some(m))?;
         let boxed: Box<dyn Read + Send> = Box::new(dec);
-        Ok(VerifyingReader::new(
-            boxed,
-            m.digest.clone(),
-            m.size,
-            format!("{} in {name}", m.path),
-        ))
+        Ok(VerifyingReader::new(boxed, m.digest.clone(), m.size, format!("{} in {name}", m.path)))
+    }
+
+    /// The archive must end right after the last listed member with the
+    /// two zero blocks of a tar end: nothing may hide behind it.
+    pub fn check_end(&self) -> Result<(), BundleError> {
+        let name = self.path.display().to_string();
+        let end = match (self.offsets.last(), self.index.members.last()) {
+            (Some(o), Some(m)) => o + padded(m.size),
+            _ => return Err(corrupt(&name, "no members")),
+        };
+        let mut tail = Vec::new();
+        self.decoder_at(end)?.take(2048).read_to_end(&mut tail).map_err(|e| corrupt(&name, e))?;
+        if self.table.decompressed_len != end + 1024 {
+            // Name what follows if it is a tar header, else its size.
+            let member = match tail.get(..512).filter(|h| h.iter().any(|b| *b != 0)) {
+                Some(h) => String::from_utf8_lossy(&h[..100]).trim_end_matches('\0').to_string(),
+                None => format!("<{} bytes>", self.table.decompressed_len.saturating_sub(end)),
+            };
+            return Err(BundleError::UnexpectedMember {
+                bundle: name,
+                member,
+                detail: "found after the last member the index lists".into(),
+            });
+        }
+        if tail.len() != 1024 || tail.iter().any(|b| *b != 0) {
+            return Err(corrupt(&name, "the tar end-of-archive blocks are missing"));
+        }
+        Ok(())
     }
 
     /// Read a (small) member whole, verified.

@@ -29,6 +29,10 @@ impl<W: Write> BundleWriter<W> {
         h.set_mtime(0);
         h.set_entry_type(tar::EntryType::Regular);
         h.set_cksum();
+        // The header gets a frame of its own and the data starts the next
+        // one: a reader can check any member's header, then stream its data,
+        // without decompressing anything else.
+        self.out.cut()?;
         self.out.write_all(h.as_bytes())?;
         // Member data starts a frame: readers can seek straight to it.
         self.out.cut()?;
@@ -42,6 +46,14 @@ impl<W: Write> BundleWriter<W> {
         let pad = (super::padded(size) - size) as usize;
         self.out.write_all(&[0u8; 512][..pad])?;
         Ok(())
+    }
+
+    /// Raw tar bytes (a header and padded data), for tests that forge
+    /// hostile archives; never used to write a real bundle.
+    #[doc(hidden)]
+    pub fn append_raw_for_tests(&mut self, raw: &[u8]) -> io::Result<()> {
+        self.out.write_all(raw)?;
+        self.out.cut()
     }
 
     /// Write the end-of-archive blocks and the seek table.
