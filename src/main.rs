@@ -255,7 +255,9 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let report = match verify::verify(&path, input) {
                 Ok(r) => r,
-                Err(verify::VerifyError::Io { path, source }) => bail!("{path}: {source}"),
+                Err(verify::VerifyError::Io { path, source }) | Err(verify::VerifyError::Bundle(BundleError::Io { path, source })) => {
+                    bail!("{path}: {source}")
+                }
                 Err(e) => {
                     if json {
                         print_json(&serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}))?;
@@ -304,8 +306,13 @@ async fn run(cli: Cli) -> Result<()> {
 #[error("{0}")]
 struct IntegrityFailure(String);
 
+/// Bundle errors are integrity failures (exit 3), except when the file
+/// cannot be read at all.
 fn integrity(e: BundleError) -> anyhow::Error {
-    IntegrityFailure(e.to_string()).into()
+    match e {
+        BundleError::Io { .. } => e.into(),
+        e => IntegrityFailure(e.to_string()).into(),
+    }
 }
 
 fn main() {
