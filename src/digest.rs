@@ -158,24 +158,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_and_formats() {
-        let d = Digest::of(b"");
-        assert_eq!(
-            d.to_string(),
-            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        );
-        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
-        assert!("sha256:E3B0".parse::<Digest>().is_err());
-        assert!("sha512:00".parse::<Digest>().is_err());
-        assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
-    }
-}
-
 /// Reads exactly `size` bytes and, at their end, fails instead of reporting
 /// EOF unless they hash to `expected`. A consumer that commits only after
 /// seeing EOF therefore never commits bad bytes.
@@ -242,5 +224,23 @@ impl<R: Read> Read for VerifyingReader<R> {
             self.verified = true;
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_formats() {
+        let d = Digest::of(b"");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        assert!("sha256:E3B0".parse::<Digest>().is_err());
+        assert!("sha512:00".parse::<Digest>().is_err());
+        assert!("sha256:../../etc/passwd".parse::<Digest>().is_err());
     }
 }

@@ -40,7 +40,9 @@ impl ExportOptions {
             output: output.into(),
             jobs: 6,
             level: 3,
-            threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
             frame_max: bundle::frames::DEFAULT_FRAME_MAX,
             require_signatures: false,
             force: false,
@@ -193,7 +195,9 @@ async fn resolve_root(
             manifests.push(root.clone());
         }
         for child in selected {
-            let m = registry.get_manifest(repo, &child.digest.to_string()).await?;
+            let m = registry
+                .get_manifest(repo, &child.digest.to_string())
+                .await?;
             let cv = ManifestView::parse(&m.bytes, Some(&m.media_type)).map_err(|source| {
                 RegistryError::Manifest {
                     what: what(&m.digest),
@@ -227,7 +231,11 @@ async fn resolve_root(
             size: root.bytes.len() as u64,
         });
         manifests.push(root.clone());
-        (root.digest.clone(), root.media_type.clone(), root.bytes.len() as u64)
+        (
+            root.digest.clone(),
+            root.media_type.clone(),
+            root.bytes.len() as u64,
+        )
     };
 
     let mut discovery = Discovery::new(&registry, repo, tags);
@@ -263,7 +271,9 @@ async fn resolve_root(
         source_digest: root.digest.clone(),
         platforms,
         target: sel.target.clone(),
-        ref_name: tag.as_ref().map(|t| layout::ref_name(&sel.repo.repository, t)),
+        ref_name: tag
+            .as_ref()
+            .map(|t| layout::ref_name(&sel.repo.repository, t)),
         artifacts,
         total_size,
     };
@@ -299,13 +309,16 @@ async fn resolve_selection(
     tags.dedup();
     let mut out = Vec::new();
     for tag in tags {
-        let root = registry.get_manifest(repo, &tag).await.map_err(|e| match e {
-            RegistryError::NotFound { .. } => ExportError::Selection(format!(
-                "image {} not found: check the repository and tag",
-                sel.repo.with_tag(&tag)
-            )),
-            e => e.into(),
-        })?;
+        let root = registry
+            .get_manifest(repo, &tag)
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound { .. } => ExportError::Selection(format!(
+                    "image {} not found: check the repository and tag",
+                    sel.repo.with_tag(&tag)
+                )),
+                e => e.into(),
+            })?;
         out.push(resolve_root(registry.clone(), sel, Some(tag), root, &tag_set).await?);
     }
     for d in &sel.digests {
@@ -320,7 +333,7 @@ enum Source {
     Blob {
         registry: Arc<Registry>,
         repo: String,
-        desc: Descriptor,
+        desc: Box<Descriptor>,
     },
 }
 
@@ -454,13 +467,16 @@ pub async fn export(
                     sources.push(Source::Blob {
                         registry: r.registry.clone(),
                         repo: r.entry.repository.clone(),
-                        desc: d.clone(),
+                        desc: Box::new(d.clone()),
                     });
                 }
             }
         }
     }
-    let manifest_count = members.iter().filter(|m| m.kind == MemberKind::Manifest).count();
+    let manifest_count = members
+        .iter()
+        .filter(|m| m.kind == MemberKind::Manifest)
+        .count();
     let blob_count = members.len() - 2 - manifest_count;
     let index = BundleIndex {
         schema_version: bundle::FORMAT_VERSION,
@@ -531,7 +547,11 @@ async fn write_bundle(
     let writer = tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, file));
         let mut w = BundleWriter::new(hashing, level, threads, frame_max)?;
-        w.append(bundle::INDEX_PATH, index_bytes.len() as u64, &mut &index_bytes[..])?;
+        w.append(
+            bundle::INDEX_PATH,
+            index_bytes.len() as u64,
+            &mut &index_bytes[..],
+        )?;
         for m in &writer_members {
             let item = rx.blocking_recv().ok_or_else(|| {
                 std::io::Error::other("export stopped before every member was written")
@@ -615,7 +635,10 @@ fn make_readable(f: &std::fs::File, name: &str) -> Result<(), ExportError> {
     {
         use std::os::unix::fs::PermissionsExt;
         f.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(|source| ExportError::Io { path: name.to_string(), source })?;
+            .map_err(|source| ExportError::Io {
+                path: name.to_string(),
+                source,
+            })?;
     }
     Ok(())
 }
@@ -623,7 +646,10 @@ fn make_readable(f: &std::fs::File, name: &str) -> Result<(), ExportError> {
 /// `NAME.sha256` in `sha256sum` format, written atomically too.
 fn write_sidecar(out: &Path, file_name: &str, digest: &Digest) -> Result<(), ExportError> {
     let side = PathBuf::from(format!("{}.sha256", out.display()));
-    let dir = side.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = side
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let err = |source| ExportError::Io {
         path: side.display().to_string(),
         source,

@@ -63,7 +63,9 @@ fn content(seed: u64, len: usize) -> Vec<u8> {
         if (out.len() / 4096) % 2 == 0 {
             out.extend_from_slice(&v.to_le_bytes());
         } else {
-            out.extend_from_slice(format!("line {:08} of fixture text\n", v % 100_000_000).as_bytes());
+            out.extend_from_slice(
+                format!("line {:08} of fixture text\n", v % 100_000_000).as_bytes(),
+            );
         }
     }
     out.truncate(len);
@@ -96,12 +98,11 @@ fn body_of(bytes: Bytes) -> BlobBody {
 }
 
 async fn push_blob(reg: &Registry, repo: &str, blob: &Blob) -> Result<(), RegistryError> {
-    let desc: Descriptor = serde_json::from_value(blob.descriptor()).map_err(|e| {
-        RegistryError::Protocol {
+    let desc: Descriptor =
+        serde_json::from_value(blob.descriptor()).map_err(|e| RegistryError::Protocol {
             what: "fixture".into(),
             detail: e.to_string(),
-        }
-    })?;
+        })?;
     let bytes = blob.bytes.clone();
     reg.push_blob(repo, &desc, None, || {
         let b = bytes.clone();
@@ -153,7 +154,10 @@ pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
 
 fn cosign_config(layer_digest: &Digest) -> Blob {
     let doc = json!({"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[layer_digest.to_string()]},"config":{}});
-    Blob::new(serde_json::to_vec(&doc).unwrap_or_default(), oci::OCI_CONFIG)
+    Blob::new(
+        serde_json::to_vec(&doc).unwrap_or_default(),
+        oci::OCI_CONFIG,
+    )
 }
 
 /// Push a cosign `.sig` for `subject` in `repo`; returns (tag, digest).
@@ -164,7 +168,10 @@ pub async fn push_signature(
     signer: &Signer256,
 ) -> Result<(String, Digest), RegistryError> {
     let payload = json!({"critical":{"identity":{"docker-reference":format!("{}/{repo}", reg.host())},"image":{"docker-manifest-digest":subject.to_string()},"type":"cosign container image signature"},"optional":null});
-    let payload = Blob::new(serde_json::to_vec(&payload).unwrap_or_default(), oci::COSIGN_SIMPLESIGNING);
+    let payload = Blob::new(
+        serde_json::to_vec(&payload).unwrap_or_default(),
+        oci::COSIGN_SIMPLESIGNING,
+    );
     let sig = signer.sign_b64(&payload.bytes);
     let config = cosign_config(&payload.digest());
     push_blob(reg, repo, &payload).await?;
@@ -189,12 +196,16 @@ async fn push_attestation(
     let b64 = base64::engine::general_purpose::STANDARD;
     let sig = signer.sign_b64(&dsse_pae("application/vnd.in-toto+json", &statement));
     let envelope = json!({"payloadType":"application/vnd.in-toto+json","payload":b64.encode(&statement),"signatures":[{"keyid":"","sig":sig}]});
-    let env = Blob::new(serde_json::to_vec(&envelope).unwrap_or_default(), oci::DSSE_ENVELOPE);
+    let env = Blob::new(
+        serde_json::to_vec(&envelope).unwrap_or_default(),
+        oci::DSSE_ENVELOPE,
+    );
     let config = cosign_config(&env.digest());
     push_blob(reg, repo, &env).await?;
     push_blob(reg, repo, &config).await?;
     let mut layer = env.descriptor();
-    layer["annotations"] = json!({"dev.cosignproject.cosign/signature":"","predicateType":predicate_type});
+    layer["annotations"] =
+        json!({"dev.cosignproject.cosign/signature":"","predicateType":predicate_type});
     let doc = json!({"schemaVersion":2,"mediaType":oci::OCI_MANIFEST,"config":config.descriptor(),"layers":[layer]});
     let tag = crate::signatures::cosign_tag(subject, "att");
     let (_, d) = push_manifest(reg, repo, Some(&tag), &doc, oci::OCI_MANIFEST).await?;
@@ -208,8 +219,11 @@ async fn push_sbom_referrer(
     subject: (&Digest, &str, usize),
 ) -> Result<(String, Digest), RegistryError> {
     let sbom = Blob::new(
-        format!("{{\"spdxVersion\":\"SPDX-2.3\",\"name\":\"{repo}\",\"subject\":\"{}\"}}", subject.0)
-            .into_bytes(),
+        format!(
+            "{{\"spdxVersion\":\"SPDX-2.3\",\"name\":\"{repo}\",\"subject\":\"{}\"}}",
+            subject.0
+        )
+        .into_bytes(),
         "application/spdx+json",
     );
     let empty = Blob::new(b"{}".to_vec(), oci::OCI_EMPTY);
@@ -238,22 +252,62 @@ struct Spec {
 }
 
 const SPECS: &[Spec] = &[
-    Spec { repo: "operator", tag: "1.0.0", archs: &["amd64", "arm64"], docker: false, sign_platforms: true, attest: false, sbom: false },
-    Spec { repo: "operator", tag: "1.1.0", archs: &["amd64", "arm64"], docker: false, sign_platforms: true, attest: true, sbom: false },
-    Spec { repo: "agent", tag: "2.0.0", archs: &["amd64", "arm64", "s390x"], docker: false, sign_platforms: false, attest: false, sbom: true },
-    Spec { repo: "gateway", tag: "3.0.0", archs: &["amd64", "arm64"], docker: true, sign_platforms: false, attest: false, sbom: false },
+    Spec {
+        repo: "operator",
+        tag: "1.0.0",
+        archs: &["amd64", "arm64"],
+        docker: false,
+        sign_platforms: true,
+        attest: false,
+        sbom: false,
+    },
+    Spec {
+        repo: "operator",
+        tag: "1.1.0",
+        archs: &["amd64", "arm64"],
+        docker: false,
+        sign_platforms: true,
+        attest: true,
+        sbom: false,
+    },
+    Spec {
+        repo: "agent",
+        tag: "2.0.0",
+        archs: &["amd64", "arm64", "s390x"],
+        docker: false,
+        sign_platforms: false,
+        attest: false,
+        sbom: true,
+    },
+    Spec {
+        repo: "gateway",
+        tag: "3.0.0",
+        archs: &["amd64", "arm64"],
+        docker: true,
+        sign_platforms: false,
+        attest: false,
+        sbom: false,
+    },
 ];
 
 /// Push the fixture set under `prefix` (e.g. `vendor/`). `scale` multiplies
 /// layer sizes (1 ≈ 3 MiB of blobs in all).
-pub async fn seed(reg: &Registry, prefix: &str, scale: usize) -> Result<Vec<FixtureImage>, RegistryError> {
+pub async fn seed(
+    reg: &Registry,
+    prefix: &str,
+    scale: usize,
+) -> Result<Vec<FixtureImage>, RegistryError> {
     let signer = Signer256::test_key();
     let scale = scale.max(1);
     let mut out = Vec::new();
     for (n, spec) in SPECS.iter().enumerate() {
         let repo = format!("{prefix}{}", spec.repo);
         let (mt_list, mt_manifest, mt_config) = if spec.docker {
-            (oci::DOCKER_LIST, oci::DOCKER_MANIFEST, "application/vnd.docker.container.image.v1+json")
+            (
+                oci::DOCKER_LIST,
+                oci::DOCKER_MANIFEST,
+                "application/vnd.docker.container.image.v1+json",
+            )
         } else {
             (oci::OCI_INDEX, oci::OCI_MANIFEST, oci::OCI_CONFIG)
         };
@@ -263,8 +317,18 @@ pub async fn seed(reg: &Registry, prefix: &str, scale: usize) -> Result<Vec<Fixt
             // Shared by every image of this arch (cross-repository dedup and mounts).
             let (base, base_id) = layer("base.bin", 1000 + a as u64, 192 * 1024 * scale, false);
             // Shared by both versions of a repository.
-            let (deps, deps_id) = layer("deps.bin", 2000 + (spec.repo.len() * 10 + a) as u64, 96 * 1024 * scale, true);
-            let (app, app_id) = layer("app.bin", 3000 + (n * 10 + a) as u64, 64 * 1024 * scale, true);
+            let (deps, deps_id) = layer(
+                "deps.bin",
+                2000 + (spec.repo.len() * 10 + a) as u64,
+                96 * 1024 * scale,
+                true,
+            );
+            let (app, app_id) = layer(
+                "app.bin",
+                3000 + (n * 10 + a) as u64,
+                64 * 1024 * scale,
+                true,
+            );
             let mut base = base;
             let mut deps = deps;
             let mut app = app;
@@ -282,8 +346,10 @@ pub async fn seed(reg: &Registry, prefix: &str, scale: usize) -> Result<Vec<Fixt
             let doc = json!({"schemaVersion":2,"mediaType":mt_manifest,"config":config.descriptor(),
                 "layers":[base.descriptor(),deps.descriptor(),app.descriptor()]});
             let (bytes, d) = push_manifest(reg, &repo, None, &doc, mt_manifest).await?;
-            children.push(json!({"mediaType":mt_manifest,"digest":d.to_string(),"size":bytes.len(),
-                "platform":{"architecture":arch,"os":"linux"}}));
+            children.push(
+                json!({"mediaType":mt_manifest,"digest":d.to_string(),"size":bytes.len(),
+                "platform":{"architecture":arch,"os":"linux"}}),
+            );
             platforms.push((format!("linux/{arch}"), d));
         }
         let index = json!({"schemaVersion":2,"mediaType":mt_list,"manifests":children});
@@ -301,7 +367,8 @@ pub async fn seed(reg: &Registry, prefix: &str, scale: usize) -> Result<Vec<Fixt
             artifact_tags.push(att);
         }
         if spec.sbom {
-            artifact_tags.push(push_sbom_referrer(reg, &repo, (&idigest, mt_list, ibytes.len())).await?);
+            artifact_tags
+                .push(push_sbom_referrer(reg, &repo, (&idigest, mt_list, ibytes.len())).await?);
         }
         out.push(FixtureImage {
             repository: repo,

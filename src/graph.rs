@@ -39,7 +39,12 @@ fn missing(bundle: &str, what: String, digest: &Digest) -> BundleError {
     }
 }
 
-fn view(bundle: &str, manifests: &Manifests, digest: &Digest, what: &str) -> Result<ManifestView, BundleError> {
+fn view(
+    bundle: &str,
+    manifests: &Manifests,
+    digest: &Digest,
+    what: &str,
+) -> Result<ManifestView, BundleError> {
     let (bytes, mt) = manifests
         .get(digest)
         .ok_or_else(|| missing(bundle, format!("{what} manifest"), digest))?;
@@ -57,13 +62,22 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn need_blob(&self, out: &mut Vec<Digest>, seen: &mut HashSet<Digest>, d: &crate::oci::Descriptor, what: &str) -> Result<(), BundleError> {
+    fn need_blob(
+        &self,
+        out: &mut Vec<Digest>,
+        seen: &mut HashSet<Digest>,
+        d: &crate::oci::Descriptor,
+        what: &str,
+    ) -> Result<(), BundleError> {
         match self.blob_sizes.get(&d.digest) {
             None => Err(missing(self.bundle, what.to_string(), &d.digest)),
             Some(size) if *size != d.size => Err(BundleError::MemberMismatch {
                 bundle: self.bundle.into(),
                 member: d.digest.layout_path(),
-                detail: format!("{what} is referenced with size {}, bundle holds {size} bytes", d.size),
+                detail: format!(
+                    "{what} is referenced with size {}, bundle holds {size} bytes",
+                    d.size
+                ),
             }),
             Some(_) => {
                 if seen.insert(d.digest.clone()) {
@@ -81,7 +95,10 @@ impl Walker<'_> {
         let mut seen = HashSet::new();
         let mut manifests = Vec::new();
         let children: Vec<(Digest, String)> = if root.is_index() {
-            root.manifests.iter().map(|d| (d.digest.clone(), d.media_type.clone())).collect()
+            root.manifests
+                .iter()
+                .map(|d| (d.digest.clone(), d.media_type.clone()))
+                .collect()
         } else {
             vec![]
         };
@@ -94,12 +111,20 @@ impl Walker<'_> {
         if listed != walked {
             return Err(BundleError::BadIndex {
                 bundle: self.bundle.into(),
-                detail: format!("{name}: its platform list does not match the manifests of {}", entry.digest),
+                detail: format!(
+                    "{name}: its platform list does not match the manifests of {}",
+                    entry.digest
+                ),
             });
         }
         if entry.source_digest != entry.digest {
             // A platform-filtered index must be a true subset of the vendor's.
-            let original = view(self.bundle, self.manifests, &entry.source_digest, &format!("{name} original index"))?;
+            let original = view(
+                self.bundle,
+                self.manifests,
+                &entry.source_digest,
+                &format!("{name} original index"),
+            )?;
             let claimed = root.annotations.get(ANNOTATION_ORIGINAL_INDEX);
             let vendor: HashSet<&Digest> = original.manifests.iter().map(|d| &d.digest).collect();
             if claimed != Some(&entry.source_digest.to_string())
@@ -107,7 +132,10 @@ impl Walker<'_> {
             {
                 return Err(BundleError::BadIndex {
                     bundle: self.bundle.into(),
-                    detail: format!("{name}: filtered index {} is not a subset of the original {}", entry.digest, entry.source_digest),
+                    detail: format!(
+                        "{name}: filtered index {} is not a subset of the original {}",
+                        entry.digest, entry.source_digest
+                    ),
                 });
             }
         }
@@ -120,10 +148,19 @@ impl Walker<'_> {
                 });
             }
             for b in v.blobs() {
-                self.need_blob(&mut blobs, &mut seen, b, &format!("blob of {name} platform {d}"))?;
+                self.need_blob(
+                    &mut blobs,
+                    &mut seen,
+                    b,
+                    &format!("blob of {name} platform {d}"),
+                )?;
             }
             let mt = &self.manifests[d].1;
-            manifests.push(ManifestPush { digest: d.clone(), media_type: mt.clone(), tag: None });
+            manifests.push(ManifestPush {
+                digest: d.clone(),
+                media_type: mt.clone(),
+                tag: None,
+            });
         }
         if !root.is_index() {
             for b in root.blobs() {
@@ -139,16 +176,30 @@ impl Walker<'_> {
         let mut artifacts = Vec::new();
         let mut fallback = Vec::new();
         for a in &entry.artifacts {
-            let v = view(self.bundle, self.manifests, &a.digest, &format!("{name} {:?}", a.kind))?;
+            let v = view(
+                self.bundle,
+                self.manifests,
+                &a.digest,
+                &format!("{name} {:?}", a.kind),
+            )?;
             if a.kind == ArtifactKind::ReferrersIndex {
                 for c in &v.manifests {
                     if !self.manifests.contains_key(&c.digest) {
-                        return Err(missing(self.bundle, format!("referrer listed by {name} {}", a.digest), &c.digest));
+                        return Err(missing(
+                            self.bundle,
+                            format!("referrer listed by {name} {}", a.digest),
+                            &c.digest,
+                        ));
                     }
                 }
             } else {
                 for b in v.blobs() {
-                    self.need_blob(&mut blobs, &mut seen, b, &format!("blob of {name} artifact {}", a.digest))?;
+                    self.need_blob(
+                        &mut blobs,
+                        &mut seen,
+                        b,
+                        &format!("blob of {name} artifact {}", a.digest),
+                    )?;
                 }
             }
             let push = ManifestPush {
@@ -164,22 +215,39 @@ impl Walker<'_> {
         }
         // The fallback index lists referrers: they go first.
         artifacts.extend(fallback);
-        Ok(ImageGraph { entry: entry.clone(), blobs, manifests, artifacts })
+        Ok(ImageGraph {
+            entry: entry.clone(),
+            blobs,
+            manifests,
+            artifacts,
+        })
     }
 }
 
 /// Walk every image of the bundle; fails on the first missing or
 /// inconsistent object, naming it.
-pub fn build(bundle: &str, index: &BundleIndex, manifests: &Manifests) -> Result<Vec<ImageGraph>, BundleError> {
+pub fn build(
+    bundle: &str,
+    index: &BundleIndex,
+    manifests: &Manifests,
+) -> Result<Vec<ImageGraph>, BundleError> {
     let blob_sizes = index
         .members
         .iter()
         .filter(|m| m.kind != MemberKind::Layout)
         .map(|m| (&m.digest, m.size))
         .collect();
-    let w = Walker { bundle, index, manifests, blob_sizes };
+    let w = Walker {
+        bundle,
+        index,
+        manifests,
+        blob_sizes,
+    };
     if w.index.images.is_empty() {
-        return Err(BundleError::BadIndex { bundle: bundle.into(), detail: "no images".into() });
+        return Err(BundleError::BadIndex {
+            bundle: bundle.into(),
+            detail: "no images".into(),
+        });
     }
     w.index.images.iter().map(|e| w.image(e)).collect()
 }

@@ -7,7 +7,9 @@
 //! committed. Then blobs, platform manifests, indexes, tags, and finally
 //! signature and referrer artifacts.
 
-use crate::bundle::{self, BundleError, BundleIndex, Member, MemberKind, SeekableBundle, StreamEvent};
+use crate::bundle::{
+    self, BundleError, BundleIndex, Member, MemberKind, SeekableBundle, StreamEvent,
+};
 use crate::digest::Digest;
 use crate::graph::{self, ImageGraph, ManifestPush, Manifests};
 use crate::oci::{Descriptor, MAX_MANIFEST_BYTES};
@@ -55,7 +57,10 @@ pub enum ImportError {
     #[error("read-back after push failed: {0}")]
     ReadBack(String),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl Target {
@@ -63,7 +68,9 @@ impl Target {
         let s = s.trim().trim_end_matches('/');
         let (host, path) = s.split_once('/').unwrap_or((s, ""));
         if host.is_empty() || host.contains('{') {
-            return Err(ImportError::Target(format!("--to {s:?}: expected HOST[/PATH-TEMPLATE]")));
+            return Err(ImportError::Target(format!(
+                "--to {s:?}: expected HOST[/PATH-TEMPLATE]"
+            )));
         }
         let template = if path.is_empty() {
             "{repo}".to_string()
@@ -72,18 +79,28 @@ impl Target {
         } else {
             format!("{path}/{{repo}}")
         };
-        let t = Target { host: host.to_string(), template };
+        let t = Target {
+            host: host.to_string(),
+            template,
+        };
         // Reject a template that cannot give a valid name.
         t.repository("a/b", None)?;
         Ok(t)
     }
 
     /// The target repository for a source repository (and its optional per-image target).
-    pub fn repository(&self, source_repo: &str, image_target: Option<&str>) -> Result<String, ImportError> {
+    pub fn repository(
+        &self,
+        source_repo: &str,
+        image_target: Option<&str>,
+    ) -> Result<String, ImportError> {
         let name = source_repo.rsplit('/').next().unwrap_or(source_repo);
         let repo = match image_target {
             Some(t) => t.to_string(),
-            None => self.template.replace("{repo}", source_repo).replace("{name}", name),
+            None => self
+                .template
+                .replace("{repo}", source_repo)
+                .replace("{name}", name),
         };
         if !is_valid_repository(&repo) {
             return Err(ImportError::Target(format!(
@@ -142,12 +159,19 @@ struct Plan {
     sizes: HashMap<Digest, u64>,
 }
 
-fn plan(bundle: &str, index: &BundleIndex, manifests: &Manifests, opts: &ImportOptions) -> Result<Plan, ImportError> {
+fn plan(
+    bundle: &str,
+    index: &BundleIndex,
+    manifests: &Manifests,
+    opts: &ImportOptions,
+) -> Result<Plan, ImportError> {
     let graphs = graph::build(bundle, index, manifests)?;
     let mut images = Vec::new();
     let mut blob_repos: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
     for g in graphs {
-        let repo = opts.target.repository(&g.entry.repository, g.entry.target.as_deref())?;
+        let repo = opts
+            .target
+            .repository(&g.entry.repository, g.entry.target.as_deref())?;
         for b in &g.blobs {
             let repos = blob_repos.entry(b.clone()).or_default();
             if !repos.contains(&repo) {
@@ -156,8 +180,16 @@ fn plan(bundle: &str, index: &BundleIndex, manifests: &Manifests, opts: &ImportO
         }
         images.push(Placed { graph: g, repo });
     }
-    let sizes = index.members.iter().map(|m| (m.digest.clone(), m.size)).collect();
-    Ok(Plan { images, blob_repos, sizes })
+    let sizes = index
+        .members
+        .iter()
+        .map(|m| (m.digest.clone(), m.size))
+        .collect();
+    Ok(Plan {
+        images,
+        blob_repos,
+        sizes,
+    })
 }
 
 /// Every tag the import would set, with the digest it would point to.
@@ -176,7 +208,11 @@ fn planned_tags(plan: &Plan) -> Vec<(String, String, Digest)> {
 }
 
 /// Check every tag before the first byte is pushed.
-async fn preflight(reg: &Registry, plan: &Plan, opts: &ImportOptions) -> Result<HashSet<(String, String)>, ImportError> {
+async fn preflight(
+    reg: &Registry,
+    plan: &Plan,
+    opts: &ImportOptions,
+) -> Result<HashSet<(String, String)>, ImportError> {
     let mut conflicts = Vec::new();
     let mut skip = HashSet::new();
     for (repo, tag, digest) in planned_tags(plan) {
@@ -294,9 +330,15 @@ impl BlobOrigin {
             BlobOrigin::Seekable(b, i) => b
                 .open_member(*i)
                 .map(|r| Box::new(r) as Box<dyn Read + Send>)
-                .map_err(|e| RegistryError::Integrity { what: b.path.display().to_string(), detail: e.to_string() }),
+                .map_err(|e| RegistryError::Integrity {
+                    what: b.path.display().to_string(),
+                    detail: e.to_string(),
+                }),
             BlobOrigin::Spool(f, digest, size) => {
-                let file = f.reopen().map_err(|source| RegistryError::Io { what: format!("spool of {digest}"), source })?;
+                let file = f.reopen().map_err(|source| RegistryError::Io {
+                    what: format!("spool of {digest}"),
+                    source,
+                })?;
                 Ok(Box::new(crate::digest::VerifyingReader::new(
                     std::io::BufReader::new(file),
                     digest.clone(),
@@ -336,7 +378,10 @@ async fn push_blob_everywhere(
                 async move {
                     let r = tokio::task::spawn_blocking(move || origin.open())
                         .await
-                        .map_err(|e| RegistryError::Protocol { what: "blob reader".into(), detail: e.to_string() })??;
+                        .map_err(|e| RegistryError::Protocol {
+                            what: "blob reader".into(),
+                            detail: e.to_string(),
+                        })??;
                     Ok(body_from_reader(r, progress))
                 }
             })
@@ -359,16 +404,22 @@ async fn push_manifests(
 ) -> Result<(), ImportError> {
     let push = |repo: String, m: ManifestPush| async move {
         let (bytes, _) = &manifests[&m.digest];
-        let present = reg.head_manifest(&repo, &m.digest.to_string()).await? == Some(m.digest.clone());
+        let present =
+            reg.head_manifest(&repo, &m.digest.to_string()).await? == Some(m.digest.clone());
         if !present {
-            reg.put_manifest(&repo, &m.digest.to_string(), bytes, &m.media_type).await?;
+            reg.put_manifest(&repo, &m.digest.to_string(), bytes, &m.media_type)
+                .await?;
         }
         Ok::<_, ImportError>(present)
     };
     // Platform manifests and indexes by digest first, tags only once all exist.
     for phase in [false, true] {
         for p in &plan.images {
-            let list = if phase { &p.graph.artifacts } else { &p.graph.manifests };
+            let list = if phase {
+                &p.graph.artifacts
+            } else {
+                &p.graph.manifests
+            };
             for m in list {
                 if push(p.repo.clone(), m.clone()).await? {
                     report.manifests_present += 1;
@@ -379,7 +430,9 @@ async fn push_manifests(
             for m in list {
                 let Some(tag) = &m.tag else { continue };
                 if skip_tags.contains(&(p.repo.clone(), tag.clone())) {
-                    report.tags_skipped.push(format!("{}/{}:{tag}", reg.host(), p.repo));
+                    report
+                        .tags_skipped
+                        .push(format!("{}/{}:{tag}", reg.host(), p.repo));
                     continue;
                 }
                 if reg.head_manifest(&p.repo, tag).await? != Some(m.digest.clone()) {
@@ -394,7 +447,11 @@ async fn push_manifests(
 }
 
 /// Read back every tag and manifest digest we are responsible for.
-async fn read_back(reg: &Registry, plan: &Plan, skip_tags: &HashSet<(String, String)>) -> Result<(), ImportError> {
+async fn read_back(
+    reg: &Registry,
+    plan: &Plan,
+    skip_tags: &HashSet<(String, String)>,
+) -> Result<(), ImportError> {
     for p in &plan.images {
         for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
             let mut refs = vec![m.digest.to_string()];
@@ -420,7 +477,13 @@ async fn read_back(reg: &Registry, plan: &Plan, skip_tags: &HashSet<(String, Str
     Ok(())
 }
 
-fn finish_report(plan: &Plan, tally: Tally, report: &mut ImportReport, host: &str, started: std::time::Instant) {
+fn finish_report(
+    plan: &Plan,
+    tally: Tally,
+    report: &mut ImportReport,
+    host: &str,
+    started: std::time::Instant,
+) {
     report.images = plan
         .images
         .iter()
@@ -454,7 +517,11 @@ async fn run_blob_pushes(
         .map(|(d, repos, size, origin)| {
             let reg = reg.clone();
             let progress = progress.clone();
-            async move { push_blob_everywhere(reg, repos, d, size, origin, progress).await.map(|o| (o, size)) }
+            async move {
+                push_blob_everywhere(reg, repos, d, size, origin, progress)
+                    .await
+                    .map(|o| (o, size))
+            }
         })
         .buffer_unordered(jobs.max(1));
     while let Some(r) = results.next().await {
@@ -467,29 +534,53 @@ async fn run_blob_pushes(
 }
 
 /// Import a bundle file (seekable when it has a seek table, else streamed).
-pub async fn import_file(registries: &Registries, path: &std::path::Path, opts: &ImportOptions) -> Result<ImportReport, ImportError> {
+pub async fn import_file(
+    registries: &Registries,
+    path: &std::path::Path,
+    opts: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
     let started = std::time::Instant::now();
     let name = path.display().to_string();
     let seekable = {
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || SeekableBundle::open(&p))
             .await
-            .map_err(|e| ImportError::Io { path: name.clone(), source: std::io::Error::other(e.to_string()) })??
+            .map_err(|e| ImportError::Io {
+                path: name.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })??
     };
     let Some(bundle) = seekable else {
         // A file can be read twice: check all of it before pushing anything,
         // then push in one streamed pass (only pipes push as they verify).
-        progress::note(&format!("{name} has no seek table: verifying it whole, then reading it as a stream"));
+        progress::note(&format!(
+            "{name} has no seek table: verifying it whole, then reading it as a stream"
+        ));
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || crate::verify::verify(&p, None))
             .await
-            .map_err(|e| ImportError::Io { path: name.clone(), source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| ImportError::Io {
+                path: name.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
             .map_err(|e| match e {
                 crate::verify::VerifyError::Bundle(b) => ImportError::Bundle(b),
-                other => ImportError::Io { path: name.clone(), source: std::io::Error::other(other.to_string()) },
+                other => ImportError::Io {
+                    path: name.clone(),
+                    source: std::io::Error::other(other.to_string()),
+                },
             })?;
-        let file = std::fs::File::open(path).map_err(|source| ImportError::Io { path: name.clone(), source })?;
-        return import_stream(registries, Box::new(std::io::BufReader::new(file)), &name, opts).await;
+        let file = std::fs::File::open(path).map_err(|source| ImportError::Io {
+            path: name.clone(),
+            source,
+        })?;
+        return import_stream(
+            registries,
+            Box::new(std::io::BufReader::new(file)),
+            &name,
+            opts,
+        )
+        .await;
     };
     let bundle = Arc::new(bundle);
     // Everything that decides trust, before any push: every manifest, verified.
@@ -499,8 +590,14 @@ pub async fn import_file(registries: &Registries, path: &std::path::Path, opts: 
             let b = bundle.clone();
             let bytes = tokio::task::spawn_blocking(move || b.read_member(i))
                 .await
-                .map_err(|e| ImportError::Io { path: name.clone(), source: std::io::Error::other(e.to_string()) })??;
-            manifests.insert(m.digest.clone(), (Bytes::from(bytes), m.media_type.clone().unwrap_or_default()));
+                .map_err(|e| ImportError::Io {
+                    path: name.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })??;
+            manifests.insert(
+                m.digest.clone(),
+                (Bytes::from(bytes), m.media_type.clone().unwrap_or_default()),
+            );
         }
     }
     let plan = plan(&name, &bundle.index, &manifests, opts)?;
@@ -519,14 +616,25 @@ pub async fn import_file(registries: &Registries, path: &std::path::Path, opts: 
     let work: Vec<_> = plan
         .blob_repos
         .iter()
-        .map(|(d, repos)| (d.clone(), repos.clone(), plan.sizes[d], BlobOrigin::Seekable(bundle.clone(), positions[d])))
+        .map(|(d, repos)| {
+            (
+                d.clone(),
+                repos.clone(),
+                plan.sizes[d],
+                BlobOrigin::Seekable(bundle.clone(), positions[d]),
+            )
+        })
         .collect();
     let total: u64 = work.iter().map(|w| w.2).sum();
     let progress = Progress::start("import", total);
     let tally = run_blob_pushes(&reg, opts.jobs, work, &progress).await;
     progress.finish();
     let tally = tally?;
-    let mut report = ImportReport { bundle_digest: Some(bundle.digest.clone()), mode: "seekable".into(), ..Default::default() };
+    let mut report = ImportReport {
+        bundle_digest: Some(bundle.digest.clone()),
+        mode: "seekable".into(),
+        ..Default::default()
+    };
     push_manifests(&reg, &plan, &manifests, &skip_tags, &mut report).await?;
     read_back(&reg, &plan, &skip_tags).await?;
     finish_report(&plan, tally, &mut report, reg.host(), started);
@@ -546,7 +654,10 @@ async fn verify_blobs_first(bundle: &Arc<SeekableBundle>, jobs: usize) -> Result
         .filter(|(_, m)| m.kind != MemberKind::Manifest) // manifests were read (and checked) already
         .map(|(i, _)| i)
         .collect();
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(jobs.max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(jobs.max(1));
     let mut checks = futures_util::stream::iter(blobs)
         .map(|i| {
             let b = bundle.clone();
@@ -561,14 +672,23 @@ async fn verify_blobs_first(bundle: &Arc<SeekableBundle>, jobs: usize) -> Result
         })
         .buffer_unordered(threads);
     while let Some(r) = checks.next().await {
-        r.map_err(|e| ImportError::Io { path: bundle.path.display().to_string(), source: std::io::Error::other(e.to_string()) })??;
+        r.map_err(|e| ImportError::Io {
+            path: bundle.path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     }
     let b = bundle.clone();
     tokio::task::spawn_blocking(move || b.check_end())
         .await
-        .map_err(|e| ImportError::Io { path: bundle.path.display().to_string(), source: std::io::Error::other(e.to_string()) })??;
+        .map_err(|e| ImportError::Io {
+            path: bundle.path.display().to_string(),
+            source: std::io::Error::other(e.to_string()),
+        })??;
     Ok(())
 }
+
+/// The plan, the target registry and the tags to leave alone.
+type Prepared = (Plan, Arc<Registry>, HashSet<(String, String)>);
 
 enum Event {
     Index(Box<BundleIndex>, Digest),
@@ -590,13 +710,19 @@ pub async fn import_stream(
     let spool_dir = tempfile::Builder::new()
         .prefix("airlock-import-")
         .tempdir()
-        .map_err(|source| ImportError::Io { path: std::env::temp_dir().display().to_string(), source })?;
+        .map_err(|source| ImportError::Io {
+            path: std::env::temp_dir().display().to_string(),
+            source,
+        })?;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(opts.jobs.max(1));
     let reader_name = name.to_string();
     let spool_path: PathBuf = spool_dir.path().to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
         let mut keep: Option<HashSet<Digest>> = None;
-        let closed = || BundleError::Corrupt { bundle: reader_name.clone(), detail: "import stopped".into() };
+        let closed = || BundleError::Corrupt {
+            bundle: reader_name.clone(),
+            detail: "import stopped".into(),
+        };
         read_stream(input, &reader_name, |ev| match ev {
             StreamEvent::Index { index, digest } => tx
                 .blocking_send(Event::Index(Box::new(index.clone()), digest.clone()))
@@ -607,31 +733,44 @@ pub async fn import_stream(
                 }
                 if member.kind == MemberKind::Manifest {
                     if member.size > MAX_MANIFEST_BYTES {
-                        return Err(BundleError::MemberMismatch { bundle: reader_name.clone(), member: member.path.clone(), detail: "manifest larger than 4 MiB".into() });
+                        return Err(BundleError::MemberMismatch {
+                            bundle: reader_name.clone(),
+                            member: member.path.clone(),
+                            detail: "manifest larger than 4 MiB".into(),
+                        });
                     }
                     let mut b = Vec::with_capacity(member.size as usize);
-                    data.read_to_end(&mut b).map_err(|e| member_err(&reader_name, member, e))?;
-                    return tx.blocking_send(Event::Manifest(member.clone(), Bytes::from(b))).map_err(|_| closed());
+                    data.read_to_end(&mut b)
+                        .map_err(|e| member_err(&reader_name, member, e))?;
+                    return tx
+                        .blocking_send(Event::Manifest(member.clone(), Bytes::from(b)))
+                        .map_err(|_| closed());
                 }
                 if keep.is_none() {
                     let (ktx, krx) = tokio::sync::oneshot::channel();
-                    tx.blocking_send(Event::ManifestsDone(ktx)).map_err(|_| closed())?;
+                    tx.blocking_send(Event::ManifestsDone(ktx))
+                        .map_err(|_| closed())?;
                     keep = Some(krx.blocking_recv().map_err(|_| closed())?);
                 }
                 if !keep.as_ref().is_some_and(|k| k.contains(&member.digest)) {
                     return Ok(()); // present at the target already: read (and verified) only
                 }
-                let mut spool = tempfile::NamedTempFile::new_in(&spool_path)
-                    .map_err(|source| BundleError::Io { path: spool_path.display().to_string(), source })?;
+                let mut spool = tempfile::NamedTempFile::new_in(&spool_path).map_err(|source| {
+                    BundleError::Io {
+                        path: spool_path.display().to_string(),
+                        source,
+                    }
+                })?;
                 std::io::copy(data, &mut spool).map_err(|e| member_err(&reader_name, member, e))?;
-                tx.blocking_send(Event::Blob(member.clone(), spool)).map_err(|_| closed())
+                tx.blocking_send(Event::Blob(member.clone(), spool))
+                    .map_err(|_| closed())
             }
         })
     });
 
     let mut index = None;
     let mut manifests: Manifests = HashMap::new();
-    let mut state: Option<(Plan, Arc<Registry>, HashSet<(String, String)>)> = None;
+    let mut state: Option<Prepared> = None;
     let mut pushes = tokio::task::JoinSet::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let progress = Progress::start("import", 0);
@@ -641,7 +780,10 @@ pub async fn import_stream(
         match ev {
             Event::Index(i, d) => index = Some((*i, d)),
             Event::Manifest(m, b) => {
-                manifests.insert(m.digest.clone(), (b, m.media_type.clone().unwrap_or_default()));
+                manifests.insert(
+                    m.digest.clone(),
+                    (b, m.media_type.clone().unwrap_or_default()),
+                );
             }
             Event::ManifestsDone(reply) => {
                 let Some((idx, _)) = &index else { break };
@@ -652,7 +794,15 @@ pub async fn import_stream(
                     // Blobs already in every target repository need not be spooled.
                     let mut keep = HashSet::new();
                     for (d, repos) in &plan.blob_repos {
-                        let desc = Descriptor { media_type: String::new(), digest: d.clone(), size: plan.sizes[d], platform: None, artifact_type: None, annotations: Default::default(), urls: vec![] };
+                        let desc = Descriptor {
+                            media_type: String::new(),
+                            digest: d.clone(),
+                            size: plan.sizes[d],
+                            platform: None,
+                            artifact_type: None,
+                            annotations: Default::default(),
+                            urls: vec![],
+                        };
                         let mut everywhere = true;
                         for r in repos {
                             if !reg.blob_exists(r, &desc).await? {
@@ -684,23 +834,43 @@ pub async fn import_stream(
             Event::Blob(m, spool) => {
                 let Some((plan, reg, _)) = &state else { break };
                 let repos = plan.blob_repos.get(&m.digest).cloned().unwrap_or_default();
-                let permit = sem.clone().acquire_owned().await.map_err(|e| ImportError::Io { path: name.into(), source: std::io::Error::other(e.to_string()) })?;
+                let permit = sem
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|e| ImportError::Io {
+                        path: name.into(),
+                        source: std::io::Error::other(e.to_string()),
+                    })?;
                 let origin = BlobOrigin::Spool(Arc::new(spool), m.digest.clone(), m.size);
                 let (reg, progress) = (reg.clone(), progress.clone());
                 pushes.spawn(async move {
-                    let r = push_blob_everywhere(reg, repos, m.digest.clone(), m.size, origin, progress).await;
+                    let r = push_blob_everywhere(
+                        reg,
+                        repos,
+                        m.digest.clone(),
+                        m.size,
+                        origin,
+                        progress,
+                    )
+                    .await;
                     drop(permit);
                     r.map(|o| (o, m.size))
                 });
                 while let Some(done) = pushes.try_join_next() {
                     match done {
-                        Ok(Ok((outcomes, size))) => outcomes.into_iter().for_each(|o| tally.add(o, size)),
+                        Ok(Ok((outcomes, size))) => {
+                            outcomes.into_iter().for_each(|o| tally.add(o, size))
+                        }
                         Ok(Err(e)) => {
                             failure = Some(e.into());
                             break;
                         }
                         Err(e) => {
-                            failure = Some(ImportError::Io { path: name.into(), source: std::io::Error::other(e.to_string()) });
+                            failure = Some(ImportError::Io {
+                                path: name.into(),
+                                source: std::io::Error::other(e.to_string()),
+                            });
                             break;
                         }
                     }
@@ -719,14 +889,18 @@ pub async fn import_stream(
                 failure.get_or_insert(e.into());
             }
             Err(e) => {
-                failure.get_or_insert(ImportError::Io { path: name.into(), source: std::io::Error::other(e.to_string()) });
+                failure.get_or_insert(ImportError::Io {
+                    path: name.into(),
+                    source: std::io::Error::other(e.to_string()),
+                });
             }
         }
     }
     progress.finish();
-    let read = reader
-        .await
-        .map_err(|e| ImportError::Io { path: name.into(), source: std::io::Error::other(e.to_string()) })?;
+    let read = reader.await.map_err(|e| ImportError::Io {
+        path: name.into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -742,7 +916,11 @@ pub async fn import_stream(
             (plan, reg, skip)
         }
     };
-    let mut report = ImportReport { bundle_digest: Some(digest), mode: "stream".into(), ..Default::default() };
+    let mut report = ImportReport {
+        bundle_digest: Some(digest),
+        mode: "stream".into(),
+        ..Default::default()
+    };
     push_manifests(&reg, &plan, &manifests, &skip, &mut report).await?;
     read_back(&reg, &plan, &skip).await?;
     finish_report(&plan, tally, &mut report, reg.host(), started);
@@ -750,7 +928,11 @@ pub async fn import_stream(
 }
 
 fn member_err(bundle: &str, member: &Member, e: std::io::Error) -> BundleError {
-    BundleError::MemberMismatch { bundle: bundle.into(), member: member.path.clone(), detail: e.to_string() }
+    BundleError::MemberMismatch {
+        bundle: bundle.into(),
+        member: member.path.clone(),
+        detail: e.to_string(),
+    }
 }
 
 use bundle::read_stream;

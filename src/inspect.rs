@@ -13,9 +13,15 @@ pub fn read_index(path: &Path) -> Result<(BundleIndex, Digest), BundleError> {
         return Ok((b.index, b.digest));
     }
     let name = path.display().to_string();
-    let file = std::fs::File::open(path).map_err(|source| BundleError::Io { path: name.clone(), source })?;
+    let file = std::fs::File::open(path).map_err(|source| BundleError::Io {
+        path: name.clone(),
+        source,
+    })?;
     let mut found = None;
-    let stop = || BundleError::Corrupt { bundle: String::new(), detail: String::new() };
+    let stop = || BundleError::Corrupt {
+        bundle: String::new(),
+        detail: String::new(),
+    };
     let r = bundle::read_stream(std::io::BufReader::new(file), &name, |ev| {
         if let StreamEvent::Index { index, digest } = ev {
             found = Some((index.clone(), digest.clone()));
@@ -25,7 +31,10 @@ pub fn read_index(path: &Path) -> Result<(BundleIndex, Digest), BundleError> {
     match (found, r) {
         (Some(f), _) => Ok(f),
         (None, Err(e)) => Err(e),
-        (None, Ok(_)) => Err(BundleError::Corrupt { bundle: name, detail: "no bundle index".into() }),
+        (None, Ok(_)) => Err(BundleError::Corrupt {
+            bundle: name,
+            detail: "no bundle index".into(),
+        }),
     }
 }
 
@@ -35,18 +44,39 @@ pub fn render(index: &BundleIndex, digest: &Digest) -> String {
     let total: u64 = index.members.iter().map(|m| m.size).sum();
     let _ = writeln!(s, "bundle digest: {digest}");
     let _ = writeln!(s, "created:       {} by {}", index.created, index.tool);
-    let _ = writeln!(s, "members:       {} ({} uncompressed)", index.members.len() + 1, human_bytes(total));
+    let _ = writeln!(
+        s,
+        "members:       {} ({} uncompressed)",
+        index.members.len() + 1,
+        human_bytes(total)
+    );
     for img in &index.images {
         let _ = writeln!(s, "\n{}", img.source);
-        let _ = writeln!(s, "  digest:    {} ({}, {})", img.digest, img.media_type, human_bytes(img.total_size));
+        let _ = writeln!(
+            s,
+            "  digest:    {} ({}, {})",
+            img.digest,
+            img.media_type,
+            human_bytes(img.total_size)
+        );
         if img.source_digest != img.digest {
-            let _ = writeln!(s, "  original:  {} (platform-filtered; the vendor index is kept as a blob)", img.source_digest);
+            let _ = writeln!(
+                s,
+                "  original:  {} (platform-filtered; the vendor index is kept as a blob)",
+                img.source_digest
+            );
         }
         if let Some(t) = &img.target {
             let _ = writeln!(s, "  target:    {t}");
         }
         for p in &img.platforms {
-            let _ = writeln!(s, "  platform:  {:<14} {} ({})", p.platform.as_deref().unwrap_or("-"), p.digest, human_bytes(p.size));
+            let _ = writeln!(
+                s,
+                "  platform:  {:<14} {} ({})",
+                p.platform.as_deref().unwrap_or("-"),
+                p.digest,
+                human_bytes(p.size)
+            );
         }
         for a in &img.artifacts {
             let _ = writeln!(
@@ -55,8 +85,14 @@ pub fn render(index: &BundleIndex, digest: &Digest) -> String {
                 format!("{:?}:", a.kind).to_lowercase(),
                 a.digest,
                 a.subject,
-                a.tag.as_ref().map(|t| format!(" tag {t}")).unwrap_or_default(),
-                a.artifact_type.as_ref().map(|t| format!(" type {t}")).unwrap_or_default(),
+                a.tag
+                    .as_ref()
+                    .map(|t| format!(" tag {t}"))
+                    .unwrap_or_default(),
+                a.artifact_type
+                    .as_ref()
+                    .map(|t| format!(" type {t}"))
+                    .unwrap_or_default(),
             );
         }
         if img.artifacts.is_empty() {

@@ -5,16 +5,16 @@
 
 pub mod bundle;
 pub mod digest;
-pub mod oci;
-pub mod progress;
-pub mod reference;
-pub mod registry;
 pub mod export;
-pub mod layout;
-pub mod selection;
-pub mod signatures;
 pub mod fixtures;
 pub mod graph;
 pub mod import;
 pub mod inspect;
+pub mod layout;
+pub mod oci;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod selection;
+pub mod signatures;
 pub mod verify;

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 const EXIT_INTEGRITY: i32 = 3;
 
 #[derive(Parser)]
-#[command(name = "airlock", version, about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle")]
+#[command(
+    name = "airlock",
+    version,
+    about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,10 @@ impl RegistryArgs {
             for h in credential_hosts {
                 credentials.explicit.insert(
                     h.clone(),
-                    Credential::Basic { username: user.clone(), password: password.clone() },
+                    Credential::Basic {
+                        username: user.clone(),
+                        password: password.clone(),
+                    },
                 );
             }
         }
@@ -70,7 +77,10 @@ impl RegistryArgs {
             credentials,
             ca_files: self.ca_files.clone(),
             insecure_hosts: self.insecure.clone(),
-            retry: RetryPolicy { attempts: self.retries.max(1), ..RetryPolicy::default() },
+            retry: RetryPolicy {
+                attempts: self.retries.max(1),
+                ..RetryPolicy::default()
+            },
             upload_chunk_size: self.upload_chunk_size,
         })
     }
@@ -156,7 +166,18 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Export { output, file, refs, platforms, require_signatures, level, threads, force, json, registry } => {
+        Command::Export {
+            output,
+            file,
+            refs,
+            platforms,
+            require_signatures,
+            level,
+            threads,
+            force,
+            json,
+            registry,
+        } => {
             let mut sel = Vec::new();
             if let Some(f) = &file {
                 sel.extend(selection::load_file(f)?);
@@ -180,7 +201,13 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&report);
             }
             for img in &report.images {
-                println!("{}  {}  [{}]  {} artifacts", img.source, img.digest, img.platforms.join(", "), img.artifacts);
+                println!(
+                    "{}  {}  [{}]  {} artifacts",
+                    img.source,
+                    img.digest,
+                    img.platforms.join(", "),
+                    img.artifacts
+                );
             }
             println!(
                 "wrote {} ({}, {} images, {} manifests, {} blobs, {} of blobs) in {:.1}s ({}/s)",
@@ -194,13 +221,26 @@ async fn run(cli: Cli) -> Result<()> {
                 human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
             );
             println!("bundle digest: {}", report.bundle_digest);
-            println!("file sha256:   {}  (also in {}.sha256)", report.file_sha256, report.bundle);
+            println!(
+                "file sha256:   {}  (also in {}.sha256)",
+                report.file_sha256, report.bundle
+            );
             Ok(())
         }
-        Command::Import { bundle, to, on_existing_tag, json, registry } => {
+        Command::Import {
+            bundle,
+            to,
+            on_existing_tag,
+            json,
+            registry,
+        } => {
             let target = Target::parse(&to)?;
             let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
-            let opts = ImportOptions { target, on_existing_tag, jobs: registry.jobs };
+            let opts = ImportOptions {
+                target,
+                on_existing_tag,
+                jobs: registry.jobs,
+            };
             let report = if bundle == "-" {
                 import::import_stream(&registries, Box::new(std::io::stdin()), "stdin", &opts).await
             } else {
@@ -215,7 +255,10 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&report);
             }
             for img in &report.images {
-                println!("{} -> {}  {}  ({} artifacts)", img.source, img.target, img.digest, img.artifacts);
+                println!(
+                    "{} -> {}  {}  ({} artifacts)",
+                    img.source, img.target, img.digest, img.artifacts
+                );
             }
             for t in &report.tags_skipped {
                 println!("left as it was: {t}");
@@ -255,12 +298,15 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let report = match verify::verify(&path, input) {
                 Ok(r) => r,
-                Err(verify::VerifyError::Io { path, source }) | Err(verify::VerifyError::Bundle(BundleError::Io { path, source })) => {
+                Err(verify::VerifyError::Io { path, source })
+                | Err(verify::VerifyError::Bundle(BundleError::Io { path, source })) => {
                     bail!("{path}: {source}")
                 }
                 Err(e) => {
                     if json {
-                        print_json(&serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}))?;
+                        print_json(
+                            &serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}),
+                        )?;
                     }
                     return Err(IntegrityFailure(e.to_string()).into());
                 }
@@ -271,7 +317,14 @@ async fn run(cli: Cli) -> Result<()> {
                 return print_json(&v);
             }
             for img in &report.images {
-                println!("ok  {}  {}  [{}]  {} blobs, {} artifacts", img.source, img.digest, img.platforms.join(", "), img.blobs, img.artifacts);
+                println!(
+                    "ok  {}  {}  [{}]  {} blobs, {} artifacts",
+                    img.source,
+                    img.digest,
+                    img.platforms.join(", "),
+                    img.blobs,
+                    img.artifacts
+                );
             }
             for u in &report.unreferenced {
                 println!("note: member {u} is listed but no image needs it");
@@ -286,16 +339,33 @@ async fn run(cli: Cli) -> Result<()> {
                     _ => " (no .sha256 file to compare)",
                 }
             );
-            println!("bundle digest: {}  created {} by {}", report.bundle_digest, report.created, report.tool);
+            println!(
+                "bundle digest: {}  created {} by {}",
+                report.bundle_digest, report.created, report.tool
+            );
             Ok(())
         }
-        Command::Fixtures { to, scale, registry } => {
+        Command::Fixtures {
+            to,
+            scale,
+            registry,
+        } => {
             let (host, prefix) = to.split_once('/').unwrap_or((&to, ""));
-            let prefix = if prefix.is_empty() { String::new() } else { format!("{}/", prefix.trim_end_matches('/')) };
+            let prefix = if prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", prefix.trim_end_matches('/'))
+            };
             let registries = Registries::new(registry.config(&[host.to_string()])?);
             let reg = registries.get(host).await?;
             for img in airlock::fixtures::seed(&reg, &prefix, scale).await? {
-                println!("{host}/{}:{}  {}  {} artifacts", img.repository, img.tag, img.digest, img.artifact_tags.len());
+                println!(
+                    "{host}/{}:{}  {}  {} artifacts",
+                    img.repository,
+                    img.tag,
+                    img.digest,
+                    img.artifact_tags.len()
+                );
             }
             Ok(())
         }
@@ -318,7 +388,10 @@ fn integrity(e: BundleError) -> anyhow::Error {
 fn main() {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("airlock: cannot start the async runtime: {e}");
@@ -326,7 +399,11 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        let code = if e.downcast_ref::<IntegrityFailure>().is_some() { EXIT_INTEGRITY } else { 1 };
+        let code = if e.downcast_ref::<IntegrityFailure>().is_some() {
+            EXIT_INTEGRITY
+        } else {
+            1
+        };
         eprintln!("airlock: error: {e:#}");
         std::process::exit(code);
     }

@@ -35,8 +35,7 @@ pub fn is_valid_tag(tag: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b
-            .iter()
+        && b.iter()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
@@ -82,7 +81,10 @@ impl Reference {
         };
         if let Some(t) = &tag {
             if !is_valid_tag(t) {
-                return Err(invalid(input, "tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}"));
+                return Err(invalid(
+                    input,
+                    "tag must match [A-Za-z0-9_][A-Za-z0-9._-]{0,127}",
+                ));
             }
         }
         let (registry, repository) = match name.split_once('/') {
@@ -181,7 +183,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", "UPPER/case", "a/b:bad tag", "a/b@sha256:zz", "a//b", "host:5000/-x"] {
+        for bad in [
+            "",
+            "UPPER/case",
+            "a/b:bad tag",
+            "a/b@sha256:zz",
+            "a//b",
+            "host:5000/-x",
+        ] {
             assert!(Reference::parse(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -95,7 +95,8 @@ impl ImageSelection {
             .platforms
             .iter()
             .map(|p| {
-                Platform::parse(p).ok_or_else(|| err(format!("platform {p:?} is not os/arch[/variant]")))
+                Platform::parse(p)
+                    .ok_or_else(|| err(format!("platform {p:?} is not os/arch[/variant]")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(t) = &e.target {
@@ -142,7 +143,10 @@ pub fn parse_selection(text: &str, name: &str) -> Result<Vec<ImageSelection>, Se
 }
 
 /// Command-line references, all with the same platform filter.
-pub fn from_refs(refs: &[String], platforms: &[String]) -> Result<Vec<ImageSelection>, SelectionError> {
+pub fn from_refs(
+    refs: &[String],
+    platforms: &[String],
+) -> Result<Vec<ImageSelection>, SelectionError> {
     refs.iter()
         .map(|r| {
             let entry = SelectionEntry {

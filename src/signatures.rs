@@ -42,7 +42,13 @@ impl<'a> Discovery<'a> {
         }
     }
 
-    fn record(&mut self, kind: ArtifactKind, subject: &Digest, tag: Option<String>, m: RawManifest) -> Option<Digest> {
+    fn record(
+        &mut self,
+        kind: ArtifactKind,
+        subject: &Digest,
+        tag: Option<String>,
+        m: RawManifest,
+    ) -> Option<Digest> {
         if !self.seen.insert(m.digest.clone()) {
             return None;
         }

@@ -45,9 +45,17 @@ pub enum VerifyError {
     #[error(transparent)]
     Bundle(#[from] BundleError),
     #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{bundle}: file sha256 {actual} does not match {sidecar} ({expected})")]
-    Sidecar { bundle: String, sidecar: String, expected: String, actual: String },
+    Sidecar {
+        bundle: String,
+        sidecar: String,
+        expected: String,
+        actual: String,
+    },
 }
 
 fn read_sidecar(path: &Path) -> Option<(String, String)> {
@@ -58,12 +66,18 @@ fn read_sidecar(path: &Path) -> Option<(String, String)> {
 }
 
 /// Verify the bundle at `path` (or a stream, when `input` is given).
-pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<VerifyReport, VerifyError> {
+pub fn verify(
+    path: &Path,
+    input: Option<Box<dyn Read + Send>>,
+) -> Result<VerifyReport, VerifyError> {
     let name = path.display().to_string();
     let from_file = input.is_none();
     let raw: Box<dyn Read + Send> = match input {
         Some(r) => r,
-        None => Box::new(std::fs::File::open(path).map_err(|source| VerifyError::Io { path: name.clone(), source })?),
+        None => Box::new(std::fs::File::open(path).map_err(|source| VerifyError::Io {
+            path: name.clone(),
+            source,
+        })?),
     };
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, raw));
     let mut manifests: Manifests = HashMap::new();
@@ -73,24 +87,39 @@ pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<Verify
             bytes += member.size;
             if member.kind == MemberKind::Manifest {
                 let mut b = Vec::with_capacity(member.size as usize);
-                data.read_to_end(&mut b).map_err(|e| BundleError::MemberMismatch {
-                    bundle: name.clone(),
-                    member: member.path.clone(),
-                    detail: e.to_string(),
-                })?;
-                manifests.insert(member.digest.clone(), (Bytes::from(b), member.media_type.clone().unwrap_or_default()));
+                data.read_to_end(&mut b)
+                    .map_err(|e| BundleError::MemberMismatch {
+                        bundle: name.clone(),
+                        member: member.path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                manifests.insert(
+                    member.digest.clone(),
+                    (
+                        Bytes::from(b),
+                        member.media_type.clone().unwrap_or_default(),
+                    ),
+                );
             }
         }
         Ok(())
     })?;
     // The seek table trails the tar; hash it too for the whole-file digest.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|source| VerifyError::Io { path: name.clone(), source })?;
+    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|source| VerifyError::Io {
+        path: name.clone(),
+        source,
+    })?;
     let (file_digest, _) = hashing.finish();
     let graphs = graph::build(&name, &index, &manifests)?;
     let sidecar_ok = match (from_file, read_sidecar(path)) {
         (true, Some((side, expected))) => {
             if expected != file_digest.hex() {
-                return Err(VerifyError::Sidecar { bundle: name, sidecar: side, expected, actual: file_digest.hex() });
+                return Err(VerifyError::Sidecar {
+                    bundle: name,
+                    sidecar: side,
+                    expected,
+                    actual: file_digest.hex(),
+                });
             }
             Some(true)
         }
@@ -101,7 +130,12 @@ pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<Verify
         .map(|g| VerifiedImage {
             source: g.entry.source.clone(),
             digest: g.entry.digest.clone(),
-            platforms: g.entry.platforms.iter().map(|p| p.platform.clone().unwrap_or_else(|| "-".into())).collect(),
+            platforms: g
+                .entry
+                .platforms
+                .iter()
+                .map(|p| p.platform.clone().unwrap_or_else(|| "-".into()))
+                .collect(),
             artifacts: g.artifacts.len(),
             blobs: g.blobs.len(),
         })

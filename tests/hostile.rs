@@ -73,19 +73,39 @@ async fn exported() -> (TestRegistry, tempfile::TempDir, PathBuf) {
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("good.tar.zst");
     let sel = selection::from_refs(&refs(&src, &images[..2]), &[]).unwrap();
-    export::export(&Registries::new(test_config()), &sel, &ExportOptions::new(&out)).await.unwrap();
+    export::export(
+        &Registries::new(test_config()),
+        &sel,
+        &ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
     (src, work, out)
 }
 
 async fn assert_rejected(bundle: &Path, expect: &str) {
     let dst = TestRegistry::start();
-    let opts = ImportOptions { target: Target::parse(&dst.host).unwrap(), on_existing_tag: OnExistingTag::Refuse, jobs: 4 };
-    let err = import::import_file(&Registries::new(test_config()), bundle, &opts).await.unwrap_err().to_string();
+    let opts = ImportOptions {
+        target: Target::parse(&dst.host).unwrap(),
+        on_existing_tag: OnExistingTag::Refuse,
+        jobs: 4,
+    };
+    let err = import::import_file(&Registries::new(test_config()), bundle, &opts)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(expect), "expected {expect:?} in: {err}");
-    assert!(dst.catalog().await.is_empty(), "nothing may reach the registry: {:?}", dst.catalog().await);
+    assert!(
+        dst.catalog().await.is_empty(),
+        "nothing may reach the registry: {:?}",
+        dst.catalog().await
+    );
     let (code, _, stderr) = airlock(&["verify", bundle.to_str().unwrap()]);
     assert_eq!(code, 3, "verify must report an integrity failure: {stderr}");
-    assert!(stderr.contains(expect), "verify: expected {expect:?} in: {stderr}");
+    assert!(
+        stderr.contains(expect),
+        "verify: expected {expect:?} in: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +135,11 @@ async fn hostile_bundles_are_rejected_with_nothing_pushed() {
     // The bundle index edited: a member's listed size changed.
     let mut e = base.clone();
     let mut idx = index_of(&e);
-    let m = idx.members.iter_mut().find(|m| m.kind == MemberKind::Small).unwrap();
+    let m = idx
+        .members
+        .iter_mut()
+        .find(|m| m.kind == MemberKind::Small)
+        .unwrap();
     m.size += 1;
     let path = m.path.clone();
     set_index(&mut e, &idx);
@@ -125,7 +149,11 @@ async fn hostile_bundles_are_rejected_with_nothing_pushed() {
 
     // An extra member the index does not list.
     let mut e = base.clone();
-    e.push(("evil.sh".into(), b"#!/bin/sh\n".to_vec(), tar::EntryType::Regular));
+    e.push((
+        "evil.sh".into(),
+        b"#!/bin/sh\n".to_vec(),
+        tar::EntryType::Regular,
+    ));
     let p = work.path().join("extra.tar.zst");
     repack(&e, &p);
     assert_rejected(&p, "evil.sh").await;

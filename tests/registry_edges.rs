@@ -12,22 +12,57 @@ use common::*;
 use std::io::Write;
 use std::process::Stdio;
 
-async fn bundle_of(src: &TestRegistry, images: &[airlock::fixtures::FixtureImage], dir: &std::path::Path) -> std::path::PathBuf {
+async fn bundle_of(
+    src: &TestRegistry,
+    images: &[airlock::fixtures::FixtureImage],
+    dir: &std::path::Path,
+) -> std::path::PathBuf {
     let out = dir.join("b.tar.zst");
     let sel = selection::from_refs(&refs(src, images), &[]).unwrap();
-    export::export(&Registries::new(test_config()), &sel, &ExportOptions::new(&out)).await.unwrap();
+    export::export(
+        &Registries::new(test_config()),
+        &sel,
+        &ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
     out
 }
 
 fn import_with_password(bundle: &str, to: &str, ca: Option<&str>, password: &str) -> (i32, String) {
-    let mut args = vec!["import", bundle, "--to", to, "--username", USER, "--password-stdin", "--retries", "2"];
+    let mut args = vec![
+        "import",
+        bundle,
+        "--to",
+        to,
+        "--username",
+        USER,
+        "--password-stdin",
+        "--retries",
+        "2",
+    ];
     if let Some(ca) = ca {
         args.extend(["--ca-file", ca]);
     }
-    let mut child = airlock_cmd().args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    child.stdin.take().unwrap().write_all(format!("{password}\n").as_bytes()).unwrap();
+    let mut child = airlock_cmd()
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -42,12 +77,18 @@ async fn tls_and_htpasswd_registry_as_target_and_source() {
 
     let (code, text) = import_with_password(b, &sec.host, None, PASS);
     assert_ne!(code, 0);
-    assert!(text.contains("--ca-file"), "TLS failure should suggest --ca-file: {text}");
+    assert!(
+        text.contains("--ca-file"),
+        "TLS failure should suggest --ca-file: {text}"
+    );
 
     let (code, text) = import_with_password(b, &sec.host, Some(ca), "wrong-password-123");
     assert_ne!(code, 0);
     assert!(text.contains("authentication"), "{text}");
-    assert!(!text.contains("wrong-password-123"), "a secret was echoed: {text}");
+    assert!(
+        !text.contains("wrong-password-123"),
+        "a secret was echoed: {text}"
+    );
 
     let (code, text) = import_with_password(b, &sec.host, Some(ca), PASS);
     assert_eq!(code, 0, "{text}");
@@ -58,16 +99,41 @@ async fn tls_and_htpasswd_registry_as_target_and_source() {
     std::fs::create_dir(&cfg).unwrap();
     use base64::Engine as _;
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASS}"));
-    std::fs::write(cfg.join("config.json"), format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", sec.host)).unwrap();
-    let out = airlock_cmd().env("DOCKER_CONFIG", &cfg).args(["import", b, "--to", &format!("{}/viaconfig", sec.host), "--ca-file", ca]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        cfg.join("config.json"),
+        format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", sec.host),
+    )
+    .unwrap();
+    let out = airlock_cmd()
+        .env("DOCKER_CONFIG", &cfg)
+        .args([
+            "import",
+            b,
+            "--to",
+            &format!("{}/viaconfig", sec.host),
+            "--ca-file",
+            ca,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Export from the secure registry, with bearer-less basic auth over TLS.
     let reg = client(&sec, secure_config(&sec)).await;
     let fx = airlock::fixtures::seed(&reg, "sec/", 1).await.unwrap();
     let sel = selection::from_refs(&[format!("{}/sec/operator:1.0.0", sec.host)], &[]).unwrap();
     let out = work.path().join("sec.tar.zst");
-    let rep = export::export(&Registries::new(secure_config(&sec)), &sel, &ExportOptions::new(&out)).await.unwrap();
+    let rep = export::export(
+        &Registries::new(secure_config(&sec)),
+        &sel,
+        &ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
     assert_eq!(rep.images[0].digest, fx[0].digest);
 }
 
@@ -75,22 +141,73 @@ async fn tls_and_htpasswd_registry_as_target_and_source() {
 async fn export_survives_injected_faults() {
     let (src, images) = seeded_source().await;
     let rules = vec![
-        Rule { method: "GET", path_contains: "/blobs/sha256:".into(), fault: Fault::Status(503, None), times: 2 },
-        Rule { method: "GET", path_contains: "/blobs/sha256:".into(), fault: Fault::Status(429, Some(1)), times: 1 },
-        Rule { method: "GET", path_contains: "/blobs/sha256:".into(), fault: Fault::Drop, times: 1 },
-        Rule { method: "GET", path_contains: "/blobs/sha256:".into(), fault: Fault::Truncate, times: 2 },
-        Rule { method: "GET", path_contains: "/manifests/".into(), fault: Fault::Status(502, None), times: 1 },
-        Rule { method: "GET", path_contains: "/manifests/".into(), fault: Fault::Truncate, times: 1 },
-        Rule { method: "GET", path_contains: "/tags/list".into(), fault: Fault::Status(500, None), times: 1 },
+        Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            fault: Fault::Status(503, None),
+            times: 2,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            fault: Fault::Status(429, Some(1)),
+            times: 1,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            fault: Fault::Drop,
+            times: 1,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/blobs/sha256:".into(),
+            fault: Fault::Truncate,
+            times: 2,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/manifests/".into(),
+            fault: Fault::Status(502, None),
+            times: 1,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/manifests/".into(),
+            fault: Fault::Truncate,
+            times: 1,
+        },
+        Rule {
+            method: "GET",
+            path_contains: "/tags/list".into(),
+            fault: Fault::Status(500, None),
+            times: 1,
+        },
     ];
     let proxy = Proxy::start(&src.host, rules).await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("b.tar.zst");
-    let sel = selection::from_refs(&[format!("{}/vendor/operator:1.1.0", proxy.host), format!("{}/vendor/agent:2.0.0", proxy.host)], &[]).unwrap();
+    let sel = selection::from_refs(
+        &[
+            format!("{}/vendor/operator:1.1.0", proxy.host),
+            format!("{}/vendor/agent:2.0.0", proxy.host),
+        ],
+        &[],
+    )
+    .unwrap();
     let started = std::time::Instant::now();
-    let rep = export::export(&Registries::new(test_config()), &sel, &ExportOptions::new(&out)).await.unwrap();
+    let rep = export::export(
+        &Registries::new(test_config()),
+        &sel,
+        &ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
     assert_eq!(proxy.injected().len(), 9, "{:?}", proxy.injected());
-    assert!(started.elapsed() >= std::time::Duration::from_secs(1), "Retry-After: 1 was not honoured");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "Retry-After: 1 was not honoured"
+    );
     assert_eq!(rep.images[0].digest, images[1].digest);
     airlock::verify::verify(&out, None).unwrap();
 }
@@ -102,21 +219,55 @@ async fn import_survives_injected_faults() {
     let bundle = bundle_of(&src, &images, work.path()).await;
     let dst = TestRegistry::start();
     let rules = vec![
-        Rule { method: "POST", path_contains: "/blobs/uploads/".into(), fault: Fault::Status(503, None), times: 2 },
-        Rule { method: "PATCH", path_contains: "/blobs/uploads/".into(), fault: Fault::Drop, times: 2 },
-        Rule { method: "PUT", path_contains: "/blobs/uploads/".into(), fault: Fault::Status(500, None), times: 2 },
-        Rule { method: "PUT", path_contains: "/manifests/".into(), fault: Fault::Status(429, None), times: 2 },
-        Rule { method: "HEAD", path_contains: "/blobs/".into(), fault: Fault::Drop, times: 1 },
+        Rule {
+            method: "POST",
+            path_contains: "/blobs/uploads/".into(),
+            fault: Fault::Status(503, None),
+            times: 2,
+        },
+        Rule {
+            method: "PATCH",
+            path_contains: "/blobs/uploads/".into(),
+            fault: Fault::Drop,
+            times: 2,
+        },
+        Rule {
+            method: "PUT",
+            path_contains: "/blobs/uploads/".into(),
+            fault: Fault::Status(500, None),
+            times: 2,
+        },
+        Rule {
+            method: "PUT",
+            path_contains: "/manifests/".into(),
+            fault: Fault::Status(429, None),
+            times: 2,
+        },
+        Rule {
+            method: "HEAD",
+            path_contains: "/blobs/".into(),
+            fault: Fault::Drop,
+            times: 1,
+        },
     ];
     let proxy = Proxy::start(&dst.host, rules).await;
     let mut cfg = test_config();
     cfg.upload_chunk_size = Some(100_000);
-    let opts = ImportOptions { target: Target::parse(&proxy.host).unwrap(), on_existing_tag: OnExistingTag::Refuse, jobs: 3 };
-    import::import_file(&Registries::new(cfg), &bundle, &opts).await.unwrap();
+    let opts = ImportOptions {
+        target: Target::parse(&proxy.host).unwrap(),
+        on_existing_tag: OnExistingTag::Refuse,
+        jobs: 3,
+    };
+    import::import_file(&Registries::new(cfg), &bundle, &opts)
+        .await
+        .unwrap();
     assert_eq!(proxy.injected().len(), 9, "{:?}", proxy.injected());
     let d = client(&dst, test_config()).await;
     for img in &images {
-        assert_eq!(d.head_manifest(&img.repository, &img.tag).await.unwrap(), Some(img.digest.clone()));
+        assert_eq!(
+            d.head_manifest(&img.repository, &img.tag).await.unwrap(),
+            Some(img.digest.clone())
+        );
     }
 }
 
@@ -127,23 +278,64 @@ async fn user_errors_name_what_is_wrong() {
     let out = work.path().join("b.tar.zst");
     let o = out.to_str().unwrap();
 
-    let (code, _, err) = airlock(&["export", "-o", o, &format!("{}/vendor/operator:9.9.9", src.host)]);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        o,
+        &format!("{}/vendor/operator:9.9.9", src.host),
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("vendor/operator:9.9.9") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("vendor/operator:9.9.9") && err.contains("not found"),
+        "{err}"
+    );
 
-    let (code, _, err) = airlock(&["export", "-o", o, "--platform", "linux/riscv64", &format!("{}/vendor/agent:2.0.0", src.host)]);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        o,
+        "--platform",
+        "linux/riscv64",
+        &format!("{}/vendor/agent:2.0.0", src.host),
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("no platform matches") && err.contains("linux/s390x"), "{err}");
+    assert!(
+        err.contains("no platform matches") && err.contains("linux/s390x"),
+        "{err}"
+    );
 
-    let (code, _, err) = airlock(&["export", "-o", o, "--require-signatures", &format!("{}/vendor/gateway:3.0.0", src.host)]);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        o,
+        "--require-signatures",
+        &format!("{}/vendor/gateway:3.0.0", src.host),
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("--require-signatures") && err.contains("gateway"), "{err}");
+    assert!(
+        err.contains("--require-signatures") && err.contains("gateway"),
+        "{err}"
+    );
     assert!(!out.exists(), "no bundle may be written on refusal");
-    assert_eq!(std::fs::read_dir(work.path()).unwrap().count(), 0, "no temp files left behind");
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        0,
+        "no temp files left behind"
+    );
 
-    let (code, _, err) = airlock(&["export", "-o", o, &format!("{}/vendor/operator:1.0.0", src.host)]);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        o,
+        &format!("{}/vendor/operator:1.0.0", src.host),
+    ]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = airlock(&["export", "-o", o, &format!("{}/vendor/operator:1.0.0", src.host)]);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        o,
+        &format!("{}/vendor/operator:1.0.0", src.host),
+    ]);
     assert_eq!(code, 1);
     assert!(err.contains("already exists"), "{err}");
 

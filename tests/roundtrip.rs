@@ -34,7 +34,9 @@ async fn round_trip_keeps_every_digest_and_signature() {
     let sel = selection::load_file(&sel_file).unwrap();
     let registries = Registries::new(test_config());
     let out = work.path().join("bundle.tar.zst");
-    let report = export::export(&registries, &sel, &ExportOptions::new(&out)).await.unwrap();
+    let report = export::export(&registries, &sel, &ExportOptions::new(&out))
+        .await
+        .unwrap();
     assert_eq!(report.images.len(), 4);
     assert!(out.exists());
     let side = std::fs::read_to_string(work.path().join("bundle.tar.zst.sha256")).unwrap();
@@ -45,20 +47,32 @@ async fn round_trip_keeps_every_digest_and_signature() {
     assert_eq!(v.sidecar_ok, Some(true));
     assert!(v.unreferenced.is_empty(), "{:?}", v.unreferenced);
 
-    let rep = import::import_file(&registries, &out, &import_opts(&dst.host, "mirror/{name}")).await.unwrap();
+    let rep = import::import_file(&registries, &out, &import_opts(&dst.host, "mirror/{name}"))
+        .await
+        .unwrap();
     assert_eq!(rep.images.len(), 4);
-    assert!(rep.blobs_mounted > 0, "shared base layers should be mounted across repositories");
+    assert!(
+        rep.blobs_mounted > 0,
+        "shared base layers should be mounted across repositories"
+    );
 
     let s = client(&src, test_config()).await;
     let d = client(&dst, test_config()).await;
     for img in &images {
-        let target = if img.repository.ends_with("operator") { "dynatrace-operator".to_string() } else { format!("mirror/{}", img.repository.rsplit('/').next().unwrap()) };
+        let target = if img.repository.ends_with("operator") {
+            "dynatrace-operator".to_string()
+        } else {
+            format!("mirror/{}", img.repository.rsplit('/').next().unwrap())
+        };
         let a = s.get_manifest(&img.repository, &img.tag).await.unwrap();
         let b = d.get_manifest(&target, &img.tag).await.unwrap();
         assert_eq!(a.bytes, b.bytes, "{target}:{} raw bytes", img.tag);
         assert_eq!(b.digest, img.digest);
         for (_, pd) in &img.platforms {
-            let pa = s.get_manifest(&img.repository, &pd.to_string()).await.unwrap();
+            let pa = s
+                .get_manifest(&img.repository, &pd.to_string())
+                .await
+                .unwrap();
             let pb = d.get_manifest(&target, &pd.to_string()).await.unwrap();
             assert_eq!(pa.bytes, pb.bytes);
         }
@@ -69,10 +83,16 @@ async fn round_trip_keeps_every_digest_and_signature() {
     }
     // The signature tag of each index is there under the cosign name.
     let sig = format!("{}.sig", images[0].digest.tag_stem());
-    assert_eq!(d.head_manifest("dynatrace-operator", &sig).await.unwrap().is_some(), true);
+    assert!(d
+        .head_manifest("dynatrace-operator", &sig)
+        .await
+        .unwrap()
+        .is_some());
 
     // A second import has nothing to send.
-    let again = import::import_file(&registries, &out, &import_opts(&dst.host, "mirror/{name}")).await.unwrap();
+    let again = import::import_file(&registries, &out, &import_opts(&dst.host, "mirror/{name}"))
+        .await
+        .unwrap();
     assert_eq!(again.blobs_uploaded, 0);
     assert_eq!(again.bytes_sent, 0);
     assert_eq!(again.manifests_pushed, 0);
@@ -82,22 +102,43 @@ async fn round_trip_keeps_every_digest_and_signature() {
 async fn platform_filter_keeps_vendor_index_and_its_signature() {
     let (src, images) = seeded_source().await;
     let dst = TestRegistry::start();
-    let agent = images.iter().find(|i| i.repository == "vendor/agent").unwrap();
+    let agent = images
+        .iter()
+        .find(|i| i.repository == "vendor/agent")
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("b.tar.zst");
-    let sel = selection::from_refs(&[format!("{}/vendor/agent:2.0.0", src.host)], &["linux/amd64".into(), "linux/s390x".into()]).unwrap();
+    let sel = selection::from_refs(
+        &[format!("{}/vendor/agent:2.0.0", src.host)],
+        &["linux/amd64".into(), "linux/s390x".into()],
+    )
+    .unwrap();
     let registries = Registries::new(test_config());
-    export::export(&registries, &sel, &ExportOptions::new(&out)).await.unwrap();
+    export::export(&registries, &sel, &ExportOptions::new(&out))
+        .await
+        .unwrap();
 
     let (index, _) = airlock::inspect::read_index(&out).unwrap();
     let e = &index.images[0];
-    assert_eq!(e.source_digest, agent.digest, "the vendor digest is recorded");
+    assert_eq!(
+        e.source_digest, agent.digest,
+        "the vendor digest is recorded"
+    );
     assert_ne!(e.digest, agent.digest, "a filtered index has a new digest");
-    let plats: Vec<_> = e.platforms.iter().map(|p| p.platform.clone().unwrap()).collect();
+    let plats: Vec<_> = e
+        .platforms
+        .iter()
+        .map(|p| p.platform.clone().unwrap())
+        .collect();
     assert_eq!(plats, vec!["linux/amd64", "linux/s390x"]);
-    assert!(index.member(&agent.digest).is_some(), "original index bytes kept as a blob");
+    assert!(
+        index.member(&agent.digest).is_some(),
+        "original index bytes kept as a blob"
+    );
 
-    import::import_file(&registries, &out, &import_opts(&dst.host, "{repo}")).await.unwrap();
+    import::import_file(&registries, &out, &import_opts(&dst.host, "{repo}"))
+        .await
+        .unwrap();
     let d = client(&dst, test_config()).await;
     let tagged = d.get_manifest("vendor/agent", "2.0.0").await.unwrap();
     assert_eq!(tagged.digest, e.digest);
@@ -105,11 +146,28 @@ async fn platform_filter_keeps_vendor_index_and_its_signature() {
     assert_eq!(view.manifests.len(), 2);
     // The vendor's signature of the original index came along.
     let sig_tag = format!("{}.sig", agent.digest.tag_stem());
-    let want = agent.artifact_tags.iter().find(|(t, _)| *t == sig_tag).unwrap();
-    assert_eq!(d.head_manifest("vendor/agent", &sig_tag).await.unwrap(), Some(want.1.clone()));
+    let want = agent
+        .artifact_tags
+        .iter()
+        .find(|(t, _)| *t == sig_tag)
+        .unwrap();
+    assert_eq!(
+        d.head_manifest("vendor/agent", &sig_tag).await.unwrap(),
+        Some(want.1.clone())
+    );
     // The arm64 manifest was left out.
-    let arm = &agent.platforms.iter().find(|(p, _)| p == "linux/arm64").unwrap().1;
-    assert_eq!(d.head_manifest("vendor/agent", &arm.to_string()).await.unwrap(), None);
+    let arm = &agent
+        .platforms
+        .iter()
+        .find(|(p, _)| p == "linux/arm64")
+        .unwrap()
+        .1;
+    assert_eq!(
+        d.head_manifest("vendor/agent", &arm.to_string())
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,33 +182,61 @@ async fn existing_tag_is_refused_unless_asked() {
     let mut bundles = vec![];
     for (name, prefix) in [("a.tar.zst", "vendor"), ("b.tar.zst", "other")] {
         let out = work.path().join(name);
-        let sel = selection::from_refs(&[format!("{}/{prefix}/operator:1.0.0", src.host)], &[]).unwrap();
-        export::export(&registries, &sel, &ExportOptions::new(&out)).await.unwrap();
+        let sel =
+            selection::from_refs(&[format!("{}/{prefix}/operator:1.0.0", src.host)], &[]).unwrap();
+        export::export(&registries, &sel, &ExportOptions::new(&out))
+            .await
+            .unwrap();
         bundles.push(out);
     }
     let opts = import_opts(&dst.host, "{name}");
-    import::import_file(&registries, &bundles[0], &opts).await.unwrap();
+    import::import_file(&registries, &bundles[0], &opts)
+        .await
+        .unwrap();
     let d = client(&dst, test_config()).await;
     let old = vendor[0].digest.clone();
     let new = other[0].digest.clone();
     assert_ne!(old, new);
 
-    let err = import::import_file(&registries, &bundles[1], &opts).await.unwrap_err().to_string();
-    assert!(err.contains(&old.to_string()) && err.contains(&new.to_string()), "{err}");
+    let err = import::import_file(&registries, &bundles[1], &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&old.to_string()) && err.contains(&new.to_string()),
+        "{err}"
+    );
     assert!(err.contains("operator:1.0.0"), "{err}");
-    assert_eq!(d.head_manifest("operator", &new.to_string()).await.unwrap(), None, "nothing pushed on refusal");
+    assert_eq!(
+        d.head_manifest("operator", &new.to_string()).await.unwrap(),
+        None,
+        "nothing pushed on refusal"
+    );
 
     let mut skip = opts.clone();
     skip.on_existing_tag = OnExistingTag::Skip;
-    let rep = import::import_file(&registries, &bundles[1], &skip).await.unwrap();
+    let rep = import::import_file(&registries, &bundles[1], &skip)
+        .await
+        .unwrap();
     assert!(!rep.tags_skipped.is_empty());
-    assert_eq!(d.head_manifest("operator", "1.0.0").await.unwrap(), Some(old.clone()));
-    assert_eq!(d.head_manifest("operator", &new.to_string()).await.unwrap(), Some(new.clone()));
+    assert_eq!(
+        d.head_manifest("operator", "1.0.0").await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(
+        d.head_manifest("operator", &new.to_string()).await.unwrap(),
+        Some(new.clone())
+    );
 
     let mut over = opts.clone();
     over.on_existing_tag = OnExistingTag::Overwrite;
-    import::import_file(&registries, &bundles[1], &over).await.unwrap();
-    assert_eq!(d.head_manifest("operator", "1.0.0").await.unwrap(), Some(new));
+    import::import_file(&registries, &bundles[1], &over)
+        .await
+        .unwrap();
+    assert_eq!(
+        d.head_manifest("operator", "1.0.0").await.unwrap(),
+        Some(new)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,21 +247,46 @@ async fn interrupted_import_resumes_without_resending() {
     let out = work.path().join("b.tar.zst");
     let registries = Registries::new(test_config());
     let sel = selection::from_refs(&refs(&src, &images), &[]).unwrap();
-    export::export(&registries, &sel, &ExportOptions::new(&out)).await.unwrap();
+    export::export(&registries, &sel, &ExportOptions::new(&out))
+        .await
+        .unwrap();
 
     // Every manifest PUT fails: the import dies after the blobs went in.
-    let proxy = proxy::Proxy::start(&dst.host, vec![proxy::Rule { method: "PUT", path_contains: "/manifests/".into(), fault: proxy::Fault::Status(500, None), times: usize::MAX }]).await;
+    let proxy = proxy::Proxy::start(
+        &dst.host,
+        vec![proxy::Rule {
+            method: "PUT",
+            path_contains: "/manifests/".into(),
+            fault: proxy::Fault::Status(500, None),
+            times: usize::MAX,
+        }],
+    )
+    .await;
     let via_proxy = Registries::new(test_config());
-    let err = import::import_file(&via_proxy, &out, &import_opts(&proxy.host, "{repo}")).await.unwrap_err();
+    let err = import::import_file(&via_proxy, &out, &import_opts(&proxy.host, "{repo}"))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("500"), "{err}");
     let d = client(&dst, test_config()).await;
-    assert_eq!(d.head_manifest("vendor/operator", "1.0.0").await.unwrap(), None, "no tag before its manifests");
+    assert_eq!(
+        d.head_manifest("vendor/operator", "1.0.0").await.unwrap(),
+        None,
+        "no tag before its manifests"
+    );
 
-    let rep = import::import_file(&registries, &out, &import_opts(&dst.host, "{repo}")).await.unwrap();
-    assert_eq!(rep.bytes_sent, 0, "blobs from the interrupted run are not sent again");
+    let rep = import::import_file(&registries, &out, &import_opts(&dst.host, "{repo}"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rep.bytes_sent, 0,
+        "blobs from the interrupted run are not sent again"
+    );
     assert!(rep.blobs_present > 0);
     assert!(rep.manifests_pushed > 0);
-    assert_eq!(d.head_manifest("vendor/operator", "1.0.0").await.unwrap(), Some(images[0].digest.clone()));
+    assert_eq!(
+        d.head_manifest("vendor/operator", "1.0.0").await.unwrap(),
+        Some(images[0].digest.clone())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -191,7 +302,15 @@ async fn import_from_a_pipe_with_chunked_uploads() {
     assert_eq!(code, 0, "{err}");
 
     let mut child = airlock_cmd()
-        .args(["import", "-", "--to", &dst.host, "--upload-chunk-size", "65536", "--json"])
+        .args([
+            "import",
+            "-",
+            "--to",
+            &dst.host,
+            "--upload-chunk-size",
+            "65536",
+            "--json",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -212,6 +331,9 @@ async fn import_from_a_pipe_with_chunked_uploads() {
     assert_eq!(report["images"].as_array().unwrap().len(), 4);
     let d = client(&dst, test_config()).await;
     for img in &images {
-        assert_eq!(d.head_manifest(&img.repository, &img.tag).await.unwrap(), Some(img.digest.clone()));
+        assert_eq!(
+            d.head_manifest(&img.repository, &img.tag).await.unwrap(),
+            Some(img.digest.clone())
+        );
     }
 }

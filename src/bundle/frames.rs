@@ -227,7 +227,9 @@ impl SeekTable {
         let head_magic = u32::from_le_bytes(table[0..4].try_into().unwrap_or_default());
         let size = u32::from_le_bytes(table[4..8].try_into().unwrap_or_default()) as u64;
         if head_magic != SKIPPABLE_SEEK_TABLE_MAGIC || size != table_len - 8 {
-            return Err(SeekTableError::Inconsistent("bad skippable frame header".into()));
+            return Err(SeekTableError::Inconsistent(
+                "bad skippable frame header".into(),
+            ));
         }
         let mut frames = Vec::with_capacity(n as usize);
         let (mut c, mut d) = (0u64, 0u64);

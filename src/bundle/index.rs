@@ -126,7 +126,9 @@ impl BundleIndex {
     }
 
     pub fn member(&self, digest: &Digest) -> Option<&Member> {
-        self.members.iter().find(|m| &m.digest == digest && m.path.starts_with("blobs/"))
+        self.members
+            .iter()
+            .find(|m| &m.digest == digest && m.path.starts_with("blobs/"))
     }
 
     /// Offset of each member's data in the uncompressed tar, given the

@@ -37,7 +37,13 @@ fn ustar_checksum(block: &[u8; 512]) -> u32 {
     block
         .iter()
         .enumerate()
-        .map(|(i, b)| if (148..156).contains(&i) { 32 } else { *b as u32 })
+        .map(|(i, b)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                *b as u32
+            }
+        })
         .sum()
 }
 
@@ -58,13 +64,19 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
     let mut seen = HashSet::new();
     for m in &index.members {
         if !is_layout_path(&m.path) || m.path == INDEX_PATH {
-            return Err(bad(format!("member path {:?} is not an OCI layout path", m.path)));
+            return Err(bad(format!(
+                "member path {:?} is not an OCI layout path",
+                m.path
+            )));
         }
         if !seen.insert(m.path.as_str()) {
             return Err(bad(format!("member {} is listed twice", m.path)));
         }
         if m.path.starts_with("blobs/") && m.path != m.digest.layout_path() {
-            return Err(bad(format!("member {} is listed with digest {}", m.path, m.digest)));
+            return Err(bad(format!(
+                "member {} is listed with digest {}",
+                m.path, m.digest
+            )));
         }
     }
     for required in ["oci-layout", "index.json"] {
@@ -173,7 +185,10 @@ pub fn read_stream<R: Read>(
         })?;
         for member in &index.members {
             let entry = entries.next().ok_or_else(|| {
-                corrupt(bundle, format!("archive ends before member {}", member.path))
+                corrupt(
+                    bundle,
+                    format!("archive ends before member {}", member.path),
+                )
             })?;
             let entry = entry.map_err(|e| corrupt(bundle, e))?;
             let path = entry
@@ -188,8 +203,12 @@ pub fn read_stream<R: Read>(
                 entry.size(),
                 Some(member),
             )?;
-            let mut data =
-                VerifyingReader::new(entry, member.digest.clone(), member.size, member.path.clone());
+            let mut data = VerifyingReader::new(
+                entry,
+                member.digest.clone(),
+                member.size,
+                member.path.clone(),
+            );
             visit(StreamEvent::Member {
                 member,
                 data: &mut data,
@@ -202,7 +221,13 @@ pub fn read_stream<R: Read>(
                 .path()
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            check_header(bundle, &path, extra.header().entry_type(), extra.size(), None)?;
+            check_header(
+                bundle,
+                &path,
+                extra.header().entry_type(),
+                extra.size(),
+                None,
+            )?;
         }
         (index, digest)
     };
@@ -272,22 +297,32 @@ impl SeekableBundle {
         }))
     }
 
-    fn decoder_at(&self, offset: u64) -> Result<zstd::stream::read::Decoder<'static, BufReader<File>>, BundleError> {
+    fn decoder_at(
+        &self,
+        offset: u64,
+    ) -> Result<zstd::stream::read::Decoder<'static, BufReader<File>>, BundleError> {
         let name = self.path.display().to_string();
         let (c, d) = self
             .table
             .locate(offset)
             .ok_or_else(|| corrupt(&name, format!("no frame holds offset {offset}")))?;
-        let mut f = File::open(&self.path).map_err(|source| BundleError::Io { path: name.clone(), source })?;
+        let mut f = File::open(&self.path).map_err(|source| BundleError::Io {
+            path: name.clone(),
+            source,
+        })?;
         f.seek(SeekFrom::Start(c)).map_err(|e| corrupt(&name, e))?;
         let mut dec = zstd::stream::read::Decoder::new(f).map_err(|e| corrupt(&name, e))?;
-        io::copy(&mut (&mut dec).take(offset - d), &mut io::sink()).map_err(|e| corrupt(&name, e))?;
+        io::copy(&mut (&mut dec).take(offset - d), &mut io::sink())
+            .map_err(|e| corrupt(&name, e))?;
         Ok(dec)
     }
 
     /// A reader of member `i`'s data, after checking its tar header, that
     /// verifies the data's digest at the end.
-    pub fn open_member(&self, i: usize) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
+    pub fn open_member(
+        &self,
+        i: usize,
+    ) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
         let name = self.path.display().to_string();
         let m = &self.index.members[i];
         let mut dec = self.decoder_at(self.offsets[i] - 512)?;
@@ -296,13 +331,23 @@ impl SeekableBundle {
         let header = tar::Header::from_byte_slice(&block);
         let cksum_ok = header.cksum().ok() == Some(ustar_checksum(&block));
         let path = String::from_utf8_lossy(header.path_bytes().as_ref()).into_owned();
-        let size = header.size().map_err(|e| corrupt(&name, format!("header of {}: {e}", m.path)))?;
+        let size = header
+            .size()
+            .map_err(|e| corrupt(&name, format!("header of {}: {e}", m.path)))?;
         if !cksum_ok {
-            return Err(corrupt(&name, format!("tar header of {} has a bad checksum", m.path)));
+            return Err(corrupt(
+                &name,
+                format!("tar header of {} has a bad checksum", m.path),
+            ));
         }
         check_header(&name, &path, header.entry_type(), size, Some(m))?;
         let boxed: Box<dyn Read + Send> = Box::new(dec);
-        Ok(VerifyingReader::new(boxed, m.digest.clone(), m.size, format!("{} in {name}", m.path)))
+        Ok(VerifyingReader::new(
+            boxed,
+            m.digest.clone(),
+            m.size,
+            format!("{} in {name}", m.path),
+        ))
     }
 
     /// The archive must end right after the last listed member with the
@@ -314,12 +359,20 @@ impl SeekableBundle {
             _ => return Err(corrupt(&name, "no members")),
         };
         let mut tail = Vec::new();
-        self.decoder_at(end)?.take(2048).read_to_end(&mut tail).map_err(|e| corrupt(&name, e))?;
+        self.decoder_at(end)?
+            .take(2048)
+            .read_to_end(&mut tail)
+            .map_err(|e| corrupt(&name, e))?;
         if self.table.decompressed_len != end + 1024 {
             // Name what follows if it is a tar header, else its size.
             let member = match tail.get(..512).filter(|h| h.iter().any(|b| *b != 0)) {
-                Some(h) => String::from_utf8_lossy(&h[..100]).trim_end_matches('\0').to_string(),
-                None => format!("<{} bytes>", self.table.decompressed_len.saturating_sub(end)),
+                Some(h) => String::from_utf8_lossy(&h[..100])
+                    .trim_end_matches('\0')
+                    .to_string(),
+                None => format!(
+                    "<{} bytes>",
+                    self.table.decompressed_len.saturating_sub(end)
+                ),
             };
             return Err(BundleError::UnexpectedMember {
                 bundle: name,
@@ -337,8 +390,9 @@ impl SeekableBundle {
     pub fn read_member(&self, i: usize) -> Result<Vec<u8>, BundleError> {
         let mut r = self.open_member(i)?;
         let mut out = Vec::with_capacity(self.index.members[i].size as usize);
-        r.read_to_end(&mut out)
-            .map_err(|e| member_error(&self.path.display().to_string(), &self.index.members[i], e))?;
+        r.read_to_end(&mut out).map_err(|e| {
+            member_error(&self.path.display().to_string(), &self.index.members[i], e)
+        })?;
         Ok(out)
     }
 }

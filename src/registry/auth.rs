@@ -17,7 +17,10 @@ use std::process::{Command, Stdio};
 
 #[derive(Clone, PartialEq, Eq)]
 pub enum Credential {
-    Basic { username: String, password: String },
+    Basic {
+        username: String,
+        password: String,
+    },
     /// An OAuth2 refresh token (docker's `identitytoken`), exchanged at the
     /// token realm with `grant_type=refresh_token`.
     IdentityToken(String),
@@ -146,7 +149,11 @@ fn lookup_in_config(
     host: &str,
     path: &std::path::Path,
 ) -> Result<Option<Credential>, CredentialError> {
-    if let Some((_, helper)) = cfg.cred_helpers.iter().find(|(k, _)| host_keys_match(k, host)) {
+    if let Some((_, helper)) = cfg
+        .cred_helpers
+        .iter()
+        .find(|(k, _)| host_keys_match(k, host))
+    {
         return run_helper(helper, host);
     }
     if let Some((_, entry)) = cfg.auths.iter().find(|(k, _)| host_keys_match(k, host)) {
@@ -262,7 +269,11 @@ fn parse_params(s: &str) -> BTreeMap<String, String> {
         let Some((key, after)) = rest.split_once('=') else {
             break;
         };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, remain) = if let Some(q) = after.strip_prefix('"') {
             let mut val = String::new();
             let mut chars = q.char_indices();
@@ -299,13 +310,18 @@ mod tests {
     #[test]
     fn parses_challenges() {
         assert_eq!(
-            parse_challenge(r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#),
+            parse_challenge(
+                r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/nginx:pull""#
+            ),
             Some(Challenge::Bearer {
                 realm: "https://auth.docker.io/token".into(),
                 service: Some("registry.docker.io".into())
             })
         );
-        assert_eq!(parse_challenge(r#"Basic realm="x""#), Some(Challenge::Basic));
+        assert_eq!(
+            parse_challenge(r#"Basic realm="x""#),
+            Some(Challenge::Basic)
+        );
         assert_eq!(parse_challenge("Negotiate"), None);
     }
 

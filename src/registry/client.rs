@@ -154,7 +154,10 @@ fn integrity_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
             return Some(i.0.clone());
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(i) = io.get_ref().and_then(|i| i.downcast_ref::<BlobIntegrityError>()) {
+            if let Some(i) = io
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<BlobIntegrityError>())
+            {
                 return Some(i.0.clone());
             }
         }
@@ -206,12 +209,11 @@ impl Registry {
                 what: format!("CA file {}", f.display()),
                 source: e,
             })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                RegistryError::Tls {
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::Tls {
                     host: host.to_string(),
                     detail: format!("CA file {} is not PEM certificates: {e}", f.display()),
-                }
-            })?;
+                })?;
             extra.extend(certs);
         }
         if !extra.is_empty() {
@@ -229,12 +231,11 @@ impl Registry {
         } else {
             host
         };
-        let https = Url::parse(&format!("https://{api_host}/")).map_err(|e| {
-            RegistryError::Protocol {
+        let https =
+            Url::parse(&format!("https://{api_host}/")).map_err(|e| RegistryError::Protocol {
                 what: format!("registry {host}"),
                 detail: e.to_string(),
-            }
-        })?;
+            })?;
         let mut reg = Registry {
             host: host.to_string(),
             base: https,
@@ -326,27 +327,31 @@ impl Registry {
             return Ok(Some(h.clone()));
         }
         let challenge = self.challenge.lock().await.clone();
-        let header = match challenge {
-            None => return Ok(None),
-            Some(Challenge::Basic) => match &self.credential {
-                Some(Credential::Basic { username, password }) => {
-                    use base64::Engine as _;
-                    let enc = base64::engine::general_purpose::STANDARD
-                        .encode(format!("{username}:{password}"));
-                    format!("Basic {enc}")
-                }
-                _ => {
-                    return Err(RegistryError::Auth {
+        let header =
+            match challenge {
+                None => return Ok(None),
+                Some(Challenge::Basic) => match &self.credential {
+                    Some(Credential::Basic { username, password }) => {
+                        use base64::Engine as _;
+                        let enc = base64::engine::general_purpose::STANDARD
+                            .encode(format!("{username}:{password}"));
+                        format!("Basic {enc}")
+                    }
+                    _ => return Err(RegistryError::Auth {
                         host: self.host.clone(),
                         scope: key,
-                        detail: "the registry asks for a username and password and none is configured".into(),
-                    })
+                        detail:
+                            "the registry asks for a username and password and none is configured"
+                                .into(),
+                    }),
+                },
+                Some(Challenge::Bearer { realm, service }) => {
+                    format!(
+                        "Bearer {}",
+                        self.fetch_token(&realm, service.as_deref(), scopes).await?
+                    )
                 }
-            },
-            Some(Challenge::Bearer { realm, service }) => {
-                format!("Bearer {}", self.fetch_token(&realm, service.as_deref(), scopes).await?)
-            }
-        };
+            };
         self.tokens.lock().await.insert(key, header.clone());
         Ok(Some(header))
     }
@@ -609,11 +614,12 @@ impl Registry {
             .get(CONTENT_TYPE)
             .and_then(|h| h.to_str().ok())
             .map(str::to_string);
-        let view = oci::ManifestView::parse(&bytes, content_type.as_deref())
-            .map_err(|source| RegistryError::Manifest {
+        let view = oci::ManifestView::parse(&bytes, content_type.as_deref()).map_err(|source| {
+            RegistryError::Manifest {
                 what: what.clone(),
                 source,
-            })?;
+            }
+        })?;
         Ok(RawManifest {
             bytes,
             media_type: view.media_type,
@@ -722,7 +728,9 @@ impl Registry {
                 });
             }
             let (status, headers, body) = self
-                .request_bytes(&[scope_pull(repo)], &what, 64 << 20, &|c| c.get(url.clone()))
+                .request_bytes(&[scope_pull(repo)], &what, 64 << 20, &|c| {
+                    c.get(url.clone())
+                })
                 .await?;
             if status == StatusCode::NOT_FOUND {
                 return Ok(tags);
@@ -734,12 +742,11 @@ impl Registry {
                     body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
                 });
             }
-            let list: TagList = serde_json::from_slice(&body).map_err(|e| {
-                RegistryError::Protocol {
+            let list: TagList =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
                     what: what.clone(),
                     detail: format!("tag list is not JSON: {e}"),
-                }
-            })?;
+                })?;
             tags.extend(list.tags.unwrap_or_default());
             next = next_link(&headers).and_then(|l| url.join(&l).ok());
         }
@@ -827,7 +834,9 @@ impl Registry {
         let mut attempt = 0;
         loop {
             let result: Result<(), Attempt> = async {
-                out.set_len(0).await.map_err(|e| Attempt::Fatal(io_err(e)))?;
+                out.set_len(0)
+                    .await
+                    .map_err(|e| Attempt::Fatal(io_err(e)))?;
                 out.seek(std::io::SeekFrom::Start(0))
                     .await
                     .map_err(|e| Attempt::Fatal(io_err(e)))?;
@@ -836,7 +845,9 @@ impl Registry {
                     .await?;
                 match resp.status() {
                     StatusCode::NOT_FOUND => {
-                        return Err(Attempt::Fatal(RegistryError::NotFound { what: what.clone() }))
+                        return Err(Attempt::Fatal(RegistryError::NotFound {
+                            what: what.clone(),
+                        }))
                     }
                     s if !s.is_success() => {
                         return Err(Attempt::Fatal(RegistryError::Status {
@@ -850,7 +861,8 @@ impl Registry {
                 let mut hasher = Hasher::new();
                 let mut stream = resp.bytes_stream();
                 while let Some(chunk) = stream.next().await {
-                    let chunk = chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
+                    let chunk =
+                        chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
                     hasher.update(&chunk);
                     if hasher.len() > desc.size {
                         return Err(Attempt::Fatal(RegistryError::SizeMismatch {
@@ -859,7 +871,9 @@ impl Registry {
                             actual: hasher.len(),
                         }));
                     }
-                    out.write_all(&chunk).await.map_err(|e| Attempt::Fatal(io_err(e)))?;
+                    out.write_all(&chunk)
+                        .await
+                        .map_err(|e| Attempt::Fatal(io_err(e)))?;
                     progress.add(chunk.len() as u64);
                 }
                 if hasher.len() != desc.size {
@@ -923,7 +937,9 @@ impl Registry {
         let what = format!("upload of blob {} to {}/{repo}", desc.digest, self.host);
         let mut attempt = 0;
         loop {
-            let result = self.try_push_blob(repo, desc, mount_from, &open, &what).await;
+            let result = self
+                .try_push_blob(repo, desc, mount_from, &open, &what)
+                .await;
             match result {
                 Ok(o) => return Ok(o),
                 Err(Attempt::Fatal(e)) => return Err(e),
@@ -962,7 +978,9 @@ impl Registry {
                 .append_pair("from", from);
         }
         let resp = self
-            .send_once(&scopes, what, &|c| c.post(start.clone()).header(CONTENT_LENGTH, 0))
+            .send_once(&scopes, what, &|c| {
+                c.post(start.clone()).header(CONTENT_LENGTH, 0)
+            })
             .await?;
         let status = resp.status();
         if status == StatusCode::CREATED && mount_from.is_some() {
@@ -983,7 +1001,10 @@ impl Registry {
                 self.upload_chunked(repo, desc, &mut location, body, chunk, what)
                     .await
             }
-            None => self.upload_monolithic(repo, desc, &location, body, what).await,
+            None => {
+                self.upload_monolithic(repo, desc, &location, body, what)
+                    .await
+            }
         };
         if result.is_err() {
             // Best effort: free the session the registry holds for us.
@@ -1020,7 +1041,12 @@ impl Registry {
         }
     }
 
-    async fn finish_upload(&self, resp: Response, desc: &Descriptor, what: &str) -> Result<(), Attempt> {
+    async fn finish_upload(
+        &self,
+        resp: Response,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<(), Attempt> {
         let status = resp.status();
         if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
             let ra = retry_after(resp.headers());
@@ -1104,7 +1130,10 @@ impl Registry {
                     Some(Ok(b)) => pending.extend_from_slice(&b),
                     Some(Err(e)) => {
                         return Err(
-                            match e.get_ref().and_then(|i| i.downcast_ref::<BlobIntegrityError>()) {
+                            match e
+                                .get_ref()
+                                .and_then(|i| i.downcast_ref::<BlobIntegrityError>())
+                            {
                                 Some(i) => Attempt::Fatal(RegistryError::Integrity {
                                     what: what.to_string(),
                                     detail: i.0.clone(),
@@ -1188,7 +1217,9 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             "link",
-            "</v2/a/tags/list?n=2&last=b>; rel=\"next\"".parse().unwrap(),
+            "</v2/a/tags/list?n=2&last=b>; rel=\"next\""
+                .parse()
+                .unwrap(),
         );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
     }

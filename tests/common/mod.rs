@@ -6,7 +6,9 @@
 pub mod proxy;
 
 use airlock::fixtures::FixtureImage;
-use airlock::registry::{Credential, CredentialStore, Registries, Registry, RegistryConfig, RetryPolicy};
+use airlock::registry::{
+    Credential, CredentialStore, Registries, Registry, RegistryConfig, RetryPolicy,
+};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -38,16 +40,68 @@ fn free_port() -> u16 {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().expect("run a set-up command");
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn make_tls(dir: &Path) -> PathBuf {
     let p = |f: &str| dir.join(f);
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=airlock test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-keyout"]).arg(p("ca.key")).arg("-out").arg(p("ca.crt")));
-    run(Command::new("openssl").args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout"]).arg(p("server.key")).arg("-out").arg(p("server.csr")));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=airlock test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-keyout",
+        ])
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("ca.crt")));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+        ])
+        .arg(p("server.key"))
+        .arg("-out")
+        .arg(p("server.csr")));
     std::fs::write(p("ext.cnf"), "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    run(Command::new("openssl").args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"]).arg(p("server.csr")).arg("-CA").arg(p("ca.crt")).arg("-CAkey").arg(p("ca.key")).arg("-out").arg(p("server.crt")).arg("-extfile").arg(p("ext.cnf")));
-    let out = Command::new("htpasswd").args(["-Bbn", USER, PASS]).output().expect("htpasswd (apache2-utils)");
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(p("server.csr"))
+        .arg("-CA")
+        .arg(p("ca.crt"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("server.crt"))
+        .arg("-extfile")
+        .arg(p("ext.cnf")));
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", USER, PASS])
+        .output()
+        .expect("htpasswd (apache2-utils)");
     assert!(out.status.success());
     std::fs::write(p("htpasswd"), out.stdout).unwrap();
     p("ca.crt")
@@ -84,7 +138,12 @@ impl TestRegistry {
                 .stderr(log)
                 .spawn()
                 .expect("docker-registry installed (apt-get install docker-registry)");
-            let mut reg = TestRegistry { host: format!("127.0.0.1:{port}"), dir, ca: ca.clone(), child };
+            let mut reg = TestRegistry {
+                host: format!("127.0.0.1:{port}"),
+                dir,
+                ca: ca.clone(),
+                child,
+            };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if std::net::TcpStream::connect(&reg.host).is_ok() {
@@ -114,23 +173,38 @@ impl TestRegistry {
     pub async fn catalog(&self) -> Vec<String> {
         let mut b = reqwest::Client::builder();
         if let Some(ca) = &self.ca {
-            b = b.tls_certs_merge(reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap());
+            b = b.tls_certs_merge(
+                reqwest::Certificate::from_pem_bundle(&std::fs::read(ca).unwrap()).unwrap(),
+            );
         }
-        let mut req = b.build().unwrap().get(format!("{}/v2/_catalog", self.url()));
+        let mut req = b
+            .build()
+            .unwrap()
+            .get(format!("{}/v2/_catalog", self.url()));
         if self.ca.is_some() {
             req = req.basic_auth(USER, Some(PASS));
         }
         let body = req.send().await.unwrap().bytes().await.unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
-        v["repositories"].as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+        v["repositories"]
+            .as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
     }
 }
 
 /// Fast retries so fault tests stay quick.
 pub fn test_config() -> RegistryConfig {
     RegistryConfig {
-        credentials: CredentialStore { files: Some(vec![]), ..Default::default() },
-        retry: RetryPolicy { attempts: 5, base_delay: Duration::from_millis(20), max_delay: Duration::from_millis(200) },
+        credentials: CredentialStore {
+            files: Some(vec![]),
+            ..Default::default()
+        },
+        retry: RetryPolicy {
+            attempts: 5,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_millis(200),
+        },
         ..Default::default()
     }
 }
@@ -138,34 +212,53 @@ pub fn test_config() -> RegistryConfig {
 pub fn secure_config(reg: &TestRegistry) -> RegistryConfig {
     let mut c = test_config();
     c.ca_files = reg.ca.iter().cloned().collect();
-    c.credentials.explicit.insert(reg.host.clone(), Credential::Basic { username: USER.into(), password: PASS.into() });
+    c.credentials.explicit.insert(
+        reg.host.clone(),
+        Credential::Basic {
+            username: USER.into(),
+            password: PASS.into(),
+        },
+    );
     c
 }
 
 pub async fn client(reg: &TestRegistry, config: RegistryConfig) -> Arc<Registry> {
-    Registries::new(config).get(&reg.host).await.expect("connect to the test registry")
+    Registries::new(config)
+        .get(&reg.host)
+        .await
+        .expect("connect to the test registry")
 }
 
 /// A source registry holding the fixture set under `vendor/`.
 pub async fn seeded_source() -> (TestRegistry, Vec<FixtureImage>) {
     let src = TestRegistry::start();
     let reg = client(&src, test_config()).await;
-    let images = airlock::fixtures::seed(&reg, "vendor/", 1).await.expect("seed fixtures");
+    let images = airlock::fixtures::seed(&reg, "vendor/", 1)
+        .await
+        .expect("seed fixtures");
     (src, images)
 }
 
 pub fn airlock_cmd() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_airlock"));
-    c.env("DOCKER_CONFIG", "/nonexistent-airlock-test").env_remove("REGISTRY_AUTH_FILE");
+    c.env("DOCKER_CONFIG", "/nonexistent-airlock-test")
+        .env_remove("REGISTRY_AUTH_FILE");
     c
 }
 
 /// Run the CLI; returns (exit code, stdout, stderr).
 pub fn airlock(args: &[&str]) -> (i32, String, String) {
     let out = airlock_cmd().args(args).output().expect("run airlock");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 pub fn refs(src: &TestRegistry, images: &[FixtureImage]) -> Vec<String> {
-    images.iter().map(|i| format!("{}/{}:{}", src.host, i.repository, i.tag)).collect()
+    images
+        .iter()
+        .map(|i| format!("{}/{}:{}", src.host, i.repository, i.tag))
+        .collect()
 }

@@ -52,7 +52,12 @@ impl Proxy {
                 });
             }
         });
-        Proxy { host, rules, injected, task }
+        Proxy {
+            host,
+            rules,
+            injected,
+            task,
+        }
     }
 
     pub fn set_rules(&self, rules: Vec<Rule>) {
@@ -100,8 +105,14 @@ async fn handle(
     rules: Arc<Mutex<Vec<Rule>>>,
     injected: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
-    let Some((head, rest)) = read_head(&mut client).await? else { return Ok(()) };
-    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_string();
+    let Some((head, rest)) = read_head(&mut client).await? else {
+        return Ok(());
+    };
+    let line = String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let fault = {
@@ -115,13 +126,20 @@ async fn handle(
             })
     };
     if let Some(f) = &fault {
-        injected.lock().unwrap().push(format!("{f:?} {method} {path}"));
+        injected
+            .lock()
+            .unwrap()
+            .push(format!("{f:?} {method} {path}"));
     }
     match fault {
         Some(Fault::Drop) => return Ok(()),
         Some(Fault::Status(code, retry_after)) => {
-            let ra = retry_after.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
-            let resp = format!("HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{ra}Connection: close\r\n\r\n");
+            let ra = retry_after
+                .map(|s| format!("Retry-After: {s}\r\n"))
+                .unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{ra}Connection: close\r\n\r\n"
+            );
             client.write_all(resp.as_bytes()).await?;
             let _ = client.shutdown().await;
             return Ok(());
@@ -139,7 +157,11 @@ async fn handle(
     if matches!(fault, Some(Fault::Truncate)) {
         let mut resp = Vec::new();
         ur.read_to_end(&mut resp).await?;
-        let cut = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4).unwrap_or(0);
+        let cut = resp
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .unwrap_or(0);
         let keep = cut + (resp.len() - cut) / 2;
         cw.write_all(&resp[..keep]).await?;
     } else {
