@@ -17,4 +17,5 @@ pub mod reference;
 pub mod registry;
 pub mod selection;
 pub mod signatures;
+pub mod trust;
 pub mod verify;

@@ -14,6 +14,31 @@ use std::io::Read;
 use std::path::PathBuf;
 
 const EXIT_INTEGRITY: i32 = 3;
+const EXIT_POLICY: i32 = 4;
+
+#[derive(Args, Clone, Default)]
+struct TrustArgs {
+    /// Public key (PEM) whose cosign signature every image must carry (repeatable).
+    #[arg(long = "key", value_name = "PUB")]
+    keys: Vec<PathBuf>,
+    /// Policy file (YAML): per repository pattern, required keys and attestations.
+    #[arg(long, value_name = "FILE", conflicts_with = "keys")]
+    policy: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn load(&self) -> Result<Option<airlock::trust::Policy>> {
+        Ok(match (&self.policy, self.keys.is_empty()) {
+            (Some(p), _) => Some(airlock::trust::Policy::from_file(p)?),
+            (None, false) => Some(airlock::trust::Policy::from_keys(&self.keys)?),
+            (None, true) => None,
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PolicyFailure(String);
 
 #[derive(Parser)]
 #[command(
@@ -145,6 +170,8 @@ enum Command {
         bundle: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
     },
     /// Test fixtures: push the deterministic signed image set to a registry.
     #[command(hide = true)]
@@ -290,13 +317,18 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{}", inspect::render(&index, &digest));
             Ok(())
         }
-        Command::Verify { bundle, json } => {
+        Command::Verify {
+            bundle,
+            json,
+            trust,
+        } => {
+            let policy = trust.load()?;
             let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
                 (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
             } else {
                 (PathBuf::from(&bundle), None)
             };
-            let report = match verify::verify(&path, input) {
+            let report = match verify::verify_with_policy(&path, input, policy.as_ref()) {
                 Ok(r) => r,
                 Err(verify::VerifyError::Io { path, source })
                 | Err(verify::VerifyError::Bundle(BundleError::Io { path, source })) => {
@@ -313,8 +345,12 @@ async fn run(cli: Cli) -> Result<()> {
             };
             if json {
                 let mut v = serde_json::to_value(&report)?;
-                v["verified"] = serde_json::Value::Bool(true);
-                return print_json(&v);
+                v["verified"] = serde_json::Value::Bool(!report.policy_failed());
+                print_json(&v)?;
+                if report.policy_failed() {
+                    return Err(PolicyFailure("policy not met".into()).into());
+                }
+                return Ok(());
             }
             for img in &report.images {
                 println!(
@@ -343,6 +379,20 @@ async fn run(cli: Cli) -> Result<()> {
                 "bundle digest: {}  created {} by {}",
                 report.bundle_digest, report.created, report.tool
             );
+            if let Some(verdicts) = &report.policy {
+                for v in verdicts {
+                    println!("{}", v.line());
+                }
+                if report.policy_failed() {
+                    return Err(PolicyFailure(
+                        "policy not met: the bundle is intact, but the images above are not trusted".into(),
+                    )
+                    .into());
+                }
+                println!("policy: every image admitted");
+            } else {
+                println!("signatures: not checked (give --key or --policy)");
+            }
             Ok(())
         }
         Command::Fixtures {
@@ -401,6 +451,8 @@ fn main() {
     if let Err(e) = rt.block_on(run(cli)) {
         let code = if e.downcast_ref::<IntegrityFailure>().is_some() {
             EXIT_INTEGRITY
+        } else if e.downcast_ref::<PolicyFailure>().is_some() {
+            EXIT_POLICY
         } else {
             1
         };

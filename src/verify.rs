@@ -38,6 +38,18 @@ pub struct VerifyReport {
     pub images: Vec<VerifiedImage>,
     /// Listed members no image needs (allowed, reported).
     pub unreferenced: Vec<String>,
+    /// Per image, the policy decision (when a policy or keys were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Vec<crate::trust::Verdict>>,
+}
+
+impl VerifyReport {
+    /// True when a policy was given and an enforcing rule rejected an image.
+    pub fn policy_failed(&self) -> bool {
+        self.policy
+            .as_ref()
+            .is_some_and(|v| v.iter().any(|v| v.blocks()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +82,15 @@ pub fn verify(
     path: &Path,
     input: Option<Box<dyn Read + Send>>,
 ) -> Result<VerifyReport, VerifyError> {
+    verify_with_policy(path, input, None)
+}
+
+/// [`verify`], then every image against `policy` (offline: keys from the site).
+pub fn verify_with_policy(
+    path: &Path,
+    input: Option<Box<dyn Read + Send>>,
+    policy: Option<&crate::trust::Policy>,
+) -> Result<VerifyReport, VerifyError> {
     let name = path.display().to_string();
     let from_file = input.is_none();
     let raw: Box<dyn Read + Send> = match input {
@@ -81,6 +102,7 @@ pub fn verify(
     };
     let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, raw));
     let mut manifests: Manifests = HashMap::new();
+    let mut small: HashMap<Digest, Vec<u8>> = HashMap::new();
     let mut bytes = 0u64;
     let (index, digest) = bundle::read_stream(&mut hashing, &name, |ev| {
         if let StreamEvent::Member { member, data } = ev {
@@ -100,6 +122,19 @@ pub fn verify(
                         member.media_type.clone().unwrap_or_default(),
                     ),
                 );
+            } else if policy.is_some()
+                && member.kind == MemberKind::Small
+                && member.size <= crate::oci::MAX_MANIFEST_BYTES
+            {
+                // Signature payloads and envelopes are small blobs; keep them for the policy.
+                let mut b = Vec::with_capacity(member.size as usize);
+                data.read_to_end(&mut b)
+                    .map_err(|e| BundleError::MemberMismatch {
+                        bundle: name.clone(),
+                        member: member.path.clone(),
+                        detail: e.to_string(),
+                    })?;
+                small.insert(member.digest.clone(), b);
             }
         }
         Ok(())
@@ -140,7 +175,22 @@ pub fn verify(
             blobs: g.blobs.len(),
         })
         .collect();
+    let policy = policy.map(|p| {
+        let store = crate::trust::MemoryStore {
+            manifests: manifests
+                .iter()
+                .map(|(d, (b, m))| (d.clone(), (b.to_vec(), m.clone())))
+                .collect(),
+            blobs: small,
+        };
+        index
+            .images
+            .iter()
+            .map(|img| p.evaluate(img, &store))
+            .collect()
+    });
     Ok(VerifyReport {
+        policy,
         bundle: name,
         bundle_digest: digest,
         file_sha256: file_digest.hex(),

@@ -1,0 +1,623 @@
+//! Trust: verifying cosign signatures and attestations offline against
+//! keys the site gives, and a policy saying which images need what.
+//!
+//! Trust comes from the site, never from the bundle: keys are files the
+//! user names (`--key`, or a policy file). Implemented: key-based cosign
+//! `.sig` (simple-signing payload + `dev.cosignproject.cosign/signature`)
+//! and `.att` DSSE envelopes, with ECDSA P-256/P-384, RSA (PKCS#1 v1.5 and
+//! PSS) and Ed25519 public keys (PEM SubjectPublicKeyInfo). Keyless
+//! signatures (Fulcio certificate + Rekor SET) and sigstore bundles are
+//! recognised and reported as "not verifiable by this version": they never
+//! admit an image. All verification code sits here, so swapping in a
+//! sigstore crate for the keyless path stays a local change.
+
+use crate::bundle::{ArtifactKind, ImageEntry};
+use crate::digest::Digest;
+use crate::oci::{ManifestView, COSIGN_SIMPLESIGNING, DSSE_ENVELOPE};
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
+pub const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    #[error("key file {path}: {detail}")]
+    Key { path: String, detail: String },
+    #[error("policy file {path}: {detail}")]
+    Policy { path: String, detail: String },
+}
+
+enum KeyKind {
+    P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
+    Rsa(Box<rsa::PublicKey>),
+    Ed25519(ed25519_dalek::VerifyingKey),
+}
+
+/// A public key the site trusts, with the name it is reported under.
+pub struct TrustedKey {
+    pub name: String,
+    kind: KeyKind,
+}
+
+impl TrustedKey {
+    pub fn from_file(path: &Path) -> Result<TrustedKey, TrustError> {
+        let err = |detail: String| TrustError::Key {
+            path: path.display().to_string(),
+            detail,
+        };
+        let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        TrustedKey::from_pem(&path.display().to_string(), &pem).map_err(err)
+    }
+
+    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
+        use p256::pkcs8::DecodePublicKey;
+        let kind = if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
+            KeyKind::P256(k)
+        } else if let Ok(k) = p384::ecdsa::VerifyingKey::from_public_key_pem(pem) {
+            KeyKind::P384(k)
+        } else if let Ok(k) = rsa::PublicKey::from_public_key_pem(pem) {
+            KeyKind::Rsa(Box::new(k))
+        } else if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
+            KeyKind::Ed25519(k)
+        } else {
+            return Err("not a PEM public key (SubjectPublicKeyInfo) of type ECDSA P-256/P-384, RSA or Ed25519".into());
+        };
+        Ok(TrustedKey {
+            name: name.to_string(),
+            kind,
+        })
+    }
+
+    /// Check `sig` (DER for ECDSA, raw for RSA and Ed25519) over `msg`.
+    pub fn verifies(&self, msg: &[u8], sig: &[u8]) -> bool {
+        use p256::ecdsa::signature::Verifier;
+        match &self.kind {
+            KeyKind::P256(k) => {
+                p256::ecdsa::DerSignature::try_from(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+            }
+            KeyKind::P384(k) => {
+                p384::ecdsa::DerSignature::try_from(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+            }
+            KeyKind::Rsa(k) => {
+                let pkcs1 = rsa::pkcs1v15::Signature::try_from(sig).is_ok_and(|s| {
+                    rsa::pkcs1v15::VerifyingKey::<sha2::Sha256>::new((**k).clone())
+                        .verify(msg, &s)
+                        .is_ok()
+                });
+                pkcs1
+                    || rsa::pss::Signature::try_from(sig).is_ok_and(|s| {
+                        rsa::pss::VerifyingKey::<sha2::Sha256>::new((**k).clone())
+                            .verify(msg, &s)
+                            .is_ok()
+                    })
+            }
+            KeyKind::Ed25519(k) => {
+                ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify(msg, &s).is_ok())
+            }
+        }
+    }
+}
+
+/// One signature or attestation found for an image, and what came of it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub kind: ArtifactKind,
+    /// The manifest signed (image index or platform manifest).
+    pub subject: Digest,
+    pub artifact: Digest,
+    /// The key that verified it, if one did.
+    pub key: Option<String>,
+    /// For attestations: the in-toto predicate type.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub predicate_type: Option<String>,
+    /// `critical.identity.docker-reference` of a cosign payload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub docker_reference: Option<String>,
+    /// Why it does not count, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SimpleSigning {
+    critical: Critical,
+}
+#[derive(Deserialize)]
+struct Critical {
+    identity: Identity,
+    image: ImageRef,
+    #[serde(rename = "type")]
+    kind: String,
+}
+#[derive(Deserialize)]
+struct Identity {
+    #[serde(rename = "docker-reference", default)]
+    docker_reference: String,
+}
+#[derive(Deserialize)]
+struct ImageRef {
+    #[serde(rename = "docker-manifest-digest")]
+    digest: String,
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "payloadType")]
+    payload_type: String,
+    payload: String,
+    signatures: Vec<EnvelopeSig>,
+}
+#[derive(Deserialize)]
+struct EnvelopeSig {
+    sig: String,
+}
+#[derive(Deserialize)]
+struct Statement {
+    #[serde(rename = "predicateType", default)]
+    predicate_type: String,
+    #[serde(default)]
+    subject: Vec<StatementSubject>,
+}
+#[derive(Deserialize)]
+struct StatementSubject {
+    #[serde(default)]
+    digest: std::collections::BTreeMap<String, String>,
+}
+
+/// DSSE pre-authentication encoding (what a DSSE signature covers).
+pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut v = format!(
+        "DSSEv1 {} {} {} ",
+        payload_type.len(),
+        payload_type,
+        payload.len()
+    )
+    .into_bytes();
+    v.extend_from_slice(payload);
+    v
+}
+
+fn b64(s: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
+}
+
+fn first_key<'k>(keys: &'k [TrustedKey], msg: &[u8], sig: &[u8]) -> Option<&'k TrustedKey> {
+    keys.iter().find(|k| k.verifies(msg, sig))
+}
+
+/// Check one cosign signature layer: the payload must name `subject`, and
+/// a trusted key must have signed the payload bytes exactly.
+fn check_simple_signing(
+    layer: &crate::oci::Descriptor,
+    payload: &[u8],
+    subject: &Digest,
+    keys: &[TrustedKey],
+    f: &mut Finding,
+) {
+    if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
+        f.problem =
+            Some("keyless signature (Fulcio certificate): not verifiable by this version".into());
+        return;
+    }
+    let Some(sig) = layer
+        .annotations
+        .get(ANNOTATION_SIGNATURE)
+        .and_then(|s| b64(s))
+    else {
+        f.problem = Some("no dev.cosignproject.cosign/signature annotation".into());
+        return;
+    };
+    let parsed: SimpleSigning = match serde_json::from_slice(payload) {
+        Ok(p) => p,
+        Err(e) => {
+            f.problem = Some(format!(
+                "payload is not a cosign simple-signing document: {e}"
+            ));
+            return;
+        }
+    };
+    f.docker_reference = Some(parsed.critical.identity.docker_reference.clone());
+    if parsed.critical.kind != "cosign container image signature" {
+        f.problem = Some(format!(
+            "payload type {:?} is not a cosign container image signature",
+            parsed.critical.kind
+        ));
+        return;
+    }
+    if parsed.critical.image.digest != subject.to_string() {
+        f.problem = Some(format!(
+            "payload signs {}, not {subject}",
+            parsed.critical.image.digest
+        ));
+        return;
+    }
+    match first_key(keys, payload, &sig) {
+        Some(k) => f.key = Some(k.name.clone()),
+        None => f.problem = Some("no trusted key verifies this signature".into()),
+    }
+}
+
+fn check_dsse(envelope: &[u8], subject: &Digest, keys: &[TrustedKey], f: &mut Finding) {
+    let env: Envelope = match serde_json::from_slice(envelope) {
+        Ok(e) => e,
+        Err(e) => {
+            f.problem = Some(format!("not a DSSE envelope: {e}"));
+            return;
+        }
+    };
+    let Some(payload) = b64(&env.payload) else {
+        f.problem = Some("DSSE payload is not base64".into());
+        return;
+    };
+    if let Ok(st) = serde_json::from_slice::<Statement>(&payload) {
+        f.predicate_type = Some(st.predicate_type.clone());
+        if !st
+            .subject
+            .iter()
+            .any(|s| s.digest.get("sha256") == Some(&subject.hex()))
+        {
+            f.problem = Some(format!("the statement's subjects do not include {subject}"));
+            return;
+        }
+    } else {
+        f.problem = Some("DSSE payload is not an in-toto statement".into());
+        return;
+    }
+    let pae = dsse_pae(&env.payload_type, &payload);
+    let key = env
+        .signatures
+        .iter()
+        .filter_map(|s| b64(&s.sig))
+        .find_map(|sig| first_key(keys, &pae, &sig));
+    match key {
+        Some(k) => f.key = Some(k.name.clone()),
+        None => f.problem = Some("no trusted key verifies this attestation".into()),
+    }
+}
+
+/// Everything needed to check an image's artifacts: manifest bytes and small blobs by digest.
+pub trait ArtifactStore {
+    fn manifest(&self, digest: &Digest) -> Option<(Vec<u8>, String)>;
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>>;
+}
+
+/// Check every signature and attestation carried for `image`.
+pub fn check_image(
+    image: &ImageEntry,
+    store: &dyn ArtifactStore,
+    keys: &[TrustedKey],
+) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for a in &image.artifacts {
+        let is_sigstore_bundle = a
+            .artifact_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/vnd.dev.sigstore.bundle"));
+        if !matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation)
+            && !is_sigstore_bundle
+        {
+            continue;
+        }
+        let mut base = Finding {
+            kind: a.kind,
+            subject: a.subject.clone(),
+            artifact: a.digest.clone(),
+            key: None,
+            predicate_type: None,
+            docker_reference: None,
+            problem: None,
+        };
+        if is_sigstore_bundle {
+            base.problem = Some("sigstore bundle: not verifiable by this version".into());
+            out.push(base);
+            continue;
+        }
+        let Some((bytes, mt)) = store.manifest(&a.digest) else {
+            base.problem = Some("artifact manifest missing".into());
+            out.push(base);
+            continue;
+        };
+        let view = match ManifestView::parse(&bytes, Some(&mt)) {
+            Ok(v) => v,
+            Err(e) => {
+                base.problem = Some(e.to_string());
+                out.push(base);
+                continue;
+            }
+        };
+        for layer in &view.layers {
+            let mut f = base.clone();
+            let Some(data) = store.blob(&layer.digest) else {
+                f.problem = Some(format!("blob {} missing", layer.digest));
+                out.push(f);
+                continue;
+            };
+            match layer.media_type.as_str() {
+                COSIGN_SIMPLESIGNING => {
+                    check_simple_signing(layer, &data, &a.subject, keys, &mut f)
+                }
+                DSSE_ENVELOPE => check_dsse(&data, &a.subject, keys, &mut f),
+                other => f.problem = Some(format!("layer media type {other} is not a signature")),
+            }
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RuleFile {
+    /// Globs over `registry/repository` (`*` within a path component, `**` across).
+    repositories: Vec<String>,
+    #[serde(default)]
+    keys: Vec<PathBuf>,
+    /// in-toto predicate types that must be attested by one of the keys.
+    #[serde(default)]
+    attestations: Vec<String>,
+    #[serde(default)]
+    mode: Mode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    rules: Vec<RuleFile>,
+}
+
+pub struct Rule {
+    pub patterns: Vec<String>,
+    matcher: globset::GlobSet,
+    pub keys: Vec<TrustedKey>,
+    pub attestations: Vec<String>,
+    pub mode: Mode,
+}
+
+/// What a site requires, rule by rule; the first rule matching an image decides.
+pub struct Policy {
+    pub rules: Vec<Rule>,
+}
+
+fn glob_set(
+    patterns: &[String],
+    err: impl Fn(String) -> TrustError,
+) -> Result<globset::GlobSet, TrustError> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| err(format!("pattern {p:?}: {e}")))?,
+        );
+    }
+    b.build().map_err(|e| err(e.to_string()))
+}
+
+impl Policy {
+    /// `--key` shortcuts: every image must carry a valid signature from one of these.
+    pub fn from_keys(paths: &[PathBuf]) -> Result<Policy, TrustError> {
+        let keys = paths
+            .iter()
+            .map(|p| TrustedKey::from_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let patterns = vec!["**".to_string()];
+        let matcher = glob_set(&patterns, |d| TrustError::Policy {
+            path: "--key".into(),
+            detail: d,
+        })?;
+        Ok(Policy {
+            rules: vec![Rule {
+                patterns,
+                matcher,
+                keys,
+                attestations: vec![],
+                mode: Mode::Enforce,
+            }],
+        })
+    }
+
+    /// A policy file (YAML); key paths are relative to the file.
+    pub fn from_file(path: &Path) -> Result<Policy, TrustError> {
+        let name = path.display().to_string();
+        let err = |detail: String| TrustError::Policy {
+            path: name.clone(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut rules = Vec::new();
+        for (i, r) in file.rules.into_iter().enumerate() {
+            if r.keys.is_empty() {
+                return Err(err(format!("rules[{i}] names no keys")));
+            }
+            let keys = r
+                .keys
+                .iter()
+                .map(|k| TrustedKey::from_file(&base.join(k)))
+                .collect::<Result<Vec<_>, _>>()?;
+            let matcher = glob_set(&r.repositories, &err)?;
+            rules.push(Rule {
+                patterns: r.repositories,
+                matcher,
+                keys,
+                attestations: r.attestations,
+                mode: r.mode,
+            });
+        }
+        Ok(Policy { rules })
+    }
+
+    fn rule_for(&self, image: &ImageEntry) -> Option<&Rule> {
+        let name = format!("{}/{}", image.registry, image.repository);
+        self.rules
+            .iter()
+            .find(|r| r.matcher.is_match(&name) || r.matcher.is_match(&image.repository))
+    }
+
+    /// Decide on one image.
+    pub fn evaluate(&self, image: &ImageEntry, store: &dyn ArtifactStore) -> Verdict {
+        let Some(rule) = self.rule_for(image) else {
+            return Verdict {
+                image: image.source.clone(),
+                digest: image.source_digest.clone(),
+                rule: None,
+                admitted: false,
+                enforced: true,
+                admitted_by: None,
+                reasons: vec!["no policy rule matches this repository".into()],
+                findings: vec![],
+            };
+        };
+        let findings = check_image(image, store, &rule.keys);
+        let signed_by = findings
+            .iter()
+            .find(|f| {
+                f.kind == ArtifactKind::Signature
+                    && f.subject == image.source_digest
+                    && f.key.is_some()
+            })
+            .and_then(|f| f.key.clone());
+        let mut reasons = Vec::new();
+        if signed_by.is_none() {
+            let seen: Vec<String> = findings
+                .iter()
+                .filter(|f| f.subject == image.source_digest && f.kind == ArtifactKind::Signature)
+                .filter_map(|f| f.problem.clone())
+                .collect();
+            reasons.push(if seen.is_empty() {
+                format!("no signature for {}", image.source_digest)
+            } else {
+                format!(
+                    "no valid signature for {}: {}",
+                    image.source_digest,
+                    seen.join("; ")
+                )
+            });
+        }
+        for pt in &rule.attestations {
+            let ok = findings.iter().any(|f| {
+                f.kind == ArtifactKind::Attestation
+                    && f.key.is_some()
+                    && f.predicate_type.as_deref() == Some(pt)
+                    && f.subject == image.source_digest
+            });
+            if !ok {
+                reasons.push(format!("no valid attestation of type {pt}"));
+            }
+        }
+        Verdict {
+            image: image.source.clone(),
+            digest: image.source_digest.clone(),
+            rule: Some(rule.patterns.join(", ")),
+            admitted: reasons.is_empty(),
+            enforced: rule.mode == Mode::Enforce,
+            admitted_by: signed_by,
+            reasons,
+            findings,
+        }
+    }
+}
+
+/// The decision on one image, with the evidence.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verdict {
+    pub image: String,
+    /// The signed digest (the vendor's, for a platform-filtered index).
+    pub digest: Digest,
+    pub rule: Option<String>,
+    pub admitted: bool,
+    pub enforced: bool,
+    pub admitted_by: Option<String>,
+    pub reasons: Vec<String>,
+    pub findings: Vec<Finding>,
+}
+
+impl Verdict {
+    /// Fails the run: not admitted under an enforcing rule.
+    pub fn blocks(&self) -> bool {
+        !self.admitted && self.enforced
+    }
+    pub fn line(&self) -> String {
+        if self.admitted {
+            format!(
+                "trusted  {}  {}  signed by {}",
+                self.image,
+                self.digest,
+                self.admitted_by.as_deref().unwrap_or("-")
+            )
+        } else {
+            format!(
+                "{}  {}  {}: {}",
+                if self.enforced {
+                    "REJECTED"
+                } else {
+                    "warning "
+                },
+                self.image,
+                self.digest,
+                self.reasons.join("; ")
+            )
+        }
+    }
+}
+
+/// Manifests and small blobs held in memory for policy checks.
+#[derive(Default)]
+pub struct MemoryStore {
+    pub manifests: std::collections::HashMap<Digest, (Vec<u8>, String)>,
+    pub blobs: std::collections::HashMap<Digest, Vec<u8>>,
+}
+
+impl ArtifactStore for MemoryStore {
+    fn manifest(&self, digest: &Digest) -> Option<(Vec<u8>, String)> {
+        self.manifests.get(digest).cloned()
+    }
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        self.blobs.get(digest).cloned()
+    }
+}
+
+/// The blobs (signature payloads, DSSE envelopes) the artifacts of `images` need.
+pub fn artifact_blobs(
+    images: &[ImageEntry],
+    manifests: &dyn Fn(&Digest) -> Option<(Vec<u8>, String)>,
+) -> Vec<Digest> {
+    let mut out = Vec::new();
+    for img in images {
+        for a in &img.artifacts {
+            if !matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation) {
+                continue;
+            }
+            if let Some((bytes, mt)) = manifests(&a.digest) {
+                if let Ok(v) = ManifestView::parse(&bytes, Some(&mt)) {
+                    out.extend(
+                        v.layers
+                            .iter()
+                            .filter(|l| l.size <= crate::oci::MAX_MANIFEST_BYTES)
+                            .map(|l| l.digest.clone()),
+                    );
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
