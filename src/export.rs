@@ -23,8 +23,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ExportOptions {
+    /// Images failing it are refused before anything is written.
+    pub policy: Option<Arc<crate::trust::Policy>>,
     pub output: PathBuf,
     pub jobs: usize,
     pub level: i32,
@@ -46,6 +48,7 @@ impl ExportOptions {
             frame_max: bundle::frames::DEFAULT_FRAME_MAX,
             require_signatures: false,
             force: false,
+            policy: None,
         }
     }
 }
@@ -63,6 +66,8 @@ pub enum ExportError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error("policy not met, no bundle written:\n  {}", .0.join("\n  "))]
+    Policy(Vec<String>),
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +92,9 @@ pub struct ExportReport {
     pub manifests: usize,
     pub blobs: usize,
     pub blob_bytes: u64,
+    /// Per image, the policy decision (when a policy or keys were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Vec<crate::trust::Verdict>>,
     pub seconds: f64,
 }
 
@@ -413,6 +421,11 @@ pub async fn export(
         }
     }
 
+    let verdicts = match &opts.policy {
+        Some(policy) => Some(check_policy(policy, &resolved).await?),
+        None => None,
+    };
+
     // Members in tar order: layout files, manifests, small blobs, layers.
     let images: Vec<ImageEntry> = resolved.iter().map(|r| r.entry.clone()).collect();
     let index_json = layout::index_json(&images);
@@ -500,8 +513,61 @@ pub async fn export(
         manifests: manifest_count,
         blobs: blob_count,
         blob_bytes,
+        policy: verdicts,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Fetch the signature payloads and decide on every image, before any
+/// byte of the bundle is written: bad images never cross the gap.
+async fn check_policy(
+    policy: &crate::trust::Policy,
+    resolved: &[Resolved],
+) -> Result<Vec<crate::trust::Verdict>, ExportError> {
+    let mut verdicts = Vec::new();
+    for r in resolved {
+        let mut store = crate::trust::MemoryStore::default();
+        for m in &r.manifests {
+            store
+                .manifests
+                .insert(m.digest.clone(), (m.bytes.to_vec(), m.media_type.clone()));
+        }
+        let images = std::slice::from_ref(&r.entry);
+        for d in crate::trust::artifact_blobs(images, &|d| store.manifests.get(d).cloned()) {
+            let Some((desc, _)) = r.blobs.iter().find(|(b, _)| b.digest == d) else {
+                continue;
+            };
+            let spool = tempfile::NamedTempFile::new().map_err(|source| ExportError::Io {
+                path: std::env::temp_dir().display().to_string(),
+                source,
+            })?;
+            let mut f =
+                tokio::fs::File::from_std(spool.reopen().map_err(|source| ExportError::Io {
+                    path: spool.path().display().to_string(),
+                    source,
+                })?);
+            r.registry
+                .fetch_blob(&r.entry.repository, desc, &mut f, &Progress::hidden())
+                .await?;
+            let bytes = std::fs::read(spool.path()).map_err(|source| ExportError::Io {
+                path: spool.path().display().to_string(),
+                source,
+            })?;
+            store.blobs.insert(d, bytes);
+        }
+        let v = policy.evaluate(&r.entry, &store);
+        progress::note(&v.line());
+        verdicts.push(v);
+    }
+    let blocked: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.blocks())
+        .map(|v| v.line())
+        .collect();
+    if !blocked.is_empty() {
+        return Err(ExportError::Policy(blocked));
+    }
+    Ok(verdicts)
 }
 
 enum WriteItem {

@@ -54,6 +54,8 @@ pub enum ImportError {
     Target(String),
     #[error("tag conflicts at the target, nothing was pushed (use --on-existing-tag=overwrite or skip):\n  {}", .0.join("\n  "))]
     TagConflicts(Vec<String>),
+    #[error("policy not met, nothing was pushed:\n  {}", .0.join("\n  "))]
+    Policy(Vec<String>),
     #[error("read-back after push failed: {0}")]
     ReadBack(String),
     #[error("{path}: {source}")]
@@ -112,11 +114,13 @@ impl Target {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ImportOptions {
     pub target: Target,
     pub on_existing_tag: OnExistingTag,
     pub jobs: usize,
+    /// Checked before anything is pushed; `None` = digests only.
+    pub policy: Option<Arc<crate::trust::Policy>>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -133,6 +137,9 @@ pub struct ImportReport {
     pub manifests_present: usize,
     pub tags_set: usize,
     pub tags_skipped: Vec<String>,
+    /// Per image, the policy decision (when a policy or keys were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Vec<crate::trust::Verdict>>,
     pub seconds: f64,
     pub mode: String,
 }
@@ -190,6 +197,56 @@ fn plan(
         blob_repos,
         sizes,
     })
+}
+
+/// Decide on every image; any enforced rejection stops the import.
+fn check_policy(
+    opts: &ImportOptions,
+    index: &BundleIndex,
+    store: &crate::trust::MemoryStore,
+) -> Result<Option<Vec<crate::trust::Verdict>>, ImportError> {
+    let Some(policy) = &opts.policy else {
+        for img in &index.images {
+            if !img
+                .artifacts
+                .iter()
+                .any(|a| a.kind == crate::bundle::ArtifactKind::Signature)
+            {
+                progress::note(&format!(
+                    "UNSIGNED: {} carries no signature (no policy given: digests checked only)",
+                    img.source
+                ));
+            }
+        }
+        return Ok(None);
+    };
+    let verdicts: Vec<_> = index
+        .images
+        .iter()
+        .map(|i| policy.evaluate(i, store))
+        .collect();
+    for v in &verdicts {
+        progress::note(&v.line());
+    }
+    let blocked: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.blocks())
+        .map(|v| v.line())
+        .collect();
+    if !blocked.is_empty() {
+        return Err(ImportError::Policy(blocked));
+    }
+    Ok(Some(verdicts))
+}
+
+fn trust_store(manifests: &Manifests) -> crate::trust::MemoryStore {
+    crate::trust::MemoryStore {
+        manifests: manifests
+            .iter()
+            .map(|(d, (b, m))| (d.clone(), (b.to_vec(), m.clone())))
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// Every tag the import would set, with the digest it would point to.
@@ -601,6 +658,29 @@ pub async fn import_file(
         }
     }
     let plan = plan(&name, &bundle.index, &manifests, opts)?;
+    let mut store = trust_store(&manifests);
+    if opts.policy.is_some() {
+        for d in
+            crate::trust::artifact_blobs(&bundle.index.images, &|d| store.manifests.get(d).cloned())
+        {
+            let pos = bundle
+                .index
+                .members
+                .iter()
+                .position(|m| m.digest == d && m.path.starts_with("blobs/"));
+            if let Some(i) = pos {
+                let b = bundle.clone();
+                let bytes = tokio::task::spawn_blocking(move || b.read_member(i))
+                    .await
+                    .map_err(|e| ImportError::Io {
+                        path: name.clone(),
+                        source: std::io::Error::other(e.to_string()),
+                    })??;
+                store.blobs.insert(d, bytes);
+            }
+        }
+    }
+    let verdicts = check_policy(opts, &bundle.index, &store)?;
     verify_blobs_first(&bundle, opts.jobs).await?;
     let reg = registries.get(&opts.target.host).await?;
     let skip_tags = preflight(&reg, &plan, opts).await?;
@@ -633,6 +713,7 @@ pub async fn import_file(
     let mut report = ImportReport {
         bundle_digest: Some(bundle.digest.clone()),
         mode: "seekable".into(),
+        policy: verdicts,
         ..Default::default()
     };
     push_manifests(&reg, &plan, &manifests, &skip_tags, &mut report).await?;
@@ -693,6 +774,8 @@ type Prepared = (Plan, Arc<Registry>, HashSet<(String, String)>);
 enum Event {
     Index(Box<BundleIndex>, Digest),
     Manifest(Member, Bytes),
+    /// A small blob held back (signature payloads) for the policy, before ManifestsDone.
+    Small(Member, Bytes),
     /// All manifests are read; the reader waits for the set of blobs to keep.
     ManifestsDone(tokio::sync::oneshot::Sender<HashSet<Digest>>),
     Blob(Member, tempfile::NamedTempFile),
@@ -717,8 +800,14 @@ pub async fn import_stream(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Event>(opts.jobs.max(1));
     let reader_name = name.to_string();
     let spool_path: PathBuf = spool_dir.path().to_path_buf();
+    let buffer_small = opts.policy.is_some();
     let reader = tokio::task::spawn_blocking(move || {
         let mut keep: Option<HashSet<Digest>> = None;
+        // With a policy, small blobs (signature payloads among them) are held
+        // in memory until the policy has decided; layers come after them.
+        let mut held: Vec<(Member, Vec<u8>)> = Vec::new();
+        let mut held_bytes = 0u64;
+        const HOLD_LIMIT: u64 = 256 << 20;
         let closed = || BundleError::Corrupt {
             bundle: reader_name.clone(),
             detail: "import stopped".into(),
@@ -746,11 +835,21 @@ pub async fn import_stream(
                         .blocking_send(Event::Manifest(member.clone(), Bytes::from(b)))
                         .map_err(|_| closed());
                 }
+                if buffer_small && keep.is_none() && member.kind == MemberKind::Small {
+                    held_bytes += member.size;
+                    if held_bytes > HOLD_LIMIT {
+                        return Err(BundleError::Corrupt {
+                            bundle: reader_name.clone(),
+                            detail: "more than 256 MiB of configs and signature blobs to hold for the policy: import the bundle file instead of a pipe".into(),
+                        });
+                    }
+                    let mut b = Vec::with_capacity(member.size as usize);
+                    data.read_to_end(&mut b).map_err(|e| member_err(&reader_name, member, e))?;
+                    held.push((member.clone(), b));
+                    return Ok(());
+                }
                 if keep.is_none() {
-                    let (ktx, krx) = tokio::sync::oneshot::channel();
-                    tx.blocking_send(Event::ManifestsDone(ktx))
-                        .map_err(|_| closed())?;
-                    keep = Some(krx.blocking_recv().map_err(|_| closed())?);
+                    keep = Some(handshake(&tx, &mut held, &spool_path, &reader_name)?);
                 }
                 if !keep.as_ref().is_some_and(|k| k.contains(&member.digest)) {
                     return Ok(()); // present at the target already: read (and verified) only
@@ -766,11 +865,20 @@ pub async fn import_stream(
                     .map_err(|_| closed())
             }
         })
+        .and_then(|r| {
+            // A bundle without layers: decide (and push what was held) now.
+            if keep.is_none() {
+                handshake(&tx, &mut held, &spool_path, &reader_name)?;
+            }
+            Ok(r)
+        })
     });
 
     let mut index = None;
     let mut manifests: Manifests = HashMap::new();
     let mut state: Option<Prepared> = None;
+    let mut small: HashMap<Digest, Vec<u8>> = HashMap::new();
+    let mut verdicts = None;
     let mut pushes = tokio::task::JoinSet::new();
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
     let progress = Progress::start("import", 0);
@@ -779,6 +887,9 @@ pub async fn import_stream(
     while let Some(ev) = rx.recv().await {
         match ev {
             Event::Index(i, d) => index = Some((*i, d)),
+            Event::Small(m, b) => {
+                small.insert(m.digest.clone(), b.to_vec());
+            }
             Event::Manifest(m, b) => {
                 manifests.insert(
                     m.digest.clone(),
@@ -789,6 +900,9 @@ pub async fn import_stream(
                 let Some((idx, _)) = &index else { break };
                 let prepared = async {
                     let plan = plan(name, idx, &manifests, opts)?;
+                    let mut store = trust_store(&manifests);
+                    store.blobs = std::mem::take(&mut small);
+                    verdicts = check_policy(opts, idx, &store)?;
                     let reg = registries.get(&opts.target.host).await?;
                     let skip = preflight(&reg, &plan, opts).await?;
                     // Blobs already in every target repository need not be spooled.
@@ -919,12 +1033,51 @@ pub async fn import_stream(
     let mut report = ImportReport {
         bundle_digest: Some(digest),
         mode: "stream".into(),
+        policy: verdicts,
         ..Default::default()
     };
     push_manifests(&reg, &plan, &manifests, &skip, &mut report).await?;
     read_back(&reg, &plan, &skip).await?;
     finish_report(&plan, tally, &mut report, reg.host(), started);
     Ok(report)
+}
+
+/// Tell the importer every manifest (and held blob) is in; get back the
+/// blobs to keep, and spool the held ones it wants.
+fn handshake(
+    tx: &tokio::sync::mpsc::Sender<Event>,
+    held: &mut Vec<(Member, Vec<u8>)>,
+    spool_path: &std::path::Path,
+    bundle: &str,
+) -> Result<HashSet<Digest>, BundleError> {
+    let closed = || BundleError::Corrupt {
+        bundle: bundle.into(),
+        detail: "import stopped".into(),
+    };
+    for (m, b) in held.iter() {
+        tx.blocking_send(Event::Small(m.clone(), Bytes::copy_from_slice(b)))
+            .map_err(|_| closed())?;
+    }
+    let (ktx, krx) = tokio::sync::oneshot::channel();
+    tx.blocking_send(Event::ManifestsDone(ktx))
+        .map_err(|_| closed())?;
+    let keep = krx.blocking_recv().map_err(|_| closed())?;
+    for (m, b) in held.drain(..) {
+        if keep.contains(&m.digest) {
+            let mut spool =
+                tempfile::NamedTempFile::new_in(spool_path).map_err(|source| BundleError::Io {
+                    path: spool_path.display().to_string(),
+                    source,
+                })?;
+            std::io::Write::write_all(&mut spool, &b).map_err(|source| BundleError::Io {
+                path: spool_path.display().to_string(),
+                source,
+            })?;
+            tx.blocking_send(Event::Blob(m, spool))
+                .map_err(|_| closed())?;
+        }
+    }
+    Ok(keep)
 }
 
 fn member_err(bundle: &str, member: &Member, e: std::io::Error) -> BundleError {

@@ -141,6 +141,8 @@ enum Command {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Verify a bundle and push it into a registry.
@@ -155,6 +157,8 @@ enum Command {
         on_existing_tag: OnExistingTag,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -203,6 +207,7 @@ async fn run(cli: Cli) -> Result<()> {
             threads,
             force,
             json,
+            trust,
             registry,
         } => {
             let mut sel = Vec::new();
@@ -223,7 +228,14 @@ async fn run(cli: Cli) -> Result<()> {
             }
             opts.require_signatures = require_signatures;
             opts.force = force;
-            let report = export::export(&registries, &sel, &opts).await?;
+            opts.policy = trust.load()?.map(std::sync::Arc::new);
+            let report = match export::export(&registries, &sel, &opts).await {
+                Ok(r) => r,
+                Err(e @ export::ExportError::Policy(_)) => {
+                    return Err(PolicyFailure(e.to_string()).into())
+                }
+                Err(e) => return Err(e.into()),
+            };
             if json {
                 return print_json(&report);
             }
@@ -259,14 +271,17 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             on_existing_tag,
             json,
+            trust,
             registry,
         } => {
+            let policy = trust.load()?.map(std::sync::Arc::new);
             let target = Target::parse(&to)?;
             let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
             let opts = ImportOptions {
                 target,
                 on_existing_tag,
                 jobs: registry.jobs,
+                policy,
             };
             let report = if bundle == "-" {
                 import::import_stream(&registries, Box::new(std::io::stdin()), "stdin", &opts).await
@@ -276,6 +291,9 @@ async fn run(cli: Cli) -> Result<()> {
             let report = match report {
                 Ok(r) => r,
                 Err(import::ImportError::Bundle(e)) => return Err(integrity(e)),
+                Err(e @ import::ImportError::Policy(_)) => {
+                    return Err(PolicyFailure(e.to_string()).into())
+                }
                 Err(e) => return Err(e.into()),
             };
             if json {

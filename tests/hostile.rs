@@ -89,6 +89,7 @@ async fn assert_rejected(bundle: &Path, expect: &str) {
         target: Target::parse(&dst.host).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 4,
+        policy: None,
     };
     let err = import::import_file(&Registries::new(test_config()), bundle, &opts)
         .await

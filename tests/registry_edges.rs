@@ -257,6 +257,7 @@ async fn import_survives_injected_faults() {
         target: Target::parse(&proxy.host).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 3,
+        policy: None,
     };
     import::import_file(&Registries::new(cfg), &bundle, &opts)
         .await

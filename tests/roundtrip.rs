@@ -13,6 +13,7 @@ fn import_opts(host: &str, template: &str) -> ImportOptions {
         target: Target::parse(&format!("{host}/{template}")).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 4,
+        policy: None,
     }
 }
 

@@ -1,0 +1,517 @@
+//! Offline signature verification with site-given keys and policies:
+//! real third-party signatures (oc-mirror's signed multi-platform image),
+//! the project's fixtures, forged variants, and every key type.
+
+mod common;
+
+use airlock::digest::Digest;
+use airlock::registry::BlobBody;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const REAL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/oc-mirror");
+const REAL_INDEX: &str = "sha256:0de0e983a4980f32b1aad2d7f7f387cea2d4e9517b47f336cef27f63735911fa";
+const TEST_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/cosign-test.pub");
+const OTHER_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/other-test.pub");
+
+fn sh(cmd: &mut Command) {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Push the real signed image and its five signature manifests, digests kept.
+fn push_real(reg: &TestRegistry, repo: &str) {
+    let dst = |tag: &str| format!("docker://{}/{repo}:{tag}", reg.host);
+    sh(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{REAL}/multi-platform-container-latest"),
+        &dst("latest"),
+    ]));
+    for entry in std::fs::read_dir(REAL).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if let Some(hex) = name
+            .strip_prefix("multi-platform-container-sha256-")
+            .and_then(|n| n.strip_suffix("-sig"))
+        {
+            sh(Command::new("skopeo").args([
+                "copy",
+                "-q",
+                "--preserve-digests",
+                "--dest-tls-verify=false",
+                &format!("oci:{REAL}/{name}"),
+                &dst(&format!("sha256-{hex}.sig")),
+            ]));
+        }
+    }
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_signed_multi_platform_image_crosses_with_a_policy() {
+    let src = TestRegistry::start();
+    push_real(&src, "vendor/multi");
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("real.tar.zst");
+    let b = bundle.to_str().unwrap();
+    let good = format!("{REAL}/multi-platform-container.cosign.pub");
+    let wrong = format!("{REAL}/empty-image.cosign.pub");
+    let image = format!("{}/vendor/multi:latest", src.host);
+
+    // Export refuses with the wrong key, before writing anything.
+    let out = airlock_cmd()
+        .args(["export", "-o", b, "--key", &wrong, &image])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!bundle.exists());
+
+    let out = airlock_cmd()
+        .args(["export", "--json", "-o", b, "--key", &good, &image])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = json(&out);
+    assert_eq!(rep["images"][0]["digest"], REAL_INDEX);
+    assert_eq!(rep["images"][0]["platforms"].as_array().unwrap().len(), 4);
+    assert_eq!(rep["policy"][0]["admitted"], true);
+    let findings = rep["policy"][0]["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 5, "index + 4 platform signatures");
+    assert!(
+        findings.iter().all(|f| f["key"] == good.as_str()),
+        "{findings:?}"
+    );
+
+    // The offline audit, in a network namespace with no network at all.
+    let out = Command::new("unshare")
+        .args([
+            "-n",
+            env!("CARGO_BIN_EXE_airlock"),
+            "verify",
+            "--json",
+            b,
+            "--key",
+            &good,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "offline verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["policy"][0]["admittedBy"], good.as_str());
+    let out = airlock_cmd()
+        .args(["verify", "--json", b, "--key", &wrong])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_eq!(json(&out)["verified"], false);
+
+    // Import: the wrong key pushes nothing; the right one lands every digest.
+    let dst = TestRegistry::start();
+    let out = airlock_cmd()
+        .args(["import", b, "--to", &dst.host, "--key", &wrong])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(REAL_INDEX));
+    assert!(dst.catalog().await.is_empty());
+    let out = airlock_cmd()
+        .args(["import", b, "--to", &dst.host, "--key", &good])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d = client(&dst, test_config()).await;
+    assert_eq!(
+        d.head_manifest("vendor/multi", "latest")
+            .await
+            .unwrap()
+            .unwrap()
+            .to_string(),
+        REAL_INDEX
+    );
+
+    // From a pipe, with the policy checked before the first push.
+    let dst2 = TestRegistry::start();
+    let out = airlock_cmd()
+        .args(["import", "-", "--to", &dst2.host, "--key", &wrong])
+        .stdin(std::fs::File::open(&bundle).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dst2.catalog().await.is_empty());
+    let out = airlock_cmd()
+        .args(["import", "-", "--to", &dst2.host, "--key", &good])
+        .stdin(std::fs::File::open(&bundle).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A platform filter keeps the vendor's signature verifiable.
+    let filtered = work.path().join("amd64.tar.zst");
+    let out = airlock_cmd()
+        .args([
+            "export",
+            "--json",
+            "-o",
+            filtered.to_str().unwrap(),
+            "--key",
+            &good,
+            "--platform",
+            "linux/amd64",
+            &image,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["policy"][0]["digest"], REAL_INDEX);
+}
+
+fn policy_file(dir: &Path, mode: &str) -> PathBuf {
+    let p = dir.join(format!("policy-{mode}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "rules:\n  - repositories: [\"vendor/operator\"]\n    keys: [\"{TEST_PUB}\"]\n    attestations: [\"https://cosign.sigstore.dev/attestation/v1\"]\n    mode: {mode}\n  - repositories: [\"**\"]\n    keys: [\"{TEST_PUB}\"]\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn body(b: Vec<u8>) -> BlobBody {
+    Box::pin(futures_util::stream::once(async move {
+        Ok(bytes::Bytes::from(b))
+    }))
+}
+
+/// Replace the `.sig` of `subject` in `repo` by an edited copy of `donor`'s.
+async fn forge(
+    reg: &airlock::registry::Registry,
+    repo: &str,
+    subject: &Digest,
+    donor: &Digest,
+    edit: &str,
+) {
+    let tag = format!("{}.sig", donor.tag_stem());
+    let m = reg.get_manifest(repo, &tag).await.unwrap();
+    let mut doc: serde_json::Value = serde_json::from_slice(&m.bytes).unwrap();
+    let layer = &mut doc["layers"][0];
+    match edit {
+        "payload" => {
+            let desc: airlock::oci::Descriptor = serde_json::from_value(layer.clone()).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("blob");
+            let mut f = tokio::fs::File::from_std(std::fs::File::create(&p).unwrap());
+            reg.fetch_blob(repo, &desc, &mut f, &airlock::progress::Progress::hidden())
+                .await
+                .unwrap();
+            let payload = std::fs::read(&p).unwrap();
+            // Same claims, re-spaced: the signature no longer covers these bytes.
+            let text = String::from_utf8(payload)
+                .unwrap()
+                .replace(subject.to_string().as_str(), &subject.to_string())
+                .replace("{\"critical\"", "{ \"critical\"");
+            let nd = Digest::of(text.as_bytes());
+            let d2: airlock::oci::Descriptor = serde_json::from_value(serde_json::json!({"mediaType": desc.media_type, "digest": nd.to_string(), "size": text.len()})).unwrap();
+            let bytes = text.into_bytes();
+            reg.push_blob(repo, &d2, None, || {
+                let b = bytes.clone();
+                async move { Ok(body(b)) }
+            })
+            .await
+            .unwrap();
+            layer["digest"] = serde_json::json!(nd.to_string());
+            layer["size"] = serde_json::json!(d2.size);
+        }
+        "annotation" => {
+            layer["annotations"]
+                .as_object_mut()
+                .unwrap()
+                .remove("dev.cosignproject.cosign/signature");
+        }
+        _ => {} // "other digest": the donor's signature, unchanged, under the subject's tag
+    }
+    let bytes = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap());
+    reg.put_manifest(
+        repo,
+        &format!("{}.sig", subject.tag_stem()),
+        &bytes,
+        airlock::oci::OCI_MANIFEST,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_rules_and_forged_signatures() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("b.tar.zst");
+    let b = bundle.to_str().unwrap();
+    let mut args = vec![
+        "export".to_string(),
+        "-q".into(),
+        "-o".into(),
+        b.to_string(),
+    ];
+    args.extend(refs(&src, &images));
+    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+
+    // operator:1.0.0 has no attestation: enforce rejects it, warn lets it through.
+    let enforce = policy_file(work.path(), "enforce");
+    let out = airlock_cmd()
+        .args(["verify", "--json", b, "--policy", enforce.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v = json(&out);
+    let verdicts = v["policy"].as_array().unwrap();
+    let by_image = |needle: &str| {
+        verdicts
+            .iter()
+            .find(|x| x["image"].as_str().unwrap().contains(needle))
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_image("operator:1.0.0")["admitted"], false);
+    assert!(by_image("operator:1.0.0")["reasons"][0]
+        .as_str()
+        .unwrap()
+        .contains("attestation"));
+    assert_eq!(by_image("operator:1.1.0")["admitted"], true);
+    assert_eq!(by_image("agent:2.0.0")["admitted"], true);
+    let warn = policy_file(work.path(), "warn");
+    let out = airlock_cmd()
+        .args(["verify", b, "--policy", warn.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("warning"));
+
+    // Wrong key.
+    let (code, _, _) = airlock(&["verify", b, "--key", OTHER_PUB]);
+    assert_eq!(code, 4);
+
+    // Forged signatures in the source registry, each exported and audited.
+    let reg = client(&src, test_config()).await;
+    let agent = images
+        .iter()
+        .find(|i| i.repository == "vendor/agent")
+        .unwrap();
+    let gateway = images
+        .iter()
+        .find(|i| i.repository == "vendor/gateway")
+        .unwrap();
+    let op = &images[0];
+    forge(
+        &reg,
+        &agent.repository,
+        &agent.digest,
+        &agent.digest,
+        "payload",
+    )
+    .await;
+    forge(
+        &reg,
+        &gateway.repository,
+        &gateway.digest,
+        &gateway.digest,
+        "annotation",
+    )
+    .await;
+    // operator:1.0.0's index signature replaced by the signature of its amd64 manifest.
+    forge(
+        &reg,
+        &op.repository,
+        &op.digest,
+        &op.platforms[0].1,
+        "other",
+    )
+    .await;
+    let forged = work.path().join("forged.tar.zst");
+    let mut args = vec![
+        "export".to_string(),
+        "-q".into(),
+        "-o".into(),
+        forged.display().to_string(),
+    ];
+    args.extend(refs(&src, &images));
+    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+    let out = airlock_cmd()
+        .args([
+            "verify",
+            "--json",
+            forged.to_str().unwrap(),
+            "--key",
+            TEST_PUB,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v = json(&out);
+    let reasons = |needle: &str| -> String {
+        v["policy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["image"].as_str().unwrap().contains(needle))
+            .unwrap()["reasons"]
+            .to_string()
+    };
+    assert!(
+        reasons("agent:2.0.0").contains("no trusted key verifies"),
+        "{}",
+        reasons("agent")
+    );
+    assert!(
+        reasons("gateway:3.0.0").contains("no dev.cosignproject.cosign/signature"),
+        "{}",
+        reasons("gateway")
+    );
+    assert!(
+        reasons("operator:1.0.0").contains(&format!("payload signs {}", op.platforms[0].1)),
+        "{}",
+        reasons("operator:1.0.0")
+    );
+    assert!(v["policy"].as_array().unwrap().iter().any(|x| x["image"]
+        .as_str()
+        .unwrap()
+        .contains("operator:1.1.0")
+        && x["admitted"] == true));
+}
+
+#[test]
+fn every_supported_key_type_verifies_and_rejects() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = dir.path().join("msg");
+    std::fs::write(&msg, b"{\"critical\":{}}").unwrap();
+    let cases: &[(&str, &[&str], &[&str])] = &[
+        (
+            "p256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            &["-sha256"],
+        ),
+        (
+            "p384",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384"],
+            &["-sha384"],
+        ),
+        (
+            "rsa-pkcs1",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            &["-sha256"],
+        ),
+        (
+            "rsa-pss",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            &[
+                "-sha256",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-sigopt",
+                "rsa_pss_saltlen:32",
+            ],
+        ),
+        ("ed25519", &["-algorithm", "ED25519"], &[]),
+    ];
+    for (name, gen, dgst) in cases {
+        let key = dir.path().join(format!("{name}.key"));
+        let pubk = dir.path().join(format!("{name}.pub"));
+        let sig = dir.path().join(format!("{name}.sig"));
+        sh(Command::new("openssl")
+            .arg("genpkey")
+            .args(*gen)
+            .arg("-out")
+            .arg(&key));
+        sh(Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&pubk));
+        if *name == "ed25519" {
+            sh(Command::new("openssl")
+                .args(["pkeyutl", "-sign", "-rawin", "-inkey"])
+                .arg(&key)
+                .arg("-in")
+                .arg(&msg)
+                .arg("-out")
+                .arg(&sig));
+        } else {
+            sh(Command::new("openssl")
+                .arg("dgst")
+                .args(*dgst)
+                .arg("-sign")
+                .arg(&key)
+                .arg("-out")
+                .arg(&sig)
+                .arg(&msg));
+        }
+        let k = airlock::trust::TrustedKey::from_file(&pubk).unwrap();
+        let m = std::fs::read(&msg).unwrap();
+        let s = std::fs::read(&sig).unwrap();
+        assert!(k.verifies(&m, &s), "{name}: valid signature rejected");
+        assert!(
+            !k.verifies(b"{\"critical\":{}} ", &s),
+            "{name}: edited message accepted"
+        );
+        let other = airlock::trust::TrustedKey::from_file(Path::new(OTHER_PUB)).unwrap();
+        assert!(!other.verifies(&m, &s), "{name}: wrong key accepted");
+    }
+    let garbage = dir.path().join("garbage.pub");
+    std::fs::write(
+        &garbage,
+        "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let err = airlock::trust::TrustedKey::from_file(&garbage)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("garbage.pub"), "{err}");
+}
