@@ -451,7 +451,7 @@ impl Policy {
                 .iter()
                 .map(|k| TrustedKey::from_file(&base.join(k)))
                 .collect::<Result<Vec<_>, _>>()?;
-            let matcher = glob_set(&r.repositories, &err)?;
+            let matcher = glob_set(&r.repositories, err)?;
             rules.push(Rule {
                 patterns: r.repositories,
                 matcher,
@@ -594,11 +594,11 @@ impl ArtifactStore for MemoryStore {
     }
 }
 
+/// Finds a manifest's bytes and media type by digest.
+pub type ManifestLookup<'a> = dyn Fn(&Digest) -> Option<(Vec<u8>, String)> + 'a;
+
 /// The blobs (signature payloads, DSSE envelopes) the artifacts of `images` need.
-pub fn artifact_blobs(
-    images: &[ImageEntry],
-    manifests: &dyn Fn(&Digest) -> Option<(Vec<u8>, String)>,
-) -> Vec<Digest> {
+pub fn artifact_blobs(images: &[ImageEntry], manifests: &ManifestLookup) -> Vec<Digest> {
     let mut out = Vec::new();
     for img in images {
         for a in &img.artifacts {
