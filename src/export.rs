@@ -27,6 +27,8 @@ use std::sync::Arc;
 pub struct ExportOptions {
     /// Images failing it are refused before anything is written.
     pub policy: Option<Arc<crate::trust::Policy>>,
+    /// Sign the bundle index; the signature goes to `NAME.sig`.
+    pub sign_key: Option<PathBuf>,
     pub output: PathBuf,
     pub jobs: usize,
     pub level: i32,
@@ -49,6 +51,7 @@ impl ExportOptions {
             require_signatures: false,
             force: false,
             policy: None,
+            sign_key: None,
         }
     }
 }
@@ -66,6 +69,8 @@ pub enum ExportError {
     },
     #[error("{0}")]
     Refused(String),
+    #[error(transparent)]
+    Trust(#[from] crate::trust::TrustError),
     #[error("policy not met, no bundle written:\n  {}", .0.join("\n  "))]
     Policy(Vec<String>),
 }
@@ -95,6 +100,9 @@ pub struct ExportReport {
     /// Per image, the policy decision (when a policy or keys were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Vec<crate::trust::Verdict>>,
+    /// `NAME.sig`, when the bundle was signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
     pub seconds: f64,
 }
 
@@ -358,6 +366,11 @@ pub async fn export(
             "{out_name} already exists; remove it or pass --force"
         )));
     }
+    let signer = opts
+        .sign_key
+        .as_deref()
+        .map(crate::trust::BundleSigner::from_file)
+        .transpose()?;
     let resolved: Vec<Vec<Resolved>> = futures_util::stream::iter(selection)
         .map(|sel| resolve_selection(registries, sel))
         .buffered(opts.jobs.max(1))
@@ -504,6 +517,14 @@ pub async fn export(
 
     let (file_sha256, file_size) =
         write_bundle(opts, &index_bytes, &members, sources, blob_bytes).await?;
+    let signature = match signer {
+        Some(s) => {
+            let path = PathBuf::from(format!("{}.sig", opts.output.display()));
+            write_atomically(&path, s.sign_b64(&index_bytes).as_bytes())?;
+            Some(path.display().to_string())
+        }
+        None => None,
+    };
     Ok(ExportReport {
         bundle: out_name,
         bundle_digest,
@@ -514,6 +535,7 @@ pub async fn export(
         blobs: blob_count,
         blob_bytes,
         policy: verdicts,
+        signature,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -712,18 +734,23 @@ fn make_readable(f: &std::fs::File, name: &str) -> Result<(), ExportError> {
 /// `NAME.sha256` in `sha256sum` format, written atomically too.
 fn write_sidecar(out: &Path, file_name: &str, digest: &Digest) -> Result<(), ExportError> {
     let side = PathBuf::from(format!("{}.sha256", out.display()));
-    let dir = side
+    write_atomically(&side, format!("{}  {file_name}\n", digest.hex()).as_bytes())
+}
+
+/// Write a small file next to the bundle: temp, fsync, rename.
+fn write_atomically(path: &Path, data: &[u8]) -> Result<(), ExportError> {
+    let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     let err = |source| ExportError::Io {
-        path: side.display().to_string(),
+        path: path.display().to_string(),
         source,
     };
     let mut t = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
-    writeln!(t, "{}  {file_name}", digest.hex()).map_err(err)?;
+    t.write_all(data).map_err(err)?;
     t.as_file().sync_all().map_err(err)?;
-    make_readable(t.as_file(), &side.display().to_string())?;
-    t.persist(&side).map_err(|e| err(e.error))?;
+    make_readable(t.as_file(), &path.display().to_string())?;
+    t.persist(path).map_err(|e| err(e.error))?;
     Ok(())
 }

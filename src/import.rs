@@ -121,6 +121,16 @@ pub struct ImportOptions {
     pub jobs: usize,
     /// Checked before anything is pushed; `None` = digests only.
     pub policy: Option<Arc<crate::trust::Policy>>,
+    /// Require a bundle signature: (public key, base64 signature over the bundle index).
+    pub bundle_key: Option<(PathBuf, String)>,
+}
+
+fn check_bundle_signature(opts: &ImportOptions, digest: &Digest) -> Result<(), ImportError> {
+    match &opts.bundle_key {
+        Some((key, sig)) => crate::trust::verify_bundle_signature(key, digest, sig)
+            .map_err(|e| ImportError::Policy(vec![e.to_string()])),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -639,6 +649,7 @@ pub async fn import_file(
         )
         .await;
     };
+    check_bundle_signature(opts, &bundle.digest)?;
     let bundle = Arc::new(bundle);
     // Everything that decides trust, before any push: every manifest, verified.
     let mut manifests: Manifests = HashMap::new();
@@ -886,7 +897,13 @@ pub async fn import_stream(
     let mut failure: Option<ImportError> = None;
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Index(i, d) => index = Some((*i, d)),
+            Event::Index(i, d) => {
+                if let Err(e) = check_bundle_signature(opts, &d) {
+                    failure = Some(e);
+                    break;
+                }
+                index = Some((*i, d))
+            }
             Event::Small(m, b) => {
                 small.insert(m.digest.clone(), b.to_vec());
             }

@@ -40,6 +40,35 @@ impl TrustArgs {
 #[error("{0}")]
 struct PolicyFailure(String);
 
+#[derive(Args, Clone, Default)]
+struct BundleKeyArgs {
+    /// Require the bundle to be signed by this ECDSA P-256 public key (PEM).
+    #[arg(long, value_name = "PUB")]
+    bundle_key: Option<PathBuf>,
+    /// The bundle signature (default: BUNDLE.sig).
+    #[arg(long, value_name = "FILE", requires = "bundle_key")]
+    bundle_signature: Option<PathBuf>,
+}
+
+impl BundleKeyArgs {
+    /// The key and the signature text, read now so a missing file fails early.
+    fn load(&self, bundle: &str) -> Result<Option<(PathBuf, String)>> {
+        let Some(key) = &self.bundle_key else {
+            return Ok(None);
+        };
+        let sig_path = match (&self.bundle_signature, bundle) {
+            (Some(p), _) => p.clone(),
+            (None, "-") => {
+                bail!("--bundle-key with a bundle from stdin needs --bundle-signature FILE")
+            }
+            (None, b) => PathBuf::from(format!("{b}.sig")),
+        };
+        let sig = std::fs::read_to_string(&sig_path)
+            .with_context(|| format!("reading the bundle signature {}", sig_path.display()))?;
+        Ok(Some((key.clone(), sig.trim().to_string())))
+    }
+}
+
 #[derive(Parser)]
 #[command(
     name = "airlock",
@@ -138,6 +167,9 @@ enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+        /// Sign the bundle index with this PKCS#8 PEM ECDSA P-256 key (writes B.tar.zst.sig).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -160,6 +192,8 @@ enum Command {
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
+        bundle_key: BundleKeyArgs,
+        #[command(flatten)]
         registry: RegistryArgs,
     },
     /// Show what a bundle holds.
@@ -176,6 +210,8 @@ enum Command {
         json: bool,
         #[command(flatten)]
         trust: TrustArgs,
+        #[command(flatten)]
+        bundle_key: BundleKeyArgs,
     },
     /// Test fixtures: push the deterministic signed image set to a registry.
     #[command(hide = true)]
@@ -206,6 +242,7 @@ async fn run(cli: Cli) -> Result<()> {
             level,
             threads,
             force,
+            sign_key,
             json,
             trust,
             registry,
@@ -228,6 +265,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             opts.require_signatures = require_signatures;
             opts.force = force;
+            opts.sign_key = sign_key;
             opts.policy = trust.load()?.map(std::sync::Arc::new);
             let report = match export::export(&registries, &sel, &opts).await {
                 Ok(r) => r,
@@ -260,6 +298,9 @@ async fn run(cli: Cli) -> Result<()> {
                 human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
             );
             println!("bundle digest: {}", report.bundle_digest);
+            if let Some(s) = &report.signature {
+                println!("bundle signature: {s}");
+            }
             println!(
                 "file sha256:   {}  (also in {}.sha256)",
                 report.file_sha256, report.bundle
@@ -272,9 +313,11 @@ async fn run(cli: Cli) -> Result<()> {
             on_existing_tag,
             json,
             trust,
+            bundle_key,
             registry,
         } => {
             let policy = trust.load()?.map(std::sync::Arc::new);
+            let bundle_key = bundle_key.load(&bundle)?;
             let target = Target::parse(&to)?;
             let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
             let opts = ImportOptions {
@@ -282,6 +325,7 @@ async fn run(cli: Cli) -> Result<()> {
                 on_existing_tag,
                 jobs: registry.jobs,
                 policy,
+                bundle_key,
             };
             let report = if bundle == "-" {
                 import::import_stream(&registries, Box::new(std::io::stdin()), "stdin", &opts).await
@@ -339,8 +383,10 @@ async fn run(cli: Cli) -> Result<()> {
             bundle,
             json,
             trust,
+            bundle_key,
         } => {
             let policy = trust.load()?;
+            let bundle_key = bundle_key.load(&bundle)?;
             let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
                 (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
             } else {
@@ -361,14 +407,39 @@ async fn run(cli: Cli) -> Result<()> {
                     return Err(IntegrityFailure(e.to_string()).into());
                 }
             };
+            let signature = bundle_key.as_ref().map(|(key, sig)| {
+                airlock::trust::verify_bundle_signature(key, &report.bundle_digest, sig)
+            });
+            let signature_failed = matches!(signature, Some(Err(_)));
             if json {
                 let mut v = serde_json::to_value(&report)?;
-                v["verified"] = serde_json::Value::Bool(!report.policy_failed());
+                v["verified"] =
+                    serde_json::Value::Bool(!report.policy_failed() && !signature_failed);
+                if let Some(s) = &signature {
+                    v["bundleSignature"] = match s {
+                        Ok(()) => serde_json::json!({"verified": true}),
+                        Err(e) => serde_json::json!({"verified": false, "error": e.to_string()}),
+                    };
+                }
                 print_json(&v)?;
+            }
+            if let Some(Err(e)) = signature {
+                return Err(PolicyFailure(e.to_string()).into());
+            }
+            if json {
                 if report.policy_failed() {
                     return Err(PolicyFailure("policy not met".into()).into());
                 }
                 return Ok(());
+            }
+            if signature.is_some() {
+                println!(
+                    "bundle signature: verified with {}",
+                    bundle_key
+                        .as_ref()
+                        .map(|k| k.0.display().to_string())
+                        .unwrap_or_default()
+                );
             }
             for img in &report.images {
                 println!(

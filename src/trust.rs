@@ -621,3 +621,61 @@ pub fn artifact_blobs(images: &[ImageEntry], manifests: &ManifestLookup) -> Vec<
     out.dedup();
     out
 }
+
+/// Signs bundle indexes: an unencrypted PKCS#8 PEM ECDSA P-256 key (what
+/// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256` writes).
+/// cosign's own encrypted key format (scrypt + secretbox) is not read.
+pub struct BundleSigner(p256::ecdsa::SigningKey);
+
+impl BundleSigner {
+    pub fn from_file(path: &Path) -> Result<BundleSigner, TrustError> {
+        use p256::pkcs8::DecodePrivateKey;
+        let err = |detail: String| TrustError::Key {
+            path: path.display().to_string(),
+            detail,
+        };
+        let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        if pem.contains("ENCRYPTED COSIGN PRIVATE KEY")
+            || pem.contains("ENCRYPTED SIGSTORE PRIVATE KEY")
+        {
+            return Err(err("cosign's encrypted key format is not supported; use an unencrypted PKCS#8 PEM P-256 key (openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256)".into()));
+        }
+        p256::ecdsa::SigningKey::from_pkcs8_pem(&pem)
+            .map(BundleSigner)
+            .map_err(|_| err("not an unencrypted PKCS#8 PEM ECDSA P-256 private key".into()))
+    }
+
+    /// base64 DER ECDSA-SHA256 over `msg`: the `cosign sign-blob` signature format.
+    pub fn sign_b64(&self, msg: &[u8]) -> String {
+        use p256::ecdsa::signature::Signer;
+        let sig: p256::ecdsa::Signature = self.0.sign(msg);
+        base64::engine::general_purpose::STANDARD.encode(sig.to_der().as_bytes())
+    }
+}
+
+/// Check a bundle signature (base64, as `cosign sign-blob` writes it) made
+/// over the bundle index, given only the bundle digest (its sha256).
+pub fn verify_bundle_signature(
+    key: &Path,
+    bundle_digest: &Digest,
+    signature_b64: &str,
+) -> Result<(), TrustError> {
+    use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use p256::pkcs8::DecodePublicKey;
+    let err = |detail: String| TrustError::Key {
+        path: key.display().to_string(),
+        detail,
+    };
+    let pem = std::fs::read_to_string(key).map_err(|e| err(e.to_string()))?;
+    let vk = p256::ecdsa::VerifyingKey::from_public_key_pem(&pem)
+        .map_err(|_| err("bundle keys must be ECDSA P-256 public keys (PEM)".into()))?;
+    let sig = b64(signature_b64)
+        .and_then(|d| p256::ecdsa::DerSignature::try_from(d.as_slice()).ok())
+        .ok_or_else(|| err("the bundle signature is not base64 DER ECDSA".into()))?;
+    let prehash = hex::decode(bundle_digest.hex()).map_err(|e| err(e.to_string()))?;
+    let sig: p256::ecdsa::Signature = sig
+        .try_into()
+        .map_err(|_| err("malformed signature".into()))?;
+    vk.verify_prehash(&prehash, &sig)
+        .map_err(|_| err(format!("the bundle signature does not verify for bundle digest {bundle_digest}: the bundle index was changed or signed by another key")))
+}

@@ -90,6 +90,7 @@ async fn assert_rejected(bundle: &Path, expect: &str) {
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 4,
         policy: None,
+        bundle_key: None,
     };
     let err = import::import_file(&Registries::new(test_config()), bundle, &opts)
         .await

@@ -258,6 +258,7 @@ async fn import_survives_injected_faults() {
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 3,
         policy: None,
+        bundle_key: None,
     };
     import::import_file(&Registries::new(cfg), &bundle, &opts)
         .await

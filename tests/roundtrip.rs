@@ -14,6 +14,7 @@ fn import_opts(host: &str, template: &str) -> ImportOptions {
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 4,
         policy: None,
+        bundle_key: None,
     }
 }
 
