@@ -34,18 +34,20 @@ images:
 YAML
 echo "== selection file"; cat "$WORK/images.yaml"
 
-echo "== export"
-"$AIRLOCK" export -f "$WORK/images.yaml" -o "$WORK/mirror.tar.zst"
+# The fixtures are signed with the committed test key; the site trusts its public half.
+KEY=fixtures/keys/cosign-test
+echo "== export (every image must be signed by $KEY.pub; the bundle is signed too)"
+"$AIRLOCK" export -f "$WORK/images.yaml" -o "$WORK/mirror.tar.zst" --key "$KEY.pub" --sign-key "$KEY.key"
 (cd "$WORK" && sha256sum -c mirror.tar.zst.sha256)
 
-echo "== verify (offline)"
-"$AIRLOCK" verify "$WORK/mirror.tar.zst"
+echo "== verify (offline: digests, graph, signatures, bundle signature)"
+"$AIRLOCK" verify "$WORK/mirror.tar.zst" --key "$KEY.pub" --bundle-key "$KEY.pub"
 
 echo "== inspect"
 "$AIRLOCK" inspect "$WORK/mirror.tar.zst"
 
 echo "== import into $REG_DST/mirror/{name}"
-"$AIRLOCK" import "$WORK/mirror.tar.zst" --to "$REG_DST/mirror/{name}"
+"$AIRLOCK" import "$WORK/mirror.tar.zst" --to "$REG_DST/mirror/{name}" --key "$KEY.pub" --bundle-key "$KEY.pub"
 
 echo "== import again from a pipe (resumable: nothing left to send)"
 "$AIRLOCK" import - --to "$REG_DST/mirror/{name}" <"$WORK/mirror.tar.zst"
