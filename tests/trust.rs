@@ -598,3 +598,71 @@ async fn bundle_signature_covers_the_bundle_index() {
     let (code, _, err) = airlock(&["import", b, "--to", &dst.host, "--bundle-key", TEST_PUB]);
     assert_eq!(code, 0, "{err}");
 }
+
+mod keyless_real {
+    use airlock::trust::keyless::{verify, IdentityRule, KeylessRoots, Matcher};
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+    const SAN: &str = "https://github.com/stefanprodan/podinfo/.github/workflows/release.yml@refs/tags/6.4.0";
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+
+    fn layer() -> (BTreeMap<String, String>, Vec<u8>) {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{DIR}/podinfo-sig-manifest.json")).unwrap()).unwrap();
+        let ann: BTreeMap<String, String> = serde_json::from_value(m["layers"][0]["annotations"].clone()).unwrap();
+        (ann, std::fs::read(format!("{DIR}/podinfo-sig-payload.json")).unwrap())
+    }
+
+    fn rule(subject: Matcher, issuer: &str) -> Vec<IdentityRule> {
+        vec![IdentityRule { subject, issuer: Matcher::Exact(issuer.into()) }]
+    }
+
+    #[test]
+    fn real_github_actions_signature_verifies_offline() {
+        let (ann, payload) = layer();
+        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json"))).unwrap();
+        let s = verify(&ann, &payload, &prod, &rule(Matcher::Exact(SAN.into()), ISSUER)).unwrap();
+        assert_eq!(s.subject, SAN);
+        assert_eq!(s.issuer, ISSUER);
+        assert!(airlock::bundle::rfc3339(s.signed_at).starts_with("2023-06-26"), "{}", s.signed_at);
+        // The same with the PEM forms of the Fulcio root and Rekor key.
+        let pem = KeylessRoots::from_pem(Path::new(&format!("{DIR}/fulcio_v1.crt.pem")), Path::new(&format!("{DIR}/rekor.pub"))).unwrap();
+        let regex = Matcher::regex("https://github.com/stefanprodan/podinfo/.*").unwrap();
+        verify(&ann, &payload, &pem, &rule(regex, ISSUER)).unwrap();
+    }
+
+    #[test]
+    fn real_keyless_signature_negatives() {
+        let (ann, payload) = layer();
+        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json"))).unwrap();
+        let ok = rule(Matcher::Exact(SAN.into()), ISSUER);
+        let err = |a: &BTreeMap<String, String>, p: &[u8], roots: &KeylessRoots, r: &[IdentityRule]| verify(a, p, roots, r).unwrap_err();
+
+        let e = err(&ann, &payload, &prod, &rule(Matcher::Exact("https://github.com/evil/repo/.github/workflows/x.yml@refs/heads/main".into()), ISSUER));
+        assert!(e.contains("no rule trusts"), "{e}");
+        let e = err(&ann, &payload, &prod, &rule(Matcher::Exact(SAN.into()), "https://accounts.google.com"));
+        assert!(e.contains("no rule trusts"), "{e}");
+
+        let mut edited = payload.clone();
+        edited.push(b' ');
+        let e = err(&ann, &edited, &prod, &ok);
+        assert!(e.contains("other content"), "{e}");
+
+        let mut a = ann.clone();
+        let set = a["dev.sigstore.cosign/bundle"].replace("\"integratedTime\":", "\"integratedTime\":1");
+        a.insert("dev.sigstore.cosign/bundle".into(), set);
+        let e = err(&a, &payload, &prod, &ok);
+        assert!(e.contains("SET does not verify"), "{e}");
+
+        let mut a = ann.clone();
+        a.remove("dev.sigstore.cosign/bundle");
+        let e = err(&a, &payload, &prod, &ok);
+        assert!(e.contains("no Rekor SET"), "{e}");
+
+        // A real, but different (staging), trusted root: nothing verifies.
+        let staging = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/staging_trusted_root.json"))).unwrap();
+        let e = err(&ann, &payload, &staging, &ok);
+        assert!(e.contains("not in the trusted root"), "{e}");
+    }
+}

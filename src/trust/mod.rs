@@ -11,6 +11,8 @@
 //! admit an image. All verification code sits here, so swapping in a
 //! sigstore crate for the keyless path stays a local change.
 
+pub mod keyless;
+
 use crate::bundle::{ArtifactKind, ImageEntry};
 use crate::digest::Digest;
 use crate::oci::{ManifestView, COSIGN_SIMPLESIGNING, DSSE_ENVELOPE};
