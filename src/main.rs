@@ -22,17 +22,63 @@ struct TrustArgs {
     #[arg(long = "key", value_name = "PUB")]
     keys: Vec<PathBuf>,
     /// Policy file (YAML): per repository pattern, required keys and attestations.
-    #[arg(long, value_name = "FILE", conflicts_with = "keys")]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["keys", "certificate_identity", "certificate_identity_regexp"])]
     policy: Option<PathBuf>,
+    /// Keyless signer identity (certificate SAN) every image must be signed by.
+    #[arg(
+        long,
+        value_name = "ID",
+        conflicts_with = "certificate_identity_regexp"
+    )]
+    certificate_identity: Option<String>,
+    /// The same, as a regular expression (full match).
+    #[arg(long, value_name = "REGEX")]
+    certificate_identity_regexp: Option<String>,
+    /// OIDC issuer of the keyless signer.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with = "certificate_oidc_issuer_regexp"
+    )]
+    certificate_oidc_issuer: Option<String>,
+    /// The same, as a regular expression (full match).
+    #[arg(long, value_name = "REGEX")]
+    certificate_oidc_issuer_regexp: Option<String>,
+    /// sigstore trusted_root.json (Fulcio CAs, Rekor keys) for keyless signatures.
+    #[arg(long, value_name = "FILE")]
+    trusted_root: Option<PathBuf>,
 }
 
 impl TrustArgs {
     fn load(&self) -> Result<Option<airlock::trust::Policy>> {
-        Ok(match (&self.policy, self.keys.is_empty()) {
-            (Some(p), _) => Some(airlock::trust::Policy::from_file(p)?),
-            (None, false) => Some(airlock::trust::Policy::from_keys(&self.keys)?),
-            (None, true) => None,
-        })
+        if let Some(p) = &self.policy {
+            return Ok(Some(airlock::trust::Policy::from_file(p)?));
+        }
+        let keyless = self.certificate_identity.is_some()
+            || self.certificate_identity_regexp.is_some()
+            || self.certificate_oidc_issuer.is_some()
+            || self.certificate_oidc_issuer_regexp.is_some();
+        let identities = if keyless {
+            vec![airlock::trust::identity_rule(
+                self.certificate_identity.as_deref(),
+                self.certificate_identity_regexp.as_deref(),
+                self.certificate_oidc_issuer.as_deref(),
+                self.certificate_oidc_issuer_regexp.as_deref(),
+            )
+            .map_err(|e| {
+                anyhow::anyhow!("--certificate-identity/--certificate-oidc-issuer: {e}")
+            })?]
+        } else {
+            vec![]
+        };
+        if self.keys.is_empty() && identities.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(airlock::trust::Policy::from_flags(
+            &self.keys,
+            identities,
+            self.trusted_root.as_deref(),
+        )?))
     }
 }
 

@@ -605,29 +605,55 @@ mod keyless_real {
     use std::path::Path;
 
     const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
-    const SAN: &str = "https://github.com/stefanprodan/podinfo/.github/workflows/release.yml@refs/tags/6.4.0";
+    const SAN: &str =
+        "https://github.com/stefanprodan/podinfo/.github/workflows/release.yml@refs/tags/6.4.0";
     const ISSUER: &str = "https://token.actions.githubusercontent.com";
 
     fn layer() -> (BTreeMap<String, String>, Vec<u8>) {
-        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(format!("{DIR}/podinfo-sig-manifest.json")).unwrap()).unwrap();
-        let ann: BTreeMap<String, String> = serde_json::from_value(m["layers"][0]["annotations"].clone()).unwrap();
-        (ann, std::fs::read(format!("{DIR}/podinfo-sig-payload.json")).unwrap())
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!("{DIR}/podinfo-sig-manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let ann: BTreeMap<String, String> =
+            serde_json::from_value(m["layers"][0]["annotations"].clone()).unwrap();
+        (
+            ann,
+            std::fs::read(format!("{DIR}/podinfo-sig-payload.json")).unwrap(),
+        )
     }
 
     fn rule(subject: Matcher, issuer: &str) -> Vec<IdentityRule> {
-        vec![IdentityRule { subject, issuer: Matcher::Exact(issuer.into()) }]
+        vec![IdentityRule {
+            subject,
+            issuer: Matcher::Exact(issuer.into()),
+        }]
     }
 
     #[test]
     fn real_github_actions_signature_verifies_offline() {
         let (ann, payload) = layer();
-        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json"))).unwrap();
-        let s = verify(&ann, &payload, &prod, &rule(Matcher::Exact(SAN.into()), ISSUER)).unwrap();
+        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json")))
+            .unwrap();
+        let s = verify(
+            &ann,
+            &payload,
+            &prod,
+            &rule(Matcher::Exact(SAN.into()), ISSUER),
+        )
+        .unwrap();
         assert_eq!(s.subject, SAN);
         assert_eq!(s.issuer, ISSUER);
-        assert!(airlock::bundle::rfc3339(s.signed_at).starts_with("2023-06-26"), "{}", s.signed_at);
+        assert!(
+            airlock::bundle::rfc3339(s.signed_at).starts_with("2023-06-26"),
+            "{}",
+            s.signed_at
+        );
         // The same with the PEM forms of the Fulcio root and Rekor key.
-        let pem = KeylessRoots::from_pem(Path::new(&format!("{DIR}/fulcio_v1.crt.pem")), Path::new(&format!("{DIR}/rekor.pub"))).unwrap();
+        let pem = KeylessRoots::from_pem(
+            Path::new(&format!("{DIR}/fulcio_v1.crt.pem")),
+            Path::new(&format!("{DIR}/rekor.pub")),
+        )
+        .unwrap();
         let regex = Matcher::regex("https://github.com/stefanprodan/podinfo/.*").unwrap();
         verify(&ann, &payload, &pem, &rule(regex, ISSUER)).unwrap();
     }
@@ -635,13 +661,32 @@ mod keyless_real {
     #[test]
     fn real_keyless_signature_negatives() {
         let (ann, payload) = layer();
-        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json"))).unwrap();
+        let prod = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/trusted_root.json")))
+            .unwrap();
         let ok = rule(Matcher::Exact(SAN.into()), ISSUER);
-        let err = |a: &BTreeMap<String, String>, p: &[u8], roots: &KeylessRoots, r: &[IdentityRule]| verify(a, p, roots, r).unwrap_err();
+        let err = |a: &BTreeMap<String, String>,
+                   p: &[u8],
+                   roots: &KeylessRoots,
+                   r: &[IdentityRule]| verify(a, p, roots, r).unwrap_err();
 
-        let e = err(&ann, &payload, &prod, &rule(Matcher::Exact("https://github.com/evil/repo/.github/workflows/x.yml@refs/heads/main".into()), ISSUER));
+        let e = err(
+            &ann,
+            &payload,
+            &prod,
+            &rule(
+                Matcher::Exact(
+                    "https://github.com/evil/repo/.github/workflows/x.yml@refs/heads/main".into(),
+                ),
+                ISSUER,
+            ),
+        );
         assert!(e.contains("no rule trusts"), "{e}");
-        let e = err(&ann, &payload, &prod, &rule(Matcher::Exact(SAN.into()), "https://accounts.google.com"));
+        let e = err(
+            &ann,
+            &payload,
+            &prod,
+            &rule(Matcher::Exact(SAN.into()), "https://accounts.google.com"),
+        );
         assert!(e.contains("no rule trusts"), "{e}");
 
         let mut edited = payload.clone();
@@ -650,7 +695,8 @@ mod keyless_real {
         assert!(e.contains("other content"), "{e}");
 
         let mut a = ann.clone();
-        let set = a["dev.sigstore.cosign/bundle"].replace("\"integratedTime\":", "\"integratedTime\":1");
+        let set =
+            a["dev.sigstore.cosign/bundle"].replace("\"integratedTime\":", "\"integratedTime\":1");
         a.insert("dev.sigstore.cosign/bundle".into(), set);
         let e = err(&a, &payload, &prod, &ok);
         assert!(e.contains("SET does not verify"), "{e}");
@@ -661,8 +707,108 @@ mod keyless_real {
         assert!(e.contains("no Rekor SET"), "{e}");
 
         // A real, but different (staging), trusted root: nothing verifies.
-        let staging = KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/staging_trusted_root.json"))).unwrap();
+        let staging =
+            KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/staging_trusted_root.json")))
+                .unwrap();
         let e = err(&ann, &payload, &staging, &ok);
         assert!(e.contains("not in the trusted root"), "{e}");
     }
+}
+
+#[test]
+fn keyless_policy_admits_by_identity_only() {
+    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::trust::{identity_rule, MemoryStore, Policy};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+    let manifest = std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap();
+    let payload = std::fs::read(format!("{dir}/podinfo-sig-payload.json")).unwrap();
+    let subject: Digest = "sha256:57a654ace69ec02ba8973093b6a786faa15640575fbf0dbb603db55aca2ccec8"
+        .parse()
+        .unwrap();
+    let sig = Digest::of(&manifest);
+    let image = ImageEntry {
+        source: "ghcr.io/stefanprodan/podinfo:6.4.0".into(),
+        registry: "ghcr.io".into(),
+        repository: "stefanprodan/podinfo".into(),
+        tag: Some("6.4.0".into()),
+        digest: subject.clone(),
+        media_type: airlock::oci::OCI_INDEX.into(),
+        size: 0,
+        source_digest: subject.clone(),
+        platforms: vec![],
+        target: None,
+        ref_name: None,
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::Signature,
+            subject,
+            digest: sig.clone(),
+            media_type: airlock::oci::OCI_MANIFEST.into(),
+            size: manifest.len() as u64,
+            tag: None,
+            artifact_type: None,
+        }],
+        total_size: 0,
+    };
+    let mut store = MemoryStore::default();
+    store
+        .manifests
+        .insert(sig, (manifest, airlock::oci::OCI_MANIFEST.into()));
+    store.blobs.insert(Digest::of(&payload), payload);
+    let root = PathBuf::from(format!("{dir}/trusted_root.json"));
+    let issuer = "https://token.actions.githubusercontent.com";
+
+    let ok = identity_rule(
+        None,
+        Some("https://github.com/stefanprodan/podinfo/.*"),
+        Some(issuer),
+        None,
+    )
+    .unwrap();
+    let v = Policy::from_flags(&[], vec![ok], Some(&root))
+        .unwrap()
+        .evaluate(&image, &store);
+    assert!(v.admitted, "{:?}", v.reasons);
+    assert!(v
+        .admitted_by
+        .as_deref()
+        .unwrap()
+        .starts_with("keyless: https://github.com/stefanprodan/podinfo/"));
+    assert!(v.findings[0]
+        .signed_at
+        .as_deref()
+        .unwrap()
+        .starts_with("2023-06-26"));
+
+    let wrong = identity_rule(Some("someone@example.com"), None, Some(issuer), None).unwrap();
+    let v = Policy::from_flags(&[], vec![wrong], Some(&root))
+        .unwrap()
+        .evaluate(&image, &store);
+    assert!(
+        !v.admitted && v.reasons[0].contains("which no rule trusts"),
+        "{:?}",
+        v.reasons
+    );
+
+    // A key-only policy does not admit a keyless signature.
+    let v = Policy::from_keys(&[PathBuf::from(TEST_PUB)])
+        .unwrap()
+        .evaluate(&image, &store);
+    assert!(
+        !v.admitted && v.reasons[0].contains("keyless signature"),
+        "{:?}",
+        v.reasons
+    );
+
+    // The same through a policy file.
+    let work = tempfile::tempdir().unwrap();
+    let pf = work.path().join("p.yaml");
+    std::fs::write(&pf, format!("trustedRoot: {}\nrules:\n  - repositories: [\"ghcr.io/stefanprodan/**\"]\n    keyless:\n      - identityRegexp: \"https://github.com/stefanprodan/.*\"\n        issuer: {issuer}\n", root.display())).unwrap();
+    let v = Policy::from_file(&pf).unwrap().evaluate(&image, &store);
+    assert!(v.admitted, "{:?}", v.reasons);
+    std::fs::write(&pf, "rules:\n  - repositories: [\"**\"]\n    keyless:\n      - identity: x\n        issuer: y\n").unwrap();
+    assert!(Policy::from_file(&pf)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("no trustedRoot"));
 }

@@ -56,12 +56,16 @@ impl Matcher {
         }
     }
     pub fn regex(pattern: &str) -> Result<Matcher, String> {
-        regex::Regex::new(&format!("^(?:{pattern})$")).map(Matcher::Regex).map_err(|e| e.to_string())
+        regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map(Matcher::Regex)
+            .map_err(|e| e.to_string())
     }
 }
 
 fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()
+    base64::engine::general_purpose::STANDARD
+        .decode(s.trim())
+        .ok()
 }
 
 fn log_id(spki_der: &[u8]) -> String {
@@ -99,19 +103,27 @@ impl KeylessRoots {
             public_key: Raw,
         }
         let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        let root: Root = serde_json::from_slice(&text).map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
+        let root: Root = serde_json::from_slice(&text)
+            .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
         let mut cas = Vec::new();
         for ca in root.certificate_authorities {
             for c in ca.cert_chain.certificates {
                 let der = b64(&c.raw_bytes).ok_or("a CA certificate is not base64")?;
-                cas.push(Certificate::from_der(&der).map_err(|e| format!("a CA certificate does not parse: {e}"))?);
+                cas.push(
+                    Certificate::from_der(&der)
+                        .map_err(|e| format!("a CA certificate does not parse: {e}"))?,
+                );
             }
         }
         let mut rekor = Vec::new();
         for t in root.tlogs {
             let der = b64(&t.public_key.raw_bytes).ok_or("a tlog key is not base64")?;
             // Only ECDSA P-256 logs sign SETs of this kind; others are skipped.
-            if let Ok(k) = <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(&der) {
+            if let Ok(k) =
+                <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(
+                    &der,
+                )
+            {
                 rekor.push((log_id(&der), k));
             }
         }
@@ -125,11 +137,17 @@ impl KeylessRoots {
     pub fn from_pem(fulcio: &Path, rekor: &Path) -> Result<KeylessRoots, String> {
         use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
         let pem = std::fs::read(fulcio).map_err(|e| format!("{}: {e}", fulcio.display()))?;
-        let cas = Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", fulcio.display()))?;
-        let text = std::fs::read_to_string(rekor).map_err(|e| format!("{}: {e}", rekor.display()))?;
-        let k = p256::ecdsa::VerifyingKey::from_public_key_pem(&text).map_err(|_| format!("{}: not an ECDSA P-256 public key", rekor.display()))?;
+        let cas =
+            Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", fulcio.display()))?;
+        let text =
+            std::fs::read_to_string(rekor).map_err(|e| format!("{}: {e}", rekor.display()))?;
+        let k = p256::ecdsa::VerifyingKey::from_public_key_pem(&text)
+            .map_err(|_| format!("{}: not an ECDSA P-256 public key", rekor.display()))?;
         let der = k.to_public_key_der().map_err(|e| e.to_string())?;
-        Ok(KeylessRoots { cas, rekor: vec![(log_id(der.as_bytes()), k)] })
+        Ok(KeylessRoots {
+            cas,
+            rekor: vec![(log_id(der.as_bytes()), k)],
+        })
     }
 }
 
@@ -164,7 +182,9 @@ fn verify_with_cert_key(cert: &Certificate, alg: &str, msg: &[u8], sig: &[u8]) -
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
     use p256::pkcs8::DecodePublicKey;
     use sha2::Digest as _;
-    let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else { return false };
+    let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
+        return false;
+    };
     let prehash: Vec<u8> = match alg {
         OID_ECDSA_SHA256 => sha2::Sha256::digest(msg).to_vec(),
         OID_ECDSA_SHA384 => sha2::Sha384::digest(msg).to_vec(),
@@ -190,9 +210,18 @@ fn issued_by(child: &Certificate, issuer: &Certificate) -> bool {
     if child.tbs_certificate().issuer() != issuer.tbs_certificate().subject() {
         return false;
     }
-    let Ok(tbs) = child.tbs_certificate().to_der() else { return false };
-    let Some(sig) = child.signature().as_bytes() else { return false };
-    verify_with_cert_key(issuer, &child.signature_algorithm().oid.to_string(), &tbs, sig)
+    let Ok(tbs) = child.tbs_certificate().to_der() else {
+        return false;
+    };
+    let Some(sig) = child.signature().as_bytes() else {
+        return false;
+    };
+    verify_with_cert_key(
+        issuer,
+        &child.signature_algorithm().oid.to_string(),
+        &tbs,
+        sig,
+    )
 }
 
 fn valid_at(cert: &Certificate, t: i64) -> bool {
@@ -203,9 +232,17 @@ fn valid_at(cert: &Certificate, t: i64) -> bool {
 }
 
 /// Walk from the leaf to a trusted CA, each link valid at `t`.
-fn chains_to_trusted(leaf: &Certificate, untrusted: &[Certificate], roots: &KeylessRoots, t: i64) -> Result<(), String> {
+fn chains_to_trusted(
+    leaf: &Certificate,
+    untrusted: &[Certificate],
+    roots: &KeylessRoots,
+    t: i64,
+) -> Result<(), String> {
     if !valid_at(leaf, t) {
-        return Err(format!("the certificate was not valid at the signing time {}", crate::bundle::rfc3339(t)));
+        return Err(format!(
+            "the certificate was not valid at the signing time {}",
+            crate::bundle::rfc3339(t)
+        ));
     }
     let mut cur = leaf.clone();
     for _ in 0..6 {
@@ -227,15 +264,25 @@ fn chains_to_trusted(leaf: &Certificate, untrusted: &[Certificate], roots: &Keyl
 fn identity(cert: &Certificate) -> (Option<String>, Option<String>) {
     let mut subject = None;
     let mut issuer = None;
-    for ext in cert.tbs_certificate().extensions().map(|e| e.iter()).into_iter().flatten() {
+    for ext in cert
+        .tbs_certificate()
+        .extensions()
+        .map(|e| e.iter())
+        .into_iter()
+        .flatten()
+    {
         let oid = ext.extn_id.to_string();
         let raw = ext.extn_value.as_bytes();
         if oid == OID_SAN {
             if let Ok(san) = x509_cert::ext::pkix::SubjectAltName::from_der(raw) {
                 for name in san.0 {
                     match name {
-                        x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u) => subject = Some(u.to_string()),
-                        x509_cert::ext::pkix::name::GeneralName::Rfc822Name(m) => subject = Some(m.to_string()),
+                        x509_cert::ext::pkix::name::GeneralName::UniformResourceIdentifier(u) => {
+                            subject = Some(u.to_string())
+                        }
+                        x509_cert::ext::pkix::name::GeneralName::Rfc822Name(m) => {
+                            subject = Some(m.to_string())
+                        }
                         _ => {}
                     }
                 }
@@ -258,16 +305,25 @@ pub fn verify(
     roots: &KeylessRoots,
     rules: &[IdentityRule],
 ) -> Result<Signer, String> {
-    let cert_pem = annotations.get(super::ANNOTATION_CERTIFICATE).ok_or("no certificate")?;
-    let leaf = <Certificate as der::DecodePem>::from_pem(cert_pem.as_bytes()).map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let cert_pem = annotations
+        .get(super::ANNOTATION_CERTIFICATE)
+        .ok_or("no certificate")?;
+    let leaf = <Certificate as der::DecodePem>::from_pem(cert_pem.as_bytes())
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
     let untrusted = annotations
         .get(ANNOTATION_CHAIN)
         .map(|c| Certificate::load_pem_chain(c.as_bytes()).unwrap_or_default())
         .unwrap_or_default();
-    let sig_b64 = annotations.get(super::ANNOTATION_SIGNATURE).ok_or("no signature annotation")?;
+    let sig_b64 = annotations
+        .get(super::ANNOTATION_SIGNATURE)
+        .ok_or("no signature annotation")?;
     let sig = b64(sig_b64).ok_or("the signature is not base64")?;
-    let set: SetBundle = serde_json::from_str(annotations.get(ANNOTATION_BUNDLE).ok_or("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")?)
-        .map_err(|e| format!("the Rekor SET does not parse: {e}"))?;
+    let set: SetBundle = serde_json::from_str(
+        annotations
+            .get(ANNOTATION_BUNDLE)
+            .ok_or("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")?,
+    )
+    .map_err(|e| format!("the Rekor SET does not parse: {e}"))?;
 
     // 1. The SET, over the canonical (sorted, compact) JSON of the entry.
     let key = roots
@@ -275,7 +331,12 @@ pub fn verify(
         .iter()
         .find(|(id, _)| *id == set.payload.log_id)
         .map(|(_, k)| k)
-        .ok_or_else(|| format!("Rekor log {} is not in the trusted root", set.payload.log_id))?;
+        .ok_or_else(|| {
+            format!(
+                "Rekor log {} is not in the trusted root",
+                set.payload.log_id
+            )
+        })?;
     let canonical = serde_json::to_vec(&serde_json::json!({
         "body": set.payload.body,
         "integratedTime": set.payload.integrated_time,
@@ -288,7 +349,8 @@ pub fn verify(
         .ok_or("the SET signature is not base64 DER")?;
     {
         use p256::ecdsa::signature::Verifier;
-        key.verify(&canonical, &set_sig).map_err(|_| "the Rekor SET does not verify with the trusted Rekor key")?;
+        key.verify(&canonical, &set_sig)
+            .map_err(|_| "the Rekor SET does not verify with the trusted Rekor key")?;
     }
 
     // 2. The logged entry is this payload, this signature, this certificate.
@@ -301,9 +363,14 @@ pub fn verify(
         .and_then(|b| serde_json::from_slice(&b).ok())
         .ok_or("the Rekor entry body does not parse")?;
     if body.kind != "hashedrekord" {
-        return Err(format!("Rekor entry kind {} is not hashedrekord", body.kind));
+        return Err(format!(
+            "Rekor entry kind {} is not hashedrekord",
+            body.kind
+        ));
     }
-    let logged_hash = body.spec["data"]["hash"]["value"].as_str().unwrap_or_default();
+    let logged_hash = body.spec["data"]["hash"]["value"]
+        .as_str()
+        .unwrap_or_default();
     if logged_hash != Digest::of(payload).hex() {
         return Err("the Rekor entry is for other content than this payload".into());
     }
@@ -332,10 +399,19 @@ pub fn verify(
     let (subject, issuer) = identity(&leaf);
     let subject = subject.ok_or("the certificate names no identity (SAN)")?;
     let issuer = issuer.ok_or("the certificate names no OIDC issuer")?;
-    if !rules.iter().any(|r| r.subject.matches(&subject) && r.issuer.matches(&issuer)) {
-        return Err(format!("signed by {subject} ({issuer}), which no rule trusts"));
+    if !rules
+        .iter()
+        .any(|r| r.subject.matches(&subject) && r.issuer.matches(&issuer))
+    {
+        return Err(format!(
+            "signed by {subject} ({issuer}), which no rule trusts"
+        ));
     }
-    Ok(Signer { subject, issuer, signed_at: t })
+    Ok(Signer {
+        subject,
+        issuer,
+        signed_at: t,
+    })
 }
 
 #[cfg(test)]
@@ -347,21 +423,44 @@ mod tests {
     #[test]
     fn certificate_outside_its_validity_is_refused() {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap()).unwrap();
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap(),
+        )
+        .unwrap();
         let ann = &m["layers"][0]["annotations"];
-        let leaf = <Certificate as der::DecodePem>::from_pem(ann["dev.sigstore.cosign/certificate"].as_str().unwrap().as_bytes()).unwrap();
-        let chain = Certificate::load_pem_chain(ann[ANNOTATION_CHAIN].as_str().unwrap().as_bytes()).unwrap();
-        let roots = KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/trusted_root.json"))).unwrap();
-        let nb = leaf.tbs_certificate().validity().not_before.to_unix_duration().as_secs() as i64;
-        let na = leaf.tbs_certificate().validity().not_after.to_unix_duration().as_secs() as i64;
+        let leaf = <Certificate as der::DecodePem>::from_pem(
+            ann["dev.sigstore.cosign/certificate"]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let chain = Certificate::load_pem_chain(ann[ANNOTATION_CHAIN].as_str().unwrap().as_bytes())
+            .unwrap();
+        let roots = KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/trusted_root.json")))
+            .unwrap();
+        let nb = leaf
+            .tbs_certificate()
+            .validity()
+            .not_before
+            .to_unix_duration()
+            .as_secs() as i64;
+        let na = leaf
+            .tbs_certificate()
+            .validity()
+            .not_after
+            .to_unix_duration()
+            .as_secs() as i64;
         chains_to_trusted(&leaf, &chain, &roots, nb + 60).unwrap();
         let e = chains_to_trusted(&leaf, &chain, &roots, na + 1).unwrap_err();
         assert!(e.contains("not valid at the signing time"), "{e}");
         let e = chains_to_trusted(&leaf, &chain, &roots, nb - 1).unwrap_err();
         assert!(e.contains("not valid at the signing time"), "{e}");
         // The carried chain alone is no anchor.
-        let pem_only = KeylessRoots { cas: vec![], rekor: roots.rekor.clone() };
+        let pem_only = KeylessRoots {
+            cas: vec![],
+            rekor: roots.rekor.clone(),
+        };
         assert!(chains_to_trusted(&leaf, &chain, &pem_only, nb + 60).is_err());
     }
 }

@@ -119,6 +119,9 @@ pub struct Finding {
     /// `critical.identity.docker-reference` of a cosign payload.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub docker_reference: Option<String>,
+    /// For keyless signatures: when Rekor logged it (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_at: Option<String>,
     /// Why it does not count, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
@@ -199,14 +202,10 @@ fn check_simple_signing(
     layer: &crate::oci::Descriptor,
     payload: &[u8],
     subject: &Digest,
-    keys: &[TrustedKey],
+    trust: &Trust,
     f: &mut Finding,
 ) {
-    if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
-        f.problem =
-            Some("keyless signature (Fulcio certificate): not verifiable by this version".into());
-        return;
-    }
+    let keys = trust.keys;
     let Some(sig) = layer
         .annotations
         .get(ANNOTATION_SIGNATURE)
@@ -239,10 +238,30 @@ fn check_simple_signing(
         ));
         return;
     }
+    if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
+        match (trust.roots, trust.identities.is_empty()) {
+            (Some(roots), false) => match keyless::verify(&layer.annotations, payload, roots, trust.identities) {
+                Ok(s) => {
+                    f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
+                    f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
+                }
+                Err(e) => f.problem = Some(format!("keyless signature: {e}")),
+            },
+            _ => f.problem = Some("keyless signature: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer)".into()),
+        }
+        return;
+    }
     match first_key(keys, payload, &sig) {
         Some(k) => f.key = Some(k.name.clone()),
         None => f.problem = Some("no trusted key verifies this signature".into()),
     }
+}
+
+/// What one rule trusts: keys, keyless identities, and the roots for those.
+pub struct Trust<'a> {
+    pub keys: &'a [TrustedKey],
+    pub identities: &'a [keyless::IdentityRule],
+    pub roots: Option<&'a keyless::KeylessRoots>,
 }
 
 fn check_dsse(envelope: &[u8], subject: &Digest, keys: &[TrustedKey], f: &mut Finding) {
@@ -290,11 +309,7 @@ pub trait ArtifactStore {
 }
 
 /// Check every signature and attestation carried for `image`.
-pub fn check_image(
-    image: &ImageEntry,
-    store: &dyn ArtifactStore,
-    keys: &[TrustedKey],
-) -> Vec<Finding> {
+pub fn check_image(image: &ImageEntry, store: &dyn ArtifactStore, trust: &Trust) -> Vec<Finding> {
     let mut out = Vec::new();
     for a in &image.artifacts {
         let is_sigstore_bundle = a
@@ -313,6 +328,7 @@ pub fn check_image(
             key: None,
             predicate_type: None,
             docker_reference: None,
+            signed_at: None,
             problem: None,
         };
         if is_sigstore_bundle {
@@ -342,9 +358,9 @@ pub fn check_image(
             };
             match layer.media_type.as_str() {
                 COSIGN_SIMPLESIGNING => {
-                    check_simple_signing(layer, &data, &a.subject, keys, &mut f)
+                    check_simple_signing(layer, &data, &a.subject, trust, &mut f)
                 }
-                DSSE_ENVELOPE => check_dsse(&data, &a.subject, keys, &mut f),
+                DSSE_ENVELOPE => check_dsse(&data, &a.subject, trust.keys, &mut f),
                 other => f.problem = Some(format!("layer media type {other} is not a signature")),
             }
             out.push(f);
@@ -363,7 +379,41 @@ pub enum Mode {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct IdentityFile {
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    identity_regexp: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    issuer_regexp: Option<String>,
+}
+
+/// Build an identity rule from exact/regex alternatives (exactly one of each).
+pub fn identity_rule(
+    identity: Option<&str>,
+    identity_regexp: Option<&str>,
+    issuer: Option<&str>,
+    issuer_regexp: Option<&str>,
+) -> Result<keyless::IdentityRule, String> {
+    let pick = |exact: Option<&str>, re: Option<&str>, what: &str| match (exact, re) {
+        (Some(e), None) => Ok(keyless::Matcher::Exact(e.to_string())),
+        (None, Some(r)) => keyless::Matcher::regex(r).map_err(|e| format!("{what} regexp: {e}")),
+        _ => Err(format!("give exactly one of {what} and {what}Regexp")),
+    };
+    Ok(keyless::IdentityRule {
+        subject: pick(identity, identity_regexp, "identity")?,
+        issuer: pick(issuer, issuer_regexp, "issuer")?,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RuleFile {
+    /// Keyless signers (certificate identity and OIDC issuer).
+    #[serde(default)]
+    keyless: Vec<IdentityFile>,
     /// Globs over `registry/repository` (`*` within a path component, `**` across).
     repositories: Vec<String>,
     #[serde(default)]
@@ -376,8 +426,11 @@ struct RuleFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PolicyFile {
+    /// sigstore trusted_root.json for keyless rules (relative to the policy file).
+    #[serde(default)]
+    trusted_root: Option<PathBuf>,
     rules: Vec<RuleFile>,
 }
 
@@ -385,6 +438,7 @@ pub struct Rule {
     pub patterns: Vec<String>,
     matcher: globset::GlobSet,
     pub keys: Vec<TrustedKey>,
+    pub identities: Vec<keyless::IdentityRule>,
     pub attestations: Vec<String>,
     pub mode: Mode,
 }
@@ -392,6 +446,7 @@ pub struct Rule {
 /// What a site requires, rule by rule; the first rule matching an image decides.
 pub struct Policy {
     pub rules: Vec<Rule>,
+    pub roots: Option<keyless::KeylessRoots>,
 }
 
 fn glob_set(
@@ -413,23 +468,48 @@ fn glob_set(
 impl Policy {
     /// `--key` shortcuts: every image must carry a valid signature from one of these.
     pub fn from_keys(paths: &[PathBuf]) -> Result<Policy, TrustError> {
+        Policy::from_flags(paths, vec![], None)
+    }
+
+    /// The command-line shortcuts: keys and/or one keyless identity, for every image.
+    pub fn from_flags(
+        paths: &[PathBuf],
+        identities: Vec<keyless::IdentityRule>,
+        trusted_root: Option<&Path>,
+    ) -> Result<Policy, TrustError> {
+        let flag_err = |d: String| TrustError::Policy {
+            path: "command line".into(),
+            detail: d,
+        };
         let keys = paths
             .iter()
             .map(|p| TrustedKey::from_file(p))
             .collect::<Result<Vec<_>, _>>()?;
+        let roots = trusted_root
+            .map(|p| {
+                keyless::KeylessRoots::from_trusted_root(p).map_err(|e| TrustError::Key {
+                    path: p.display().to_string(),
+                    detail: e,
+                })
+            })
+            .transpose()?;
+        if !identities.is_empty() && roots.is_none() {
+            return Err(flag_err(
+                "--certificate-identity needs --trusted-root (a sigstore trusted_root.json)".into(),
+            ));
+        }
         let patterns = vec!["**".to_string()];
-        let matcher = glob_set(&patterns, |d| TrustError::Policy {
-            path: "--key".into(),
-            detail: d,
-        })?;
+        let matcher = glob_set(&patterns, flag_err)?;
         Ok(Policy {
             rules: vec![Rule {
                 patterns,
                 matcher,
                 keys,
+                identities,
                 attestations: vec![],
                 mode: Mode::Enforce,
             }],
+            roots,
         })
     }
 
@@ -443,26 +523,55 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
+        let roots = file
+            .trusted_root
+            .as_ref()
+            .map(|p| {
+                keyless::KeylessRoots::from_trusted_root(&base.join(p))
+                    .map_err(|e| err(format!("trustedRoot {}: {e}", p.display())))
+            })
+            .transpose()?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
-            if r.keys.is_empty() {
-                return Err(err(format!("rules[{i}] names no keys")));
+            if r.keys.is_empty() && r.keyless.is_empty() {
+                return Err(err(format!(
+                    "rules[{i}] names no keys and no keyless signers"
+                )));
+            }
+            if !r.keyless.is_empty() && roots.is_none() {
+                return Err(err(format!(
+                    "rules[{i}] has keyless signers but the policy has no trustedRoot"
+                )));
             }
             let keys = r
                 .keys
                 .iter()
                 .map(|k| TrustedKey::from_file(&base.join(k)))
                 .collect::<Result<Vec<_>, _>>()?;
+            let identities = r
+                .keyless
+                .iter()
+                .map(|k| {
+                    identity_rule(
+                        k.identity.as_deref(),
+                        k.identity_regexp.as_deref(),
+                        k.issuer.as_deref(),
+                        k.issuer_regexp.as_deref(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(format!("rules[{i}].keyless: {e}")))?;
             let matcher = glob_set(&r.repositories, err)?;
             rules.push(Rule {
                 patterns: r.repositories,
                 matcher,
                 keys,
+                identities,
                 attestations: r.attestations,
                 mode: r.mode,
             });
         }
-        Ok(Policy { rules })
+        Ok(Policy { rules, roots })
     }
 
     fn rule_for(&self, image: &ImageEntry) -> Option<&Rule> {
@@ -486,7 +595,12 @@ impl Policy {
                 findings: vec![],
             };
         };
-        let findings = check_image(image, store, &rule.keys);
+        let trust = Trust {
+            keys: &rule.keys,
+            identities: &rule.identities,
+            roots: self.roots.as_ref(),
+        };
+        let findings = check_image(image, store, &trust);
         let signed_by = findings
             .iter()
             .find(|f| {
