@@ -812,3 +812,199 @@ fn keyless_policy_admits_by_identity_only() {
         .to_string()
         .contains("no trustedRoot"));
 }
+
+/// sigstore-conformance `bundle-verify`: every case directory is a bundle,
+/// an artifact and the expected outcome (`_fail` must fail). Run through
+/// airlock's bundle verifier both with the artifact bytes and with only its
+/// sha256, as the suite asks.
+#[test]
+fn sigstore_conformance_bundle_verify_table() {
+    use airlock::trust::bundles::{load_trusted_root, verify, Signed};
+    use airlock::trust::keyless::{IdentityRule, Matcher};
+    let base = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/sigstore-conformance/bundle-verify"
+    ));
+    let prod = load_trusted_root(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/keyless/trusted_root.json"
+    )))
+    .unwrap();
+    let default_artifact = std::fs::read(base.join("a.txt")).unwrap();
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let mut dirs: Vec<_> = std::fs::read_dir(&base)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    let (mut passed, mut mismatches) = (0, Vec::new());
+    for dir in &dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let expect_ok = !name.ends_with("_fail");
+        let outcome = (|| -> Result<(), String> {
+            let bundle = std::fs::read_to_string(dir.join("bundle.sigstore.json"))
+                .map_err(|e| e.to_string())?;
+            let artifact =
+                std::fs::read(dir.join("artifact")).unwrap_or_else(|_| default_artifact.clone());
+            let identity = read(dir.join("identity")).unwrap_or_else(|| "https://github.com/sigstore-conformance/extremely-dangerous-public-oidc-beacon/.github/workflows/extremely-dangerous-oidc-beacon.yml@refs/heads/main".into());
+            let issuer = read(dir.join("issuer"))
+                .unwrap_or_else(|| "https://token.actions.githubusercontent.com".into());
+            let keys: Vec<(String, String)> = read(dir.join("key.pub"))
+                .map(|k| ("key.pub".to_string(), k))
+                .into_iter()
+                .collect();
+            let custom = dir.join("trusted_root.json");
+            let root_owned;
+            let root = if custom.exists() {
+                root_owned = load_trusted_root(&custom)?;
+                &root_owned
+            } else {
+                &prod
+            };
+            let rules = [IdentityRule {
+                subject: Matcher::Exact(identity),
+                issuer: Matcher::Exact(issuer),
+            }];
+            verify(&bundle, Signed::Bytes(&artifact), root, &rules, &keys)?;
+            verify(
+                &bundle,
+                Signed::Digest(&Digest::of(&artifact)),
+                root,
+                &rules,
+                &keys,
+            )?;
+            Ok(())
+        })();
+        if outcome.is_ok() == expect_ok {
+            passed += 1;
+        } else {
+            mismatches.push(format!(
+                "{name}: expected {}, got {outcome:?}",
+                if expect_ok { "success" } else { "failure" }
+            ));
+        }
+    }
+    eprintln!(
+        "sigstore-conformance bundle-verify: {passed}/{} cases as expected",
+        dirs.len()
+    );
+    assert!(dirs.len() >= 60, "conformance cases missing");
+    assert!(
+        mismatches.is_empty(),
+        "{} mismatches:\n{}",
+        mismatches.len(),
+        mismatches.join("\n")
+    );
+}
+
+/// A real cosign v3 signature (sigstore bundle v0.3 attached as an OCI
+/// referrer) admitted by identity, refused otherwise.
+#[test]
+fn cosign_v3_bundle_referrer_is_verified_by_policy() {
+    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::trust::{identity_rule, MemoryStore, Policy};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+    let bundle = std::fs::read(format!("{dir}/kubewarden-bundle_v03.json")).unwrap();
+    let bt = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let subject: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
+        .parse()
+        .unwrap();
+    // The referrer manifest as cosign v3 writes it (the bundle is its one layer).
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2, "mediaType": airlock::oci::OCI_MANIFEST, "artifactType": bt,
+        "config": {"mediaType": airlock::oci::OCI_EMPTY, "digest": Digest::of(b"{}").to_string(), "size": 2},
+        "layers": [{"mediaType": bt, "digest": Digest::of(&bundle).to_string(), "size": bundle.len()}],
+        "subject": {"mediaType": airlock::oci::OCI_INDEX, "digest": subject.to_string(), "size": 1}
+    }))
+    .unwrap();
+    let referrer = Digest::of(&manifest);
+    let entry = |subject: &Digest| ImageEntry {
+        source: "ghcr.io/kubewarden/kubewarden-controller:v1.34.0".into(),
+        registry: "ghcr.io".into(),
+        repository: "kubewarden/kubewarden-controller".into(),
+        tag: Some("v1.34.0".into()),
+        digest: subject.clone(),
+        media_type: airlock::oci::OCI_INDEX.into(),
+        size: 0,
+        source_digest: subject.clone(),
+        platforms: vec![],
+        target: None,
+        ref_name: None,
+        artifacts: vec![Artifact {
+            kind: ArtifactKind::Referrer,
+            subject: subject.clone(),
+            digest: referrer.clone(),
+            media_type: airlock::oci::OCI_MANIFEST.into(),
+            size: manifest.len() as u64,
+            tag: None,
+            artifact_type: Some(bt.into()),
+        }],
+        total_size: 0,
+    };
+    let mut store = MemoryStore::default();
+    store.manifests.insert(
+        referrer.clone(),
+        (manifest.clone(), airlock::oci::OCI_MANIFEST.into()),
+    );
+    store.blobs.insert(Digest::of(&bundle), bundle.clone());
+    // What export/import load for the policy includes the bundle blob.
+    let wanted =
+        airlock::trust::artifact_blobs(&[entry(&subject)], &|d| store.manifests.get(d).cloned());
+    assert_eq!(wanted, vec![Digest::of(&bundle)]);
+
+    let root = PathBuf::from(format!("{dir}/trusted_root.json"));
+    let issuer = "https://token.actions.githubusercontent.com";
+    let ok = identity_rule(
+        None,
+        Some("https://github.com/kubewarden/kubewarden-controller/.*"),
+        Some(issuer),
+        None,
+    )
+    .unwrap();
+    let policy = Policy::from_flags(&[], vec![ok], Some(&root)).unwrap();
+    let v = policy.evaluate(&entry(&subject), &store);
+    assert!(v.admitted, "{:?} {:?}", v.reasons, v.findings);
+    assert_eq!(v.findings[0].kind, ArtifactKind::Signature);
+    assert_eq!(
+        v.findings[0].predicate_type.as_deref(),
+        Some("https://sigstore.dev/cosign/sign/v1")
+    );
+
+    // The same bundle presented for another image: the statement does not name it.
+    let other: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
+        .parse()
+        .unwrap();
+    let v = policy.evaluate(&entry(&other), &store);
+    assert!(!v.admitted, "a bundle for another digest was accepted");
+
+    let wrong = identity_rule(
+        Some("https://github.com/evil/x/.github/workflows/a.yml@refs/heads/main"),
+        None,
+        Some(issuer),
+        None,
+    )
+    .unwrap();
+    let v = Policy::from_flags(&[], vec![wrong], Some(&root))
+        .unwrap()
+        .evaluate(&entry(&subject), &store);
+    assert!(
+        !v.admitted && v.reasons[0].contains("no rule trusts"),
+        "{:?}",
+        v.reasons
+    );
+
+    // Without a trusted root, a bundle is never taken on its own word.
+    let v = Policy::from_keys(&[PathBuf::from(TEST_PUB)])
+        .unwrap()
+        .evaluate(&entry(&subject), &store);
+    assert!(
+        !v.admitted && v.reasons[0].contains("no trusted root"),
+        "{:?}",
+        v.reasons
+    );
+}

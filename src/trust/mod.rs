@@ -11,6 +11,7 @@
 //! admit an image. All verification code sits here, so swapping in a
 //! sigstore crate for the keyless path stays a local change.
 
+pub mod bundles;
 pub mod keyless;
 
 use crate::bundle::{ArtifactKind, ImageEntry};
@@ -41,6 +42,8 @@ enum KeyKind {
 /// A public key the site trusts, with the name it is reported under.
 pub struct TrustedKey {
     pub name: String,
+    /// The PEM text, for verifiers that take keys in that form.
+    pub pem: String,
     kind: KeyKind,
 }
 
@@ -69,6 +72,7 @@ impl TrustedKey {
         };
         Ok(TrustedKey {
             name: name.to_string(),
+            pem: pem.to_string(),
             kind,
         })
     }
@@ -262,6 +266,56 @@ pub struct Trust<'a> {
     pub keys: &'a [TrustedKey],
     pub identities: &'a [keyless::IdentityRule],
     pub roots: Option<&'a keyless::KeylessRoots>,
+    pub sigstore_root: Option<&'a bundles::TrustedRoot>,
+}
+
+pub const SIGSTORE_BUNDLE: &str = "application/vnd.dev.sigstore.bundle";
+/// cosign v3 signs images with a DSSE statement of this type: a signature, not an attestation.
+pub const COSIGN_SIGN_PREDICATE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+/// A sigstore bundle attached as a referrer (cosign v3): a signature when it
+/// holds a message signature or a cosign-sign statement, else an attestation.
+fn check_sigstore_bundle(data: &[u8], subject: &Digest, trust: &Trust, f: &mut Finding) {
+    let json: serde_json::Value = match serde_json::from_slice(data) {
+        Ok(v) => v,
+        Err(e) => {
+            f.problem = Some(format!("sigstore bundle is not JSON: {e}"));
+            return;
+        }
+    };
+    f.predicate_type = json["dsseEnvelope"]["payload"]
+        .as_str()
+        .and_then(b64)
+        .and_then(|p| serde_json::from_slice::<Statement>(&p).ok())
+        .map(|s| s.predicate_type);
+    f.kind = match f.predicate_type.as_deref() {
+        None | Some(COSIGN_SIGN_PREDICATE) => ArtifactKind::Signature,
+        Some(_) => ArtifactKind::Attestation,
+    };
+    let Some(root) = trust.sigstore_root else {
+        f.problem = Some("sigstore bundle: no trusted root given (--trusted-root)".into());
+        return;
+    };
+    let keys: Vec<(String, String)> = trust
+        .keys
+        .iter()
+        .map(|k| (k.name.clone(), k.pem.clone()))
+        .collect();
+    let text = String::from_utf8_lossy(data);
+    match bundles::verify(
+        &text,
+        bundles::Signed::Digest(subject),
+        root,
+        trust.identities,
+        &keys,
+    ) {
+        Ok(s) if s.issuer.is_empty() => f.key = Some(s.subject),
+        Ok(s) => {
+            f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
+            f.signed_at = (s.signed_at > 0).then(|| crate::bundle::rfc3339(s.signed_at));
+        }
+        Err(e) => f.problem = Some(format!("sigstore bundle: {e}")),
+    }
 }
 
 fn check_dsse(envelope: &[u8], subject: &Digest, keys: &[TrustedKey], f: &mut Finding) {
@@ -312,13 +366,7 @@ pub trait ArtifactStore {
 pub fn check_image(image: &ImageEntry, store: &dyn ArtifactStore, trust: &Trust) -> Vec<Finding> {
     let mut out = Vec::new();
     for a in &image.artifacts {
-        let is_sigstore_bundle = a
-            .artifact_type
-            .as_deref()
-            .is_some_and(|t| t.starts_with("application/vnd.dev.sigstore.bundle"));
-        if !matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation)
-            && !is_sigstore_bundle
-        {
+        if !carries_signatures(a) {
             continue;
         }
         let mut base = Finding {
@@ -331,11 +379,7 @@ pub fn check_image(image: &ImageEntry, store: &dyn ArtifactStore, trust: &Trust)
             signed_at: None,
             problem: None,
         };
-        if is_sigstore_bundle {
-            base.problem = Some("sigstore bundle: not verifiable by this version".into());
-            out.push(base);
-            continue;
-        }
+
         let Some((bytes, mt)) = store.manifest(&a.digest) else {
             base.problem = Some("artifact manifest missing".into());
             out.push(base);
@@ -361,6 +405,9 @@ pub fn check_image(image: &ImageEntry, store: &dyn ArtifactStore, trust: &Trust)
                     check_simple_signing(layer, &data, &a.subject, trust, &mut f)
                 }
                 DSSE_ENVELOPE => check_dsse(&data, &a.subject, trust.keys, &mut f),
+                mt if mt.starts_with(SIGSTORE_BUNDLE) => {
+                    check_sigstore_bundle(&data, &a.subject, trust, &mut f)
+                }
                 other => f.problem = Some(format!("layer media type {other} is not a signature")),
             }
             out.push(f);
@@ -443,10 +490,19 @@ pub struct Rule {
     pub mode: Mode,
 }
 
+/// One `trusted_root.json`, read for both keyless paths (legacy `.sig` and bundles).
+fn load_roots(path: &Path) -> Result<(keyless::KeylessRoots, bundles::TrustedRoot), String> {
+    Ok((
+        keyless::KeylessRoots::from_trusted_root(path)?,
+        bundles::load_trusted_root(path)?,
+    ))
+}
+
 /// What a site requires, rule by rule; the first rule matching an image decides.
 pub struct Policy {
     pub rules: Vec<Rule>,
     pub roots: Option<keyless::KeylessRoots>,
+    pub sigstore_root: Option<bundles::TrustedRoot>,
 }
 
 fn glob_set(
@@ -485,14 +541,16 @@ impl Policy {
             .iter()
             .map(|p| TrustedKey::from_file(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let roots = trusted_root
-            .map(|p| {
-                keyless::KeylessRoots::from_trusted_root(p).map_err(|e| TrustError::Key {
+        let (roots, sigstore_root) = match trusted_root {
+            Some(p) => {
+                let (k, s) = load_roots(p).map_err(|e| TrustError::Key {
                     path: p.display().to_string(),
                     detail: e,
-                })
-            })
-            .transpose()?;
+                })?;
+                (Some(k), Some(s))
+            }
+            None => (None, None),
+        };
         if !identities.is_empty() && roots.is_none() {
             return Err(flag_err(
                 "--certificate-identity needs --trusted-root (a sigstore trusted_root.json)".into(),
@@ -510,6 +568,7 @@ impl Policy {
                 mode: Mode::Enforce,
             }],
             roots,
+            sigstore_root,
         })
     }
 
@@ -523,14 +582,14 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let roots = file
-            .trusted_root
-            .as_ref()
-            .map(|p| {
-                keyless::KeylessRoots::from_trusted_root(&base.join(p))
-                    .map_err(|e| err(format!("trustedRoot {}: {e}", p.display())))
-            })
-            .transpose()?;
+        let (roots, sigstore_root) = match &file.trusted_root {
+            Some(p) => {
+                let (k, s) = load_roots(&base.join(p))
+                    .map_err(|e| err(format!("trustedRoot {}: {e}", p.display())))?;
+                (Some(k), Some(s))
+            }
+            None => (None, None),
+        };
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             if r.keys.is_empty() && r.keyless.is_empty() {
@@ -571,7 +630,11 @@ impl Policy {
                 mode: r.mode,
             });
         }
-        Ok(Policy { rules, roots })
+        Ok(Policy {
+            rules,
+            roots,
+            sigstore_root,
+        })
     }
 
     fn rule_for(&self, image: &ImageEntry) -> Option<&Rule> {
@@ -599,6 +662,7 @@ impl Policy {
             keys: &rule.keys,
             identities: &rule.identities,
             roots: self.roots.as_ref(),
+            sigstore_root: self.sigstore_root.as_ref(),
         };
         let findings = check_image(image, store, &trust);
         let signed_by = findings
@@ -710,6 +774,15 @@ impl ArtifactStore for MemoryStore {
     }
 }
 
+/// Artifacts whose blobs are signatures or attestations: cosign `.sig`/`.att`
+/// tags, and sigstore-bundle referrers (cosign v3).
+pub fn carries_signatures(a: &crate::bundle::Artifact) -> bool {
+    matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation)
+        || a.artifact_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with(SIGSTORE_BUNDLE))
+}
+
 /// Finds a manifest's bytes and media type by digest.
 pub type ManifestLookup<'a> = dyn Fn(&Digest) -> Option<(Vec<u8>, String)> + 'a;
 
@@ -718,7 +791,7 @@ pub fn artifact_blobs(images: &[ImageEntry], manifests: &ManifestLookup) -> Vec<
     let mut out = Vec::new();
     for img in images {
         for a in &img.artifacts {
-            if !matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation) {
+            if !carries_signatures(a) {
                 continue;
             }
             if let Some((bytes, mt)) = manifests(&a.digest) {
