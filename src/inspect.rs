@@ -92,7 +92,11 @@ pub fn render(index: &BundleIndex, digest: &Digest) -> String {
                 a.artifact_type
                     .as_ref()
                     .map(|t| format!(" type {t}"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &a.predicate_types
+                        .iter()
+                        .map(|t| format!(" predicate {t}"))
+                        .collect::<String>(),
             );
         }
         if img.artifacts.is_empty() {

@@ -52,9 +52,13 @@ impl<'a> Discovery<'a> {
         if !self.seen.insert(m.digest.clone()) {
             return None;
         }
-        let artifact_type = ManifestView::parse(&m.bytes, Some(&m.media_type))
-            .ok()
-            .and_then(|v| v.effective_artifact_type());
+        let view = ManifestView::parse(&m.bytes, Some(&m.media_type)).ok();
+        let artifact_type = view.as_ref().and_then(|v| v.effective_artifact_type());
+        let predicate_types = view
+            .iter()
+            .flat_map(|v| v.layers.iter())
+            .filter_map(|l| l.annotations.get("predicateType").cloned())
+            .collect();
         let digest = m.digest.clone();
         self.found.push((
             Artifact {
@@ -65,6 +69,7 @@ impl<'a> Discovery<'a> {
                 size: m.bytes.len() as u64,
                 tag,
                 artifact_type,
+                predicate_types,
             },
             m,
         ));

@@ -44,6 +44,13 @@ async fn round_trip_keeps_every_digest_and_signature() {
     let side = std::fs::read_to_string(work.path().join("bundle.tar.zst.sha256")).unwrap();
     assert_eq!(side, format!("{}  bundle.tar.zst\n", report.file_sha256));
 
+    let (code, shown, err) = airlock(&["inspect", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        shown.contains("predicate https://cosign.sigstore.dev/attestation/v1"),
+        "{shown}"
+    );
+    assert!(shown.contains("type application/spdx+json"), "{shown}");
     let v = airlock::verify::verify(&out, None).unwrap();
     assert_eq!(v.bundle_digest, report.bundle_digest);
     assert_eq!(v.sidecar_ok, Some(true));

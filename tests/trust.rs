@@ -746,6 +746,7 @@ fn keyless_policy_admits_by_identity_only() {
             size: manifest.len() as u64,
             tag: None,
             artifact_type: None,
+            predicate_types: vec![],
         }],
         total_size: 0,
     };
@@ -943,6 +944,7 @@ fn cosign_v3_bundle_referrer_is_verified_by_policy() {
             size: manifest.len() as u64,
             tag: None,
             artifact_type: Some(bt.into()),
+            predicate_types: vec![],
         }],
         total_size: 0,
     };

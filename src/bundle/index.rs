@@ -115,6 +115,9 @@ pub struct Artifact {
     pub tag: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// in-toto predicate types of an attestation (from its layers' `predicateType`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub predicate_types: Vec<String>,
 }
 
 impl BundleIndex {
