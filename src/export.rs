@@ -581,11 +581,7 @@ async fn check_policy(
         progress::note(&v.line());
         verdicts.push(v);
     }
-    let blocked: Vec<String> = verdicts
-        .iter()
-        .filter(|v| v.blocks())
-        .map(|v| v.line())
-        .collect();
+    let blocked = crate::trust::blocked(&verdicts);
     if !blocked.is_empty() {
         return Err(ExportError::Policy(blocked));
     }

@@ -139,19 +139,6 @@ impl Signer256 {
     }
 }
 
-/// DSSE pre-authentication encoding.
-pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
-    let mut v = format!(
-        "DSSEv1 {} {} {} ",
-        payload_type.len(),
-        payload_type,
-        payload.len()
-    )
-    .into_bytes();
-    v.extend_from_slice(payload);
-    v
-}
-
 fn cosign_config(layer_digest: &Digest) -> Blob {
     let doc = json!({"architecture":"","created":"0001-01-01T00:00:00Z","history":[{"created":"0001-01-01T00:00:00Z"}],"os":"","rootfs":{"type":"layers","diff_ids":[layer_digest.to_string()]},"config":{}});
     Blob::new(
@@ -194,7 +181,10 @@ async fn push_attestation(
     let statement = json!({"_type":"https://in-toto.io/Statement/v0.1","predicateType":predicate_type,"subject":[{"name":format!("{}/{repo}", reg.host()),"digest":{"sha256":subject.hex()}}],"predicate":{"Data":"airlock fixture attestation","Timestamp":"2026-01-01T00:00:00Z"}});
     let statement = serde_json::to_vec(&statement).unwrap_or_default();
     let b64 = base64::engine::general_purpose::STANDARD;
-    let sig = signer.sign_b64(&dsse_pae("application/vnd.in-toto+json", &statement));
+    let sig = signer.sign_b64(&crate::trust::dsse_pae(
+        "application/vnd.in-toto+json",
+        &statement,
+    ));
     let envelope = json!({"payloadType":"application/vnd.in-toto+json","payload":b64.encode(&statement),"signatures":[{"keyid":"","sig":sig}]});
     let env = Blob::new(
         serde_json::to_vec(&envelope).unwrap_or_default(),

@@ -238,11 +238,7 @@ fn check_policy(
     for v in &verdicts {
         progress::note(&v.line());
     }
-    let blocked: Vec<String> = verdicts
-        .iter()
-        .filter(|v| v.blocks())
-        .map(|v| v.line())
-        .collect();
+    let blocked = crate::trust::blocked(&verdicts);
     if !blocked.is_empty() {
         return Err(ImportError::Policy(blocked));
     }
@@ -721,16 +717,13 @@ pub async fn import_file(
     let tally = run_blob_pushes(&reg, opts.jobs, work, &progress).await;
     progress.finish();
     let tally = tally?;
-    let mut report = ImportReport {
+    let report = ImportReport {
         bundle_digest: Some(bundle.digest.clone()),
         mode: "seekable".into(),
         policy: verdicts,
         ..Default::default()
     };
-    push_manifests(&reg, &plan, &manifests, &skip_tags, &mut report).await?;
-    read_back(&reg, &plan, &skip_tags).await?;
-    finish_report(&plan, tally, &mut report, reg.host(), started);
-    Ok(report)
+    push_manifests_and_report(&reg, &plan, &manifests, &skip_tags, report, tally, started).await
 }
 
 /// Re-hash every blob member before the first push, in parallel, so that
@@ -839,9 +832,7 @@ pub async fn import_stream(
                             detail: "manifest larger than 4 MiB".into(),
                         });
                     }
-                    let mut b = Vec::with_capacity(member.size as usize);
-                    data.read_to_end(&mut b)
-                        .map_err(|e| member_err(&reader_name, member, e))?;
+                    let b = crate::bundle::read_whole(&reader_name, member, data)?;
                     return tx
                         .blocking_send(Event::Manifest(member.clone(), Bytes::from(b)))
                         .map_err(|_| closed());
@@ -854,8 +845,7 @@ pub async fn import_stream(
                             detail: "more than 256 MiB of configs and signature blobs to hold for the policy: import the bundle file instead of a pipe".into(),
                         });
                     }
-                    let mut b = Vec::with_capacity(member.size as usize);
-                    data.read_to_end(&mut b).map_err(|e| member_err(&reader_name, member, e))?;
+                    let b = crate::bundle::read_whole(&reader_name, member, data)?;
                     held.push((member.clone(), b));
                     return Ok(());
                 }
@@ -871,7 +861,7 @@ pub async fn import_stream(
                         source,
                     }
                 })?;
-                std::io::copy(data, &mut spool).map_err(|e| member_err(&reader_name, member, e))?;
+                std::io::copy(data, &mut spool).map_err(|e| crate::bundle::member_error(&reader_name, member, e))?;
                 tx.blocking_send(Event::Blob(member.clone(), spool))
                     .map_err(|_| closed())
             }
@@ -1047,15 +1037,28 @@ pub async fn import_stream(
             (plan, reg, skip)
         }
     };
-    let mut report = ImportReport {
+    let report = ImportReport {
         bundle_digest: Some(digest),
         mode: "stream".into(),
         policy: verdicts,
         ..Default::default()
     };
-    push_manifests(&reg, &plan, &manifests, &skip, &mut report).await?;
-    read_back(&reg, &plan, &skip).await?;
-    finish_report(&plan, tally, &mut report, reg.host(), started);
+    push_manifests_and_report(&reg, &plan, &manifests, &skip, report, tally, started).await
+}
+
+/// The last steps of both modes: manifests, tags, read-back, summary.
+async fn push_manifests_and_report(
+    reg: &Registry,
+    plan: &Plan,
+    manifests: &Manifests,
+    skip_tags: &HashSet<(String, String)>,
+    mut report: ImportReport,
+    tally: Tally,
+    started: std::time::Instant,
+) -> Result<ImportReport, ImportError> {
+    push_manifests(reg, plan, manifests, skip_tags, &mut report).await?;
+    read_back(reg, plan, skip_tags).await?;
+    finish_report(plan, tally, &mut report, reg.host(), started);
     Ok(report)
 }
 
@@ -1095,14 +1098,6 @@ fn handshake(
         }
     }
     Ok(keep)
-}
-
-fn member_err(bundle: &str, member: &Member, e: std::io::Error) -> BundleError {
-    BundleError::MemberMismatch {
-        bundle: bundle.into(),
-        member: member.path.clone(),
-        detail: e.to_string(),
-    }
 }
 
 use bundle::read_stream;

@@ -108,13 +108,7 @@ pub fn verify_with_policy(
         if let StreamEvent::Member { member, data } = ev {
             bytes += member.size;
             if member.kind == MemberKind::Manifest {
-                let mut b = Vec::with_capacity(member.size as usize);
-                data.read_to_end(&mut b)
-                    .map_err(|e| BundleError::MemberMismatch {
-                        bundle: name.clone(),
-                        member: member.path.clone(),
-                        detail: e.to_string(),
-                    })?;
+                let b = bundle::read_whole(&name, member, data)?;
                 manifests.insert(
                     member.digest.clone(),
                     (
@@ -127,14 +121,10 @@ pub fn verify_with_policy(
                 && member.size <= crate::oci::MAX_MANIFEST_BYTES
             {
                 // Signature payloads and envelopes are small blobs; keep them for the policy.
-                let mut b = Vec::with_capacity(member.size as usize);
-                data.read_to_end(&mut b)
-                    .map_err(|e| BundleError::MemberMismatch {
-                        bundle: name.clone(),
-                        member: member.path.clone(),
-                        detail: e.to_string(),
-                    })?;
-                small.insert(member.digest.clone(), b);
+                small.insert(
+                    member.digest.clone(),
+                    bundle::read_whole(&name, member, data)?,
+                );
             }
         }
         Ok(())

@@ -7,7 +7,7 @@ mod reader;
 mod writer;
 
 pub use index::*;
-pub use reader::{read_stream, SeekableBundle, StreamEvent};
+pub use reader::{member_error, read_stream, read_whole, SeekableBundle, StreamEvent};
 pub use writer::BundleWriter;
 
 use crate::digest::Digest;

@@ -130,7 +130,9 @@ fn check_header(
     Ok(())
 }
 
-fn member_error(bundle: &str, member: &Member, e: io::Error) -> BundleError {
+/// An error reading a member: a digest/size mismatch names the member;
+/// anything else is a damaged archive.
+pub fn member_error(bundle: &str, member: &Member, e: io::Error) -> BundleError {
     if e.get_ref()
         .is_some_and(|i| i.is::<crate::registry::BlobIntegrityError>())
     {
@@ -142,6 +144,19 @@ fn member_error(bundle: &str, member: &Member, e: io::Error) -> BundleError {
     } else {
         corrupt(bundle, format!("reading {}: {e}", member.path))
     }
+}
+
+/// Read a (small, bounded by the caller) member whole; its digest is checked
+/// by the verifying reader it comes from.
+pub fn read_whole(
+    bundle: &str,
+    member: &Member,
+    data: &mut dyn Read,
+) -> Result<Vec<u8>, BundleError> {
+    let mut b = Vec::with_capacity(member.size as usize);
+    data.read_to_end(&mut b)
+        .map_err(|e| member_error(bundle, member, e))?;
+    Ok(b)
 }
 
 /// Read a whole bundle in one pass, checking every member in order.

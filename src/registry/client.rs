@@ -508,17 +508,26 @@ impl Registry {
             match op().await {
                 Ok(v) => return Ok(v),
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(e, ra)) => {
-                    attempt += 1;
-                    if attempt >= self.retry.attempts {
-                        return Err(e);
-                    }
-                    let d = self.retry.delay(attempt - 1, ra);
-                    tracing_retry(&e, attempt, d);
-                    tokio::time::sleep(d).await;
-                }
+                Err(Attempt::Retry(e, ra)) => self.wait_before_retry(&mut attempt, e, ra).await?,
             }
         }
+    }
+
+    /// Sleep before the next attempt, or give up with `e` when attempts are spent.
+    async fn wait_before_retry(
+        &self,
+        attempt: &mut u32,
+        e: RegistryError,
+        retry_after: Option<Duration>,
+    ) -> Result<(), RegistryError> {
+        *attempt += 1;
+        if *attempt >= self.retry.attempts {
+            return Err(e);
+        }
+        let d = self.retry.delay(*attempt - 1, retry_after);
+        tracing_retry(&e, *attempt, d);
+        tokio::time::sleep(d).await;
+        Ok(())
     }
 
     /// A request whose body is read whole (manifests, tag lists), retried as a unit.
@@ -904,15 +913,7 @@ impl Registry {
             match result {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(e, ra)) => {
-                    attempt += 1;
-                    if attempt >= self.retry.attempts {
-                        return Err(e);
-                    }
-                    let d = self.retry.delay(attempt - 1, ra);
-                    tracing_retry(&e, attempt, d);
-                    tokio::time::sleep(d).await;
-                }
+                Err(Attempt::Retry(e, ra)) => self.wait_before_retry(&mut attempt, e, ra).await?,
             }
         }
     }
@@ -935,25 +936,9 @@ impl Registry {
             return Ok(PushOutcome::Exists);
         }
         let what = format!("upload of blob {} to {}/{repo}", desc.digest, self.host);
-        let mut attempt = 0;
-        loop {
-            let result = self
-                .try_push_blob(repo, desc, mount_from, &open, &what)
-                .await;
-            match result {
-                Ok(o) => return Ok(o),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(e, ra)) => {
-                    attempt += 1;
-                    if attempt >= self.retry.attempts {
-                        return Err(e);
-                    }
-                    let d = self.retry.delay(attempt - 1, ra);
-                    tracing_retry(&e, attempt, d);
-                    tokio::time::sleep(d).await;
-                }
-            }
-        }
+        // Every attempt is a new upload session from a new body.
+        self.retrying(|| self.try_push_blob(repo, desc, mount_from, &open, &what))
+            .await
     }
 
     async fn try_push_blob<F, Fut>(

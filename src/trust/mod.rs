@@ -729,6 +729,15 @@ pub struct Verdict {
     pub findings: Vec<Finding>,
 }
 
+/// The report lines of the images an enforcing rule rejected.
+pub fn blocked(verdicts: &[Verdict]) -> Vec<String> {
+    verdicts
+        .iter()
+        .filter(|v| v.blocks())
+        .map(|v| v.line())
+        .collect()
+}
+
 impl Verdict {
     /// Fails the run: not admitted under an enforcing rule.
     pub fn blocks(&self) -> bool {
