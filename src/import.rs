@@ -608,10 +608,7 @@ pub async fn import_file(
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || SeekableBundle::open(&p))
             .await
-            .map_err(|e| ImportError::Io {
-                path: name.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })??
+            .map_err(|e| task_failed(&name, e))??
     };
     let Some(bundle) = seekable else {
         // A file can be read twice: check all of it before pushing anything,
@@ -622,10 +619,7 @@ pub async fn import_file(
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || crate::verify::verify(&p, None))
             .await
-            .map_err(|e| ImportError::Io {
-                path: name.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+            .map_err(|e| task_failed(&name, e))?
             .map_err(|e| match e {
                 crate::verify::VerifyError::Bundle(b) => ImportError::Bundle(b),
                 other => ImportError::Io {
@@ -654,10 +648,7 @@ pub async fn import_file(
             let b = bundle.clone();
             let bytes = tokio::task::spawn_blocking(move || b.read_member(i))
                 .await
-                .map_err(|e| ImportError::Io {
-                    path: name.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })??;
+                .map_err(|e| task_failed(&name, e))??;
             manifests.insert(
                 m.digest.clone(),
                 (Bytes::from(bytes), m.media_type.clone().unwrap_or_default()),
@@ -679,10 +670,7 @@ pub async fn import_file(
                 let b = bundle.clone();
                 let bytes = tokio::task::spawn_blocking(move || b.read_member(i))
                     .await
-                    .map_err(|e| ImportError::Io {
-                        path: name.clone(),
-                        source: std::io::Error::other(e.to_string()),
-                    })??;
+                    .map_err(|e| task_failed(&name, e))??;
                 store.blobs.insert(d, bytes);
             }
         }
@@ -757,18 +745,12 @@ async fn verify_blobs_first(bundle: &Arc<SeekableBundle>, jobs: usize) -> Result
         })
         .buffer_unordered(threads);
     while let Some(r) = checks.next().await {
-        r.map_err(|e| ImportError::Io {
-            path: bundle.path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        r.map_err(|e| task_failed(&bundle.path.display().to_string(), e))??;
     }
     let b = bundle.clone();
     tokio::task::spawn_blocking(move || b.check_end())
         .await
-        .map_err(|e| ImportError::Io {
-            path: bundle.path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })??;
+        .map_err(|e| task_failed(&bundle.path.display().to_string(), e))??;
     Ok(())
 }
 
@@ -959,10 +941,7 @@ pub async fn import_stream(
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|e| ImportError::Io {
-                        path: name.into(),
-                        source: std::io::Error::other(e.to_string()),
-                    })?;
+                    .map_err(|e| task_failed(name, e))?;
                 let origin = BlobOrigin::Spool(Arc::new(spool), m.digest.clone(), m.size);
                 let (reg, progress) = (reg.clone(), progress.clone());
                 pushes.spawn(async move {
@@ -1018,10 +997,7 @@ pub async fn import_stream(
         }
     }
     progress.finish();
-    let read = reader.await.map_err(|e| ImportError::Io {
-        path: name.into(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    let read = reader.await.map_err(|e| task_failed(name, e))?;
     if let Some(e) = failure {
         return Err(e);
     }
@@ -1044,6 +1020,14 @@ pub async fn import_stream(
         ..Default::default()
     };
     push_manifests_and_report(&reg, &plan, &manifests, &skip, report, tally, started).await
+}
+
+/// A worker task that panicked or was cancelled.
+fn task_failed(bundle: &str, e: impl std::fmt::Display) -> ImportError {
+    ImportError::Io {
+        path: bundle.to_string(),
+        source: std::io::Error::other(format!("internal task failed: {e}")),
+    }
 }
 
 /// The last steps of both modes: manifests, tags, read-back, summary.

@@ -4,10 +4,8 @@
 mod common;
 
 use airlock::bundle::{BundleIndex, BundleWriter, MemberKind};
-use airlock::export::{self, ExportOptions};
 use airlock::import::{self, ImportOptions, OnExistingTag, Target};
 use airlock::registry::Registries;
-use airlock::selection;
 use common::*;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,15 +69,7 @@ fn first_of_kind(entries: &Entries, kind: MemberKind) -> usize {
 async fn exported() -> (TestRegistry, tempfile::TempDir, PathBuf) {
     let (src, images) = seeded_source().await;
     let work = tempfile::tempdir().unwrap();
-    let out = work.path().join("good.tar.zst");
-    let sel = selection::from_refs(&refs(&src, &images[..2]), &[]).unwrap();
-    export::export(
-        &Registries::new(test_config()),
-        &sel,
-        &ExportOptions::new(&out),
-    )
-    .await
-    .unwrap();
+    let out = export_to(&src, &images[..2], work.path(), "good.tar.zst").await;
     (src, work, out)
 }
 

@@ -6,16 +6,6 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn sh(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_copies_from_the_extracted_layout() {
     let (src, images) = seeded_source().await;

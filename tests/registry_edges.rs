@@ -17,16 +17,7 @@ async fn bundle_of(
     images: &[airlock::fixtures::FixtureImage],
     dir: &std::path::Path,
 ) -> std::path::PathBuf {
-    let out = dir.join("b.tar.zst");
-    let sel = selection::from_refs(&refs(src, images), &[]).unwrap();
-    export::export(
-        &Registries::new(test_config()),
-        &sel,
-        &ExportOptions::new(&out),
-    )
-    .await
-    .unwrap();
-    out
+    export_to(src, images, dir, "b.tar.zst").await
 }
 
 fn import_with_password(bundle: &str, to: &str, ca: Option<&str>, password: &str) -> (i32, String) {

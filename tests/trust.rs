@@ -15,15 +15,6 @@ const REAL_INDEX: &str = "sha256:0de0e983a4980f32b1aad2d7f7f387cea2d4e9517b47f33
 const TEST_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/cosign-test.pub");
 const OTHER_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/other-test.pub");
 
-fn sh(cmd: &mut Command) {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Push the real signed image and its five signature manifests, digests kept.
 fn push_real(reg: &TestRegistry, repo: &str) {
     let dst = |tag: &str| format!("docker://{}/{repo}:{tag}", reg.host);

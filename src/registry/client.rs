@@ -605,10 +605,7 @@ impl Registry {
         let actual = Digest::of(&bytes);
         let expected = match reference.parse::<Digest>() {
             Ok(d) => Some(d),
-            Err(_) => headers
-                .get("docker-content-digest")
-                .and_then(|h| h.to_str().ok())
-                .and_then(|s| s.parse().ok()),
+            Err(_) => content_digest(&headers),
         };
         if let Some(expected) = expected {
             if expected != actual {
@@ -653,11 +650,7 @@ impl Registry {
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(None),
             s if s.is_success() => {
-                let digest = resp
-                    .headers()
-                    .get("docker-content-digest")
-                    .and_then(|h| h.to_str().ok())
-                    .and_then(|s| s.parse::<Digest>().ok());
+                let digest = content_digest(resp.headers());
                 match digest {
                     Some(d) => Ok(Some(d)),
                     // Some registries omit the header on HEAD: ask for the bytes.
@@ -698,12 +691,7 @@ impl Registry {
                 body: body_excerpt(resp).await,
             });
         }
-        if let Some(got) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|s| s.parse::<Digest>().ok())
-        {
+        if let Some(got) = content_digest(resp.headers()) {
             if got != digest {
                 return Err(RegistryError::DigestMismatch {
                     what,
@@ -1051,12 +1039,7 @@ impl Registry {
                 body: body_excerpt(resp).await,
             }));
         }
-        if let Some(got) = resp
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|h| h.to_str().ok())
-            .and_then(|s| s.parse::<Digest>().ok())
-        {
+        if let Some(got) = content_digest(resp.headers()) {
             if got != desc.digest {
                 return Err(Attempt::Fatal(RegistryError::DigestMismatch {
                     what: what.to_string(),
@@ -1170,6 +1153,16 @@ impl Registry {
             .await?;
         self.finish_upload(resp, desc, what).await
     }
+}
+
+/// The `Docker-Content-Digest` a registry answered with, if valid.
+fn content_digest(headers: &HeaderMap) -> Option<Digest> {
+    headers
+        .get("docker-content-digest")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 fn next_link(headers: &HeaderMap) -> Option<String> {

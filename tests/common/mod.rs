@@ -262,3 +262,33 @@ pub fn refs(src: &TestRegistry, images: &[FixtureImage]) -> Vec<String> {
         .map(|i| format!("{}/{}:{}", src.host, i.repository, i.tag))
         .collect()
 }
+
+/// Run a command that must succeed; its stdout.
+pub fn sh(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Export `images` from `src` into `dir/NAME` with the library.
+pub async fn export_to(
+    src: &TestRegistry,
+    images: &[FixtureImage],
+    dir: &Path,
+    name: &str,
+) -> PathBuf {
+    let out = dir.join(name);
+    let sel = airlock::selection::from_refs(&refs(src, images), &[]).unwrap();
+    airlock::export::export(
+        &Registries::new(test_config()),
+        &sel,
+        &airlock::export::ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
+    out
+}
