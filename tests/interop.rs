@@ -12,15 +12,7 @@ async fn skopeo_copies_from_the_extracted_layout() {
     let dst = TestRegistry::start();
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("b.tar.zst");
-    let mut args = vec![
-        "export".to_string(),
-        "-q".into(),
-        "-o".into(),
-        bundle.display().to_string(),
-    ];
-    args.extend(refs(&src, &images));
-    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{err}");
+    cli_export(&src, &images, &bundle);
 
     // The README's promise: zstd -dc | tar -x gives an OCI layout.
     let dir = work.path().join("layout");

@@ -95,23 +95,14 @@ async fn tls_and_htpasswd_registry_as_target_and_source() {
         format!("{{\"auths\":{{\"{}\":{{\"auth\":\"{auth}\"}}}}}}", sec.host),
     )
     .unwrap();
-    let out = airlock_cmd()
-        .env("DOCKER_CONFIG", &cfg)
-        .args([
-            "import",
-            b,
-            "--to",
-            &format!("{}/viaconfig", sec.host),
-            "--ca-file",
-            ca,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(airlock_cmd().env("DOCKER_CONFIG", &cfg).args([
+        "import",
+        b,
+        "--to",
+        &format!("{}/viaconfig", sec.host),
+        "--ca-file",
+        ca,
+    ]));
 
     // Export from the secure registry, with bearer-less basic auth over TLS.
     let reg = client(&sec, secure_config(&sec)).await;

@@ -74,15 +74,7 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
     );
     assert!(!bundle.exists());
 
-    let out = airlock_cmd()
-        .args(["export", "--json", "-o", b, "--key", &good, &image])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(airlock_cmd().args(["export", "--json", "-o", b, "--key", &good, &image]));
     let rep = json(&out);
     assert_eq!(rep["images"][0]["digest"], REAL_INDEX);
     assert_eq!(rep["images"][0]["platforms"].as_array().unwrap().len(), 4);
@@ -129,15 +121,7 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains(REAL_INDEX));
     assert!(dst.catalog().await.is_empty());
-    let out = airlock_cmd()
-        .args(["import", b, "--to", &dst.host, "--key", &good])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(airlock_cmd().args(["import", b, "--to", &dst.host, "--key", &good]));
     let d = client(&dst, test_config()).await;
     assert_eq!(
         d.head_manifest("vendor/multi", "latest")
@@ -162,38 +146,25 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(dst2.catalog().await.is_empty());
-    let out = airlock_cmd()
-        .args(["import", "-", "--to", &dst2.host, "--key", &good])
-        .stdin(std::fs::File::open(&bundle).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        airlock_cmd()
+            .args(["import", "-", "--to", &dst2.host, "--key", &good])
+            .stdin(std::fs::File::open(&bundle).unwrap()),
     );
 
     // A platform filter keeps the vendor's signature verifiable.
     let filtered = work.path().join("amd64.tar.zst");
-    let out = airlock_cmd()
-        .args([
-            "export",
-            "--json",
-            "-o",
-            filtered.to_str().unwrap(),
-            "--key",
-            &good,
-            "--platform",
-            "linux/amd64",
-            &image,
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(airlock_cmd().args([
+        "export",
+        "--json",
+        "-o",
+        filtered.to_str().unwrap(),
+        "--key",
+        &good,
+        "--platform",
+        "linux/amd64",
+        &image,
+    ]));
     assert_eq!(json(&out)["policy"][0]["digest"], REAL_INDEX);
 }
 
@@ -279,15 +250,7 @@ async fn policy_rules_and_forged_signatures() {
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("b.tar.zst");
     let b = bundle.to_str().unwrap();
-    let mut args = vec![
-        "export".to_string(),
-        "-q".into(),
-        "-o".into(),
-        b.to_string(),
-    ];
-    args.extend(refs(&src, &images));
-    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{err}");
+    cli_export(&src, &images, &bundle);
 
     // operator:1.0.0 has no attestation: enforce rejects it, warn lets it through.
     let enforce = policy_file(work.path(), "enforce");
@@ -313,15 +276,7 @@ async fn policy_rules_and_forged_signatures() {
     assert_eq!(by_image("operator:1.1.0")["admitted"], true);
     assert_eq!(by_image("agent:2.0.0")["admitted"], true);
     let warn = policy_file(work.path(), "warn");
-    let out = airlock_cmd()
-        .args(["verify", b, "--policy", warn.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(airlock_cmd().args(["verify", b, "--policy", warn.to_str().unwrap()]));
     assert!(String::from_utf8_lossy(&out.stdout).contains("warning"));
 
     // Wrong key.
@@ -365,15 +320,7 @@ async fn policy_rules_and_forged_signatures() {
     )
     .await;
     let forged = work.path().join("forged.tar.zst");
-    let mut args = vec![
-        "export".to_string(),
-        "-q".into(),
-        "-o".into(),
-        forged.display().to_string(),
-    ];
-    args.extend(refs(&src, &images));
-    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert_eq!(code, 0, "{err}");
+    cli_export(&src, &images, &forged);
     let out = airlock_cmd()
         .args([
             "verify",

@@ -292,3 +292,27 @@ pub async fn export_to(
     .unwrap();
     out
 }
+
+/// Run a command that must succeed, showing its stderr if it does not.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `airlock export -q -o OUT` of every fixture image, through the CLI.
+pub fn cli_export(src: &TestRegistry, images: &[FixtureImage], out: &Path) {
+    let mut args = vec![
+        "export".to_string(),
+        "-q".into(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(refs(src, images));
+    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 0, "{err}");
+}
