@@ -525,7 +525,7 @@ impl Registry {
             return Err(e);
         }
         let d = self.retry.delay(*attempt - 1, retry_after);
-        tracing_retry(&e, *attempt, d);
+        note_retry(&e, *attempt, d);
         tokio::time::sleep(d).await;
         Ok(())
     }
@@ -1178,7 +1178,7 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn tracing_retry(e: &RegistryError, attempt: u32, delay: Duration) {
+fn note_retry(e: &RegistryError, attempt: u32, delay: Duration) {
     crate::progress::note(&format!(
         "retrying in {:.1}s (attempt {}): {e}",
         delay.as_secs_f64(),
