@@ -17,6 +17,7 @@ const EXIT_INTEGRITY: i32 = 3;
 const EXIT_POLICY: i32 = 4;
 
 #[derive(Args, Clone, Default)]
+#[command(group(clap::ArgGroup::new("tlog_roots").args(["trusted_root", "rekor_keys"]).multiple(true)))]
 struct TrustArgs {
     /// Public key (PEM) whose cosign signature every image must carry (repeatable).
     #[arg(long = "key", value_name = "PUB")]
@@ -44,9 +45,15 @@ struct TrustArgs {
     /// The same, as a regular expression (full match).
     #[arg(long, value_name = "REGEX")]
     certificate_oidc_issuer_regexp: Option<String>,
-    /// sigstore trusted_root.json (Fulcio CAs, Rekor keys) for keyless signatures.
-    #[arg(long, value_name = "FILE")]
+    /// sigstore trusted_root.json (Fulcio CAs, Rekor and CT log keys) for keyless signatures and SETs.
+    #[arg(long, value_name = "FILE", conflicts_with = "policy")]
     trusted_root: Option<PathBuf>,
+    /// Rekor public key (PEM) to check the SETs of key-based signatures (repeatable).
+    #[arg(long = "rekor-key", value_name = "PUB", conflicts_with = "policy")]
+    rekor_keys: Vec<PathBuf>,
+    /// Key-based signatures must carry a Rekor SET that verifies with a given Rekor key.
+    #[arg(long, conflicts_with = "policy", requires = "tlog_roots")]
+    require_tlog: bool,
 }
 
 impl TrustArgs {
@@ -74,10 +81,13 @@ impl TrustArgs {
         if self.keys.is_empty() && identities.is_empty() {
             return Ok(None);
         }
+        let roots = airlock::trust::Roots {
+            trusted_root: self.trusted_root.clone(),
+            rekor_keys: self.rekor_keys.clone(),
+            require_tlog: self.require_tlog,
+        };
         Ok(Some(airlock::trust::Policy::from_flags(
-            &self.keys,
-            identities,
-            self.trusted_root.as_deref(),
+            &self.keys, identities, &roots,
         )?))
     }
 }

@@ -6,6 +6,7 @@ mod common;
 
 use airlock::digest::Digest;
 use airlock::registry::BlobBody;
+use airlock::trust::Roots;
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -105,6 +106,67 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(json(&out)["policy"][0]["admittedBy"], good.as_str());
+
+    // The signatures' Rekor SETs, checked offline with the real Rekor key:
+    // every signature then carries the time Rekor logged it.
+    let rekor = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/keyless/rekor.pub"
+    );
+    let out = Command::new("unshare")
+        .args(["-n", env!("CARGO_BIN_EXE_airlock"), "verify", "--json", b])
+        .args(["--key", &good, "--rekor-key", rekor, "--require-tlog"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let findings = json(&out)["policy"][0]["findings"].clone();
+    let findings = findings.as_array().unwrap();
+    assert_eq!(findings.len(), 5);
+    assert!(
+        findings.iter().all(|f| f["signedAt"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("2025-"))),
+        "{findings:?}"
+    );
+    // Another Rekor key: the SETs prove nothing, so the signatures do not count.
+    let out = airlock_cmd()
+        .args([
+            "verify",
+            "--json",
+            b,
+            "--key",
+            &good,
+            "--rekor-key",
+            OTHER_PUB,
+        ])
+        .args(["--require-tlog"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let rep = json(&out);
+    assert!(
+        rep["policy"][0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("is not one the site trusts"),
+        "{rep}"
+    );
+    // Without a Rekor key, --require-tlog is a usage error, not a silent pass.
+    let out = airlock_cmd()
+        .args(["verify", b, "--key", &good, "--require-tlog"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let out = airlock_cmd()
         .args(["verify", "--json", b, "--key", &wrong])
         .output()
@@ -649,7 +711,7 @@ mod keyless_real {
             KeylessRoots::from_trusted_root(Path::new(&format!("{DIR}/staging_trusted_root.json")))
                 .unwrap();
         let e = err(&ann, &payload, &staging, &ok);
-        assert!(e.contains("not in the trusted root"), "{e}");
+        assert!(e.contains("not one the site trusts"), "{e}");
     }
 }
 
@@ -703,7 +765,7 @@ fn keyless_policy_admits_by_identity_only() {
         None,
     )
     .unwrap();
-    let v = Policy::from_flags(&[], vec![ok], Some(&root))
+    let v = Policy::from_flags(&[], vec![ok], &Roots::with_trusted_root(&root))
         .unwrap()
         .evaluate(&image, &store);
     assert!(v.admitted, "{:?}", v.reasons);
@@ -719,7 +781,7 @@ fn keyless_policy_admits_by_identity_only() {
         .starts_with("2023-06-26"));
 
     let wrong = identity_rule(Some("someone@example.com"), None, Some(issuer), None).unwrap();
-    let v = Policy::from_flags(&[], vec![wrong], Some(&root))
+    let v = Policy::from_flags(&[], vec![wrong], &Roots::with_trusted_root(&root))
         .unwrap()
         .evaluate(&image, &store);
     assert!(
@@ -733,7 +795,7 @@ fn keyless_policy_admits_by_identity_only() {
         .unwrap()
         .evaluate(&image, &store);
     assert!(
-        !v.admitted && v.reasons[0].contains("keyless signature"),
+        !v.admitted && v.reasons[0].contains("keyless: no trusted root"),
         "{:?}",
         v.reasons
     );
@@ -906,7 +968,7 @@ fn cosign_v3_bundle_referrer_is_verified_by_policy() {
         None,
     )
     .unwrap();
-    let policy = Policy::from_flags(&[], vec![ok], Some(&root)).unwrap();
+    let policy = Policy::from_flags(&[], vec![ok], &Roots::with_trusted_root(&root)).unwrap();
     let v = policy.evaluate(&entry(&subject), &store);
     assert!(v.admitted, "{:?} {:?}", v.reasons, v.findings);
     assert_eq!(v.findings[0].kind, ArtifactKind::Signature);
@@ -929,7 +991,7 @@ fn cosign_v3_bundle_referrer_is_verified_by_policy() {
         None,
     )
     .unwrap();
-    let v = Policy::from_flags(&[], vec![wrong], Some(&root))
+    let v = Policy::from_flags(&[], vec![wrong], &Roots::with_trusted_root(&root))
         .unwrap()
         .evaluate(&entry(&subject), &store);
     assert!(

@@ -13,26 +13,28 @@
 //! a trust anchor. Not covered: Fulcio SCTs, sigstore bundles, Rekor
 //! inclusion proofs (the SET is the offline proof cosign itself checks).
 
+use super::tlog::{RekorKey, ANNOTATION_BUNDLE};
 use crate::digest::Digest;
 use base64::Engine as _;
-use der::{Decode, Encode};
+use der::{Decode, Encode, Tagged};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use x509_cert::Certificate;
 
 pub const ANNOTATION_CHAIN: &str = "dev.sigstore.cosign/chain";
-pub const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
 const OID_ISSUER_V1: &str = "1.3.6.1.4.1.57264.1.1";
 const OID_ISSUER_V2: &str = "1.3.6.1.4.1.57264.1.8";
 const OID_SAN: &str = "2.5.29.17";
 const OID_ECDSA_SHA256: &str = "1.2.840.10045.4.3.2";
 const OID_ECDSA_SHA384: &str = "1.2.840.10045.4.3.3";
 
-/// Fulcio CAs and Rekor keys the site trusts.
+/// Fulcio CAs, Rekor keys and CT log keys the site trusts.
 pub struct KeylessRoots {
     cas: Vec<Certificate>,
-    /// (log id = hex sha256 of the DER public key, key)
-    rekor: Vec<(String, p256::ecdsa::VerifyingKey)>,
+    pub rekor: Vec<RekorKey>,
+    /// (log id = hex sha256 of the DER public key, key): Fulcio's CT logs.
+    ctlogs: Vec<(String, p256::ecdsa::VerifyingKey)>,
 }
 
 /// What must be true of the signer: exact strings or regular expressions.
@@ -102,6 +104,12 @@ impl KeylessRoots {
         struct Tlog {
             public_key: Raw,
         }
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RootWithCt {
+            #[serde(default)]
+            ctlogs: Vec<Tlog>,
+        }
         let text = std::fs::read(path).map_err(|e| e.to_string())?;
         let root: Root = serde_json::from_slice(&text)
             .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
@@ -119,36 +127,59 @@ impl KeylessRoots {
         for t in root.tlogs {
             let der = b64(&t.public_key.raw_bytes).ok_or("a tlog key is not base64")?;
             // Only ECDSA P-256 logs sign SETs of this kind; others are skipped.
+            rekor.extend(RekorKey::from_der(&der));
+        }
+        let ct: RootWithCt = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        let mut ctlogs = Vec::new();
+        for t in ct.ctlogs {
+            let der = b64(&t.public_key.raw_bytes).ok_or("a CT log key is not base64")?;
             if let Ok(k) =
                 <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(
                     &der,
                 )
             {
-                rekor.push((log_id(&der), k));
+                ctlogs.push((log_id(&der), k));
             }
         }
-        if cas.is_empty() || rekor.is_empty() {
-            return Err("the trusted root has no Fulcio CA or no ECDSA Rekor key".into());
+        if cas.is_empty() && rekor.is_empty() {
+            return Err("the trusted root has no Fulcio CA and no ECDSA Rekor key".into());
         }
-        Ok(KeylessRoots { cas, rekor })
+        Ok(KeylessRoots { cas, rekor, ctlogs })
     }
 
-    /// A Fulcio CA bundle (PEM) and a Rekor public key (PEM).
+    /// A Fulcio CA bundle (PEM) and a Rekor public key (PEM). No CT log
+    /// keys come this way, so SCTs are not checked (see `check_sct`).
     pub fn from_pem(fulcio: &Path, rekor: &Path) -> Result<KeylessRoots, String> {
-        use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
         let pem = std::fs::read(fulcio).map_err(|e| format!("{}: {e}", fulcio.display()))?;
         let cas =
             Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", fulcio.display()))?;
-        let text =
-            std::fs::read_to_string(rekor).map_err(|e| format!("{}: {e}", rekor.display()))?;
-        let k = p256::ecdsa::VerifyingKey::from_public_key_pem(&text)
-            .map_err(|_| format!("{}: not an ECDSA P-256 public key", rekor.display()))?;
-        let der = k.to_public_key_der().map_err(|e| e.to_string())?;
+        let k = rekor_key_file(rekor)?;
         Ok(KeylessRoots {
             cas,
-            rekor: vec![(log_id(der.as_bytes()), k)],
+            rekor: vec![k],
+            ctlogs: vec![],
         })
     }
+
+    /// Only Rekor keys: enough to check the SETs of key-based signatures.
+    pub fn rekor_only(rekor: Vec<RekorKey>) -> KeylessRoots {
+        KeylessRoots {
+            cas: vec![],
+            rekor,
+            ctlogs: vec![],
+        }
+    }
+
+    pub fn has_fulcio(&self) -> bool {
+        !self.cas.is_empty()
+    }
+}
+
+/// A Rekor public key file (PEM, ECDSA P-256).
+pub fn rekor_key_file(path: &Path) -> Result<RekorKey, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    RekorKey::from_pem(&text)
+        .ok_or_else(|| format!("{}: not an ECDSA P-256 public key (PEM)", path.display()))
 }
 
 /// What a verified keyless signature says about its signer.
@@ -158,24 +189,6 @@ pub struct Signer {
     pub issuer: String,
     /// Rekor integrated time (Unix seconds): when the signature was logged.
     pub signed_at: i64,
-}
-
-#[derive(Deserialize)]
-struct SetBundle {
-    #[serde(rename = "SignedEntryTimestamp")]
-    set: String,
-    #[serde(rename = "Payload")]
-    payload: SetPayload,
-}
-#[derive(Deserialize)]
-struct SetPayload {
-    body: String,
-    #[serde(rename = "integratedTime")]
-    integrated_time: i64,
-    #[serde(rename = "logIndex")]
-    log_index: i64,
-    #[serde(rename = "logID")]
-    log_id: String,
 }
 
 fn verify_with_cert_key(cert: &Certificate, alg: &str, msg: &[u8], sig: &[u8]) -> bool {
@@ -232,12 +245,13 @@ fn valid_at(cert: &Certificate, t: i64) -> bool {
 }
 
 /// Walk from the leaf to a trusted CA, each link valid at `t`.
+/// Returns the certificate that issued the leaf (for the SCT check).
 fn chains_to_trusted(
     leaf: &Certificate,
     untrusted: &[Certificate],
     roots: &KeylessRoots,
     t: i64,
-) -> Result<(), String> {
+) -> Result<Certificate, String> {
     if !valid_at(leaf, t) {
         return Err(format!(
             "the certificate was not valid at the signing time {}",
@@ -245,17 +259,19 @@ fn chains_to_trusted(
         ));
     }
     let mut cur = leaf.clone();
+    let mut leaf_issuer = None;
     for _ in 0..6 {
         if let Some(ca) = roots.cas.iter().find(|ca| issued_by(&cur, ca)) {
             if !valid_at(ca, t) {
                 return Err("the issuing Fulcio CA was not valid at the signing time".into());
             }
-            return Ok(());
+            return Ok(leaf_issuer.unwrap_or_else(|| ca.clone()));
         }
         let next = untrusted
             .iter()
             .find(|c| issued_by(&cur, c) && valid_at(c, t))
             .ok_or("the certificate does not chain to a trusted Fulcio CA")?;
+        leaf_issuer.get_or_insert_with(|| next.clone());
         cur = next.clone();
     }
     Err("certificate chain too long".into())
@@ -298,13 +314,10 @@ fn identity(cert: &Certificate) -> (Option<String>, Option<String>) {
     (subject, issuer)
 }
 
-/// Verify one keyless cosign signature layer over `payload`.
-pub fn verify(
-    annotations: &std::collections::BTreeMap<String, String>,
-    payload: &[u8],
-    roots: &KeylessRoots,
-    rules: &[IdentityRule],
-) -> Result<Signer, String> {
+/// The signing certificate and the untrusted chain carried beside it.
+fn carried_certificates(
+    annotations: &BTreeMap<String, String>,
+) -> Result<(Certificate, Vec<Certificate>), String> {
     let cert_pem = annotations
         .get(super::ANNOTATION_CERTIFICATE)
         .ok_or("no certificate")?;
@@ -314,89 +327,37 @@ pub fn verify(
         .get(ANNOTATION_CHAIN)
         .map(|c| Certificate::load_pem_chain(c.as_bytes()).unwrap_or_default())
         .unwrap_or_default();
-    let sig_b64 = annotations
-        .get(super::ANNOTATION_SIGNATURE)
-        .ok_or("no signature annotation")?;
-    let sig = b64(sig_b64).ok_or("the signature is not base64")?;
-    let set: SetBundle = serde_json::from_str(
-        annotations
-            .get(ANNOTATION_BUNDLE)
-            .ok_or("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")?,
-    )
-    .map_err(|e| format!("the Rekor SET does not parse: {e}"))?;
+    Ok((leaf, untrusted))
+}
 
-    // 1. The SET, over the canonical (sorted, compact) JSON of the entry.
-    let key = roots
-        .rekor
-        .iter()
-        .find(|(id, _)| *id == set.payload.log_id)
-        .map(|(_, k)| k)
-        .ok_or_else(|| {
-            format!(
-                "Rekor log {} is not in the trusted root",
-                set.payload.log_id
-            )
-        })?;
-    let canonical = serde_json::to_vec(&serde_json::json!({
-        "body": set.payload.body,
-        "integratedTime": set.payload.integrated_time,
-        "logID": set.payload.log_id,
-        "logIndex": set.payload.log_index,
-    }))
-    .map_err(|e| e.to_string())?;
-    let set_sig = b64(&set.set)
-        .and_then(|d| p256::ecdsa::DerSignature::try_from(d.as_slice()).ok())
-        .ok_or("the SET signature is not base64 DER")?;
-    {
-        use p256::ecdsa::signature::Verifier;
-        key.verify(&canonical, &set_sig)
-            .map_err(|_| "the Rekor SET does not verify with the trusted Rekor key")?;
-    }
+fn logged_entry(
+    annotations: &BTreeMap<String, String>,
+    roots: &KeylessRoots,
+) -> Result<super::tlog::LoggedEntry, String> {
+    let set = annotations
+        .get(ANNOTATION_BUNDLE)
+        .ok_or("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")?;
+    super::tlog::verify_set(set, &roots.rekor)
+}
 
-    // 2. The logged entry is this payload, this signature, this certificate.
-    #[derive(Deserialize)]
-    struct Body {
-        kind: String,
-        spec: serde_json::Value,
-    }
-    let body: Body = b64(&set.payload.body)
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("the Rekor entry body does not parse")?;
-    if body.kind != "hashedrekord" {
-        return Err(format!(
-            "Rekor entry kind {} is not hashedrekord",
-            body.kind
-        ));
-    }
-    let logged_hash = body.spec["data"]["hash"]["value"]
-        .as_str()
-        .unwrap_or_default();
-    if logged_hash != Digest::of(payload).hex() {
-        return Err("the Rekor entry is for other content than this payload".into());
-    }
-    let logged_sig = body.spec["signature"]["content"].as_str().and_then(b64);
-    if logged_sig.as_deref() != Some(&sig[..]) {
-        return Err("the Rekor entry holds another signature".into());
-    }
-    let logged_cert = body.spec["signature"]["publicKey"]["content"]
-        .as_str()
-        .and_then(b64)
-        .and_then(|pem| <Certificate as der::DecodePem>::from_pem(&pem).ok());
-    if logged_cert.as_ref() != Some(&leaf) {
-        return Err("the Rekor entry names another certificate".into());
-    }
+fn spki(cert: &Certificate) -> Result<Vec<u8>, String> {
+    cert.tbs_certificate()
+        .subject_public_key_info()
+        .to_der()
+        .map_err(|e| e.to_string())
+}
 
-    // 3. The chain, at the time Rekor logged the signature.
-    let t = set.payload.integrated_time;
-    chains_to_trusted(&leaf, &untrusted, roots, t)?;
-
-    // 4. The signature itself.
-    if !verify_with_cert_key(&leaf, OID_ECDSA_SHA256, payload, &sig) {
-        return Err("the certificate's key does not verify the signature".into());
-    }
-
-    // 5. Who signed.
-    let (subject, issuer) = identity(&leaf);
+/// Chain, SCT and identity of a Fulcio certificate used at time `t`.
+fn check_certificate(
+    leaf: &Certificate,
+    untrusted: &[Certificate],
+    roots: &KeylessRoots,
+    t: i64,
+    rules: &[IdentityRule],
+) -> Result<Signer, String> {
+    let issuer_cert = chains_to_trusted(leaf, untrusted, roots, t)?;
+    check_sct(leaf, &issuer_cert, roots)?;
+    let (subject, issuer) = identity(leaf);
     let subject = subject.ok_or("the certificate names no identity (SAN)")?;
     let issuer = issuer.ok_or("the certificate names no OIDC issuer")?;
     if !rules
@@ -412,6 +373,171 @@ pub fn verify(
         issuer,
         signed_at: t,
     })
+}
+
+/// Verify one keyless cosign signature layer over `payload`.
+pub fn verify(
+    annotations: &BTreeMap<String, String>,
+    payload: &[u8],
+    roots: &KeylessRoots,
+    rules: &[IdentityRule],
+) -> Result<Signer, String> {
+    let (leaf, untrusted) = carried_certificates(annotations)?;
+    let sig = annotations
+        .get(super::ANNOTATION_SIGNATURE)
+        .and_then(|s| b64(s))
+        .ok_or("no base64 signature annotation")?;
+    // 1-2. The SET, and the logged entry is this payload, signature, certificate.
+    let entry = logged_entry(annotations, roots)?;
+    entry.check_names(&["hashedrekord"], payload, Some(&sig), &spki(&leaf)?)?;
+    // 3-5. Chain and SCT at the logged time, the signature, who signed.
+    let signer = check_certificate(&leaf, &untrusted, roots, entry.integrated_time, rules)?;
+    if !verify_with_cert_key(&leaf, OID_ECDSA_SHA256, payload, &sig) {
+        return Err("the certificate's key does not verify the signature".into());
+    }
+    Ok(signer)
+}
+
+/// Verify one keyless cosign attestation layer (a DSSE envelope, logged in
+/// Rekor as an `intoto` or `dsse` entry): the same checks as for `.sig`,
+/// with the signature over the DSSE pre-authentication encoding.
+pub fn verify_attestation(
+    annotations: &BTreeMap<String, String>,
+    envelope: &[u8],
+    payload_type: &str,
+    payload: &[u8],
+    signatures: &[Vec<u8>],
+    roots: &KeylessRoots,
+    rules: &[IdentityRule],
+) -> Result<Signer, String> {
+    let (leaf, untrusted) = carried_certificates(annotations)?;
+    let entry = logged_entry(annotations, roots)?;
+    entry.check_names(&["intoto", "dsse"], envelope, None, &spki(&leaf)?)?;
+    let signer = check_certificate(&leaf, &untrusted, roots, entry.integrated_time, rules)?;
+    let pae = super::dsse_pae(payload_type, payload);
+    if !signatures
+        .iter()
+        .any(|sig| verify_with_cert_key(&leaf, OID_ECDSA_SHA256, &pae, sig))
+    {
+        return Err("the certificate's key does not verify the envelope".into());
+    }
+    Ok(signer)
+}
+
+const OID_CT_PRECERT_SCTS: &str = "1.3.6.1.4.1.11129.2.4.2";
+
+/// Fulcio embeds a signed certificate timestamp (RFC 6962 §3.3) from its CT
+/// log in every leaf; cosign requires one from a trusted log. Checked when
+/// the trusted root lists CT logs (a trusted_root.json does; PEM roots give
+/// none). Written here because sigstore-verify keeps its SCT code private.
+fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> Result<(), String> {
+    if roots.ctlogs.is_empty() {
+        return Ok(());
+    }
+    let ext = leaf
+        .tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .find(|e| e.extn_id.to_string() == OID_CT_PRECERT_SCTS)
+        .ok_or("the certificate carries no SCT (signed certificate timestamp)")?;
+    let list = der::asn1::OctetString::from_der(ext.extn_value.as_bytes())
+        .map_err(|_| "the SCT extension does not parse")?;
+    let scts = parse_sct_list(list.as_bytes()).ok_or("the SCT list does not parse")?;
+    let precert_tbs = tbs_without_scts(leaf).map_err(|e| format!("precertificate: {e}"))?;
+    let issuer_key_hash = Digest::of(&spki(issuer)?);
+    for sct in &scts {
+        let Some((_, key)) = roots
+            .ctlogs
+            .iter()
+            .find(|(id, _)| *id == hex::encode(sct.log_id))
+        else {
+            continue;
+        };
+        let mut msg = vec![0u8, 0u8];
+        msg.extend_from_slice(&sct.timestamp.to_be_bytes());
+        msg.extend_from_slice(&1u16.to_be_bytes());
+        msg.extend_from_slice(&hex::decode(issuer_key_hash.hex()).unwrap_or_default());
+        msg.extend_from_slice(&(precert_tbs.len() as u32).to_be_bytes()[1..]);
+        msg.extend_from_slice(&precert_tbs);
+        msg.extend_from_slice(&(sct.extensions.len() as u16).to_be_bytes());
+        msg.extend_from_slice(&sct.extensions);
+        use p256::ecdsa::signature::Verifier;
+        let ok = sct.hash_sig_alg == [4, 3]
+            && p256::ecdsa::DerSignature::try_from(sct.signature.as_slice())
+                .is_ok_and(|s| key.verify(&msg, &s).is_ok());
+        if ok {
+            return Ok(());
+        }
+        return Err("the certificate's SCT does not verify with the trusted CT log key".into());
+    }
+    Err("the certificate's SCT is from no CT log the site trusts".into())
+}
+
+struct Sct {
+    log_id: [u8; 32],
+    timestamp: u64,
+    extensions: Vec<u8>,
+    hash_sig_alg: [u8; 2],
+    signature: Vec<u8>,
+}
+
+/// The TLS-encoded `SignedCertificateTimestampList` (RFC 6962 §3.3).
+fn parse_sct_list(b: &[u8]) -> Option<Vec<Sct>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        (b.len() >= n).then(|| {
+            let (h, t) = b.split_at(n);
+            *b = t;
+            h
+        })
+    }
+    fn u16_of(b: &mut &[u8]) -> Option<usize> {
+        take(b, 2).map(|x| u16::from_be_bytes([x[0], x[1]]) as usize)
+    }
+    let mut b = b;
+    let total = u16_of(&mut b)?;
+    let mut list = take(&mut b, total)?;
+    let mut out = Vec::new();
+    while !list.is_empty() {
+        let n = u16_of(&mut list)?;
+        let mut s = take(&mut list, n)?;
+        if take(&mut s, 1)? != [0] {
+            continue; // only v1 SCTs exist
+        }
+        let log_id: [u8; 32] = take(&mut s, 32)?.try_into().ok()?;
+        let timestamp = u64::from_be_bytes(take(&mut s, 8)?.try_into().ok()?);
+        let en = u16_of(&mut s)?;
+        let extensions = take(&mut s, en)?.to_vec();
+        let hash_sig_alg: [u8; 2] = take(&mut s, 2)?.try_into().ok()?;
+        let sn = u16_of(&mut s)?;
+        let signature = take(&mut s, sn)?.to_vec();
+        out.push(Sct {
+            log_id,
+            timestamp,
+            extensions,
+            hash_sig_alg,
+            signature,
+        });
+    }
+    Some(out)
+}
+
+/// The TBS certificate as the CT log saw it: without the SCT extension.
+/// x509-cert gives no mutable access, so the DER is edited element-wise.
+fn tbs_without_scts(cert: &Certificate) -> Result<Vec<u8>, der::Error> {
+    let tbs = cert.tbs_certificate().to_der()?;
+    let mut fields: Vec<der::Any> = Vec::from_der(&tbs)?;
+    if let Some(last) = fields.last_mut() {
+        if last.tag().is_context_specific() && last.tag().number().value() == 3 {
+            let exts: Vec<x509_cert::ext::Extension> = Vec::from_der(last.value())?;
+            let kept: Vec<_> = exts
+                .into_iter()
+                .filter(|e| e.extn_id.to_string() != OID_CT_PRECERT_SCTS)
+                .collect();
+            *last = der::Any::new(last.tag(), kept.to_der()?)?;
+        }
+    }
+    fields.to_der()
 }
 
 #[cfg(test)]
@@ -457,10 +583,81 @@ mod tests {
         let e = chains_to_trusted(&leaf, &chain, &roots, nb - 1).unwrap_err();
         assert!(e.contains("not valid at the signing time"), "{e}");
         // The carried chain alone is no anchor.
-        let pem_only = KeylessRoots {
-            cas: vec![],
-            rekor: roots.rekor.clone(),
-        };
+        let pem_only = KeylessRoots::rekor_only(roots.rekor.clone());
         assert!(chains_to_trusted(&leaf, &chain, &pem_only, nb + 60).is_err());
+    }
+
+    fn podinfo() -> (Certificate, Vec<Certificate>, KeylessRoots) {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+        let m: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap(),
+        )
+        .unwrap();
+        let ann = &m["layers"][0]["annotations"];
+        let leaf = <Certificate as der::DecodePem>::from_pem(
+            ann["dev.sigstore.cosign/certificate"]
+                .as_str()
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        let chain = Certificate::load_pem_chain(ann[ANNOTATION_CHAIN].as_str().unwrap().as_bytes())
+            .unwrap();
+        let roots = KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/trusted_root.json")))
+            .unwrap();
+        (leaf, chain, roots)
+    }
+
+    /// The real Fulcio leaf's embedded SCT verifies with the real CT log key
+    /// of the production trusted root; an edited SCT or another root's CT
+    /// logs do not.
+    #[test]
+    fn real_embedded_sct_is_checked() {
+        let (leaf, chain, roots) = podinfo();
+        assert!(!roots.ctlogs.is_empty());
+        let t = leaf
+            .tbs_certificate()
+            .validity()
+            .not_before
+            .to_unix_duration()
+            .as_secs() as i64;
+        let issuer = chains_to_trusted(&leaf, &chain, &roots, t + 1).unwrap();
+        check_sct(&leaf, &issuer, &roots).unwrap();
+
+        // Wrong issuer key hash (the root instead of the intermediate).
+        let root = chain.last().unwrap();
+        let e = check_sct(&leaf, root, &roots).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+
+        // One byte of the SCT's signature changed (the certificate still parses).
+        let mut der = leaf.to_der().unwrap();
+        let ext = leaf
+            .tbs_certificate()
+            .extensions()
+            .into_iter()
+            .flatten()
+            .find(|e| e.extn_id.to_string() == OID_CT_PRECERT_SCTS)
+            .unwrap()
+            .extn_value
+            .as_bytes()
+            .to_vec();
+        let at = der
+            .windows(ext.len())
+            .position(|w| w == ext.as_slice())
+            .unwrap();
+        let last = at + ext.len() - 3;
+        der[last] ^= 0x01;
+        let edited = Certificate::from_der(&der).unwrap();
+        let e = check_sct(&edited, &issuer, &roots).unwrap_err();
+        assert!(e.contains("does not verify"), "{e}");
+
+        // The staging root's CT logs did not log this certificate.
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+        let mut staging =
+            KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/staging_trusted_root.json")))
+                .unwrap();
+        staging.cas = roots.cas.clone();
+        let e = check_sct(&leaf, &issuer, &staging).unwrap_err();
+        assert!(e.contains("no CT log the site trusts"), "{e}");
     }
 }

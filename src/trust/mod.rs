@@ -1,18 +1,18 @@
 //! Trust: verifying cosign signatures and attestations offline against
-//! keys the site gives, and a policy saying which images need what.
+//! keys, identities and roots the site gives, and a policy saying which
+//! images need what.
 //!
-//! Trust comes from the site, never from the bundle: keys are files the
-//! user names (`--key`, or a policy file). Implemented: key-based cosign
-//! `.sig` (simple-signing payload + `dev.cosignproject.cosign/signature`)
-//! and `.att` DSSE envelopes, with ECDSA P-256/P-384, RSA (PKCS#1 v1.5 and
-//! PSS) and Ed25519 public keys (PEM SubjectPublicKeyInfo). Keyless
-//! signatures (Fulcio certificate + Rekor SET) and sigstore bundles are
-//! recognised and reported as "not verifiable by this version": they never
-//! admit an image. All verification code sits here, so swapping in a
-//! sigstore crate for the keyless path stays a local change.
+//! Trust comes from the site, never from the bundle. Verified here:
+//! key-based cosign `.sig` (simple-signing payload) and `.att` (DSSE), with
+//! ECDSA P-256/P-384, RSA (PKCS#1 v1.5 and PSS) and Ed25519 keys, and their
+//! Rekor SETs when Rekor keys are given (`tlog`); keyless `.sig` and `.att`
+//! (Fulcio certificate, SCT, Rekor SET; `keyless`); sigstore bundles attached
+//! as referrers (`bundles`, through sigstore-verify). All verification code
+//! sits behind this module, so a crate swap stays a local change.
 
 pub mod bundles;
 pub mod keyless;
+pub mod tlog;
 
 use crate::bundle::{ArtifactKind, ImageEntry};
 use crate::digest::Digest;
@@ -44,6 +44,8 @@ pub struct TrustedKey {
     pub name: String,
     /// The PEM text, for verifiers that take keys in that form.
     pub pem: String,
+    /// DER SubjectPublicKeyInfo, to recognise the key in a Rekor entry.
+    spki: Vec<u8>,
     kind: KeyKind,
 }
 
@@ -73,6 +75,7 @@ impl TrustedKey {
         Ok(TrustedKey {
             name: name.to_string(),
             pem: pem.to_string(),
+            spki: tlog::spki_of_pem(pem.as_bytes()).unwrap_or_default(),
             kind,
         })
     }
@@ -244,26 +247,70 @@ fn check_simple_signing(
     }
     if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
         match (trust.roots, trust.identities.is_empty()) {
-            (Some(roots), false) => match keyless::verify(&layer.annotations, payload, roots, trust.identities) {
-                Ok(s) => {
-                    f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
-                    f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
+            (Some(roots), false) => {
+                match keyless::verify(&layer.annotations, payload, roots, trust.identities) {
+                    Ok(s) => {
+                        f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
+                        f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
+                    }
+                    Err(e) => f.problem = Some(format!("keyless signature: {e}")),
                 }
-                Err(e) => f.problem = Some(format!("keyless signature: {e}")),
-            },
-            _ => f.problem = Some("keyless signature: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer)".into()),
+            }
+            _ => f.problem = Some(NO_KEYLESS_TRUST.into()),
         }
         return;
     }
     match first_key(keys, payload, &sig) {
-        Some(k) => f.key = Some(k.name.clone()),
+        Some(k) => {
+            f.key = Some(k.name.clone());
+            check_keyed_tlog(&layer.annotations, payload, Some(&sig), k, trust, f);
+        }
         None => f.problem = Some("no trusted key verifies this signature".into()),
+    }
+}
+
+/// The Rekor SET of a key-based signature or attestation: checked whenever
+/// the site gave Rekor keys, required when the rule says `requireTlog`. A SET
+/// that fails makes the signature not count (cosign refuses it too).
+fn check_keyed_tlog(
+    annotations: &std::collections::BTreeMap<String, String>,
+    content: &[u8],
+    sig: Option<&[u8]>,
+    key: &TrustedKey,
+    trust: &Trust,
+    f: &mut Finding,
+) {
+    let logs = trust.roots.map(|r| &r.rekor[..]).unwrap_or_default();
+    let result = match annotations.get(tlog::ANNOTATION_BUNDLE) {
+        Some(set) if !logs.is_empty() => tlog::verify_set(set, logs).and_then(|entry| {
+            let kinds: &[&str] = if sig.is_some() {
+                &["hashedrekord"]
+            } else {
+                &["intoto", "dsse"]
+            };
+            entry.check_names(kinds, content, sig, &key.spki)?;
+            Ok(Some(entry.integrated_time))
+        }),
+        Some(_) if trust.require_tlog => {
+            Err("no Rekor key given to check its SET (--rekor-key or a trusted root)".into())
+        }
+        None if trust.require_tlog => Err("no Rekor SET, and the rule requires one".into()),
+        _ => Ok(None),
+    };
+    match result {
+        Ok(t) => f.signed_at = t.map(crate::bundle::rfc3339),
+        Err(e) => {
+            f.key = None;
+            f.problem = Some(format!("Rekor: {e}"));
+        }
     }
 }
 
 /// What one rule trusts: keys, keyless identities, and the roots for those.
 pub struct Trust<'a> {
     pub keys: &'a [TrustedKey],
+    /// Key-based signatures must carry a Rekor SET that verifies.
+    pub require_tlog: bool,
     pub identities: &'a [keyless::IdentityRule],
     pub roots: Option<&'a keyless::KeylessRoots>,
     pub sigstore_root: Option<&'a bundles::TrustedRoot>,
@@ -318,7 +365,13 @@ fn check_sigstore_bundle(data: &[u8], subject: &Digest, trust: &Trust, f: &mut F
     }
 }
 
-fn check_dsse(envelope: &[u8], subject: &Digest, keys: &[TrustedKey], f: &mut Finding) {
+fn check_dsse(
+    layer: &crate::oci::Descriptor,
+    envelope: &[u8],
+    subject: &Digest,
+    trust: &Trust,
+    f: &mut Finding,
+) {
     let env: Envelope = match serde_json::from_slice(envelope) {
         Ok(e) => e,
         Err(e) => {
@@ -344,17 +397,39 @@ fn check_dsse(envelope: &[u8], subject: &Digest, keys: &[TrustedKey], f: &mut Fi
         f.problem = Some("DSSE payload is not an in-toto statement".into());
         return;
     }
+    let sigs: Vec<Vec<u8>> = env.signatures.iter().filter_map(|s| b64(&s.sig)).collect();
+    if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
+        match (trust.roots, trust.identities.is_empty()) {
+            (Some(roots), false) => match keyless::verify_attestation(
+                &layer.annotations,
+                envelope,
+                &env.payload_type,
+                &payload,
+                &sigs,
+                roots,
+                trust.identities,
+            ) {
+                Ok(s) => {
+                    f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
+                    f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
+                }
+                Err(e) => f.problem = Some(format!("keyless attestation: {e}")),
+            },
+            _ => f.problem = Some(NO_KEYLESS_TRUST.into()),
+        }
+        return;
+    }
     let pae = dsse_pae(&env.payload_type, &payload);
-    let key = env
-        .signatures
-        .iter()
-        .filter_map(|s| b64(&s.sig))
-        .find_map(|sig| first_key(keys, &pae, &sig));
-    match key {
-        Some(k) => f.key = Some(k.name.clone()),
+    match sigs.iter().find_map(|sig| first_key(trust.keys, &pae, sig)) {
+        Some(k) => {
+            f.key = Some(k.name.clone());
+            check_keyed_tlog(&layer.annotations, envelope, None, k, trust, f);
+        }
         None => f.problem = Some("no trusted key verifies this attestation".into()),
     }
 }
+
+const NO_KEYLESS_TRUST: &str = "keyless: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer)";
 
 /// Everything needed to check an image's artifacts: manifest bytes and small blobs by digest.
 pub trait ArtifactStore {
@@ -404,7 +479,7 @@ pub fn check_image(image: &ImageEntry, store: &dyn ArtifactStore, trust: &Trust)
                 COSIGN_SIMPLESIGNING => {
                     check_simple_signing(layer, &data, &a.subject, trust, &mut f)
                 }
-                DSSE_ENVELOPE => check_dsse(&data, &a.subject, trust.keys, &mut f),
+                DSSE_ENVELOPE => check_dsse(layer, &data, &a.subject, trust, &mut f),
                 mt if mt.starts_with(SIGSTORE_BUNDLE) => {
                     check_sigstore_bundle(&data, &a.subject, trust, &mut f)
                 }
@@ -468,6 +543,9 @@ struct RuleFile {
     /// in-toto predicate types that must be attested by one of the keys.
     #[serde(default)]
     attestations: Vec<String>,
+    /// Key-based signatures must carry a Rekor SET that verifies.
+    #[serde(default)]
+    require_tlog: bool,
     #[serde(default)]
     mode: Mode,
 }
@@ -478,6 +556,9 @@ struct PolicyFile {
     /// sigstore trusted_root.json for keyless rules (relative to the policy file).
     #[serde(default)]
     trusted_root: Option<PathBuf>,
+    /// Rekor public keys (PEM) for the SETs of key-based signatures.
+    #[serde(default)]
+    rekor_keys: Vec<PathBuf>,
     rules: Vec<RuleFile>,
 }
 
@@ -487,7 +568,36 @@ pub struct Rule {
     pub keys: Vec<TrustedKey>,
     pub identities: Vec<keyless::IdentityRule>,
     pub attestations: Vec<String>,
+    pub require_tlog: bool,
     pub mode: Mode,
+}
+
+/// The roots for keyless and tlog checks: a trusted root and/or Rekor keys.
+fn load_all_roots(
+    trusted_root: Option<&Path>,
+    rekor_keys: &[PathBuf],
+) -> Result<(Option<keyless::KeylessRoots>, Option<bundles::TrustedRoot>), TrustError> {
+    let rekor = rekor_keys
+        .iter()
+        .map(|p| {
+            keyless::rekor_key_file(p).map_err(|e| TrustError::Key {
+                path: p.display().to_string(),
+                detail: e,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match trusted_root {
+        Some(p) => {
+            let (mut k, s) = load_roots(p).map_err(|e| TrustError::Key {
+                path: p.display().to_string(),
+                detail: e,
+            })?;
+            k.rekor.extend(rekor);
+            Ok((Some(k), Some(s)))
+        }
+        None if rekor.is_empty() => Ok((None, None)),
+        None => Ok((Some(keyless::KeylessRoots::rekor_only(rekor)), None)),
+    }
 }
 
 /// One `trusted_root.json`, read for both keyless paths (legacy `.sig` and bundles).
@@ -496,6 +606,26 @@ fn load_roots(path: &Path) -> Result<(keyless::KeylessRoots, bundles::TrustedRoo
         keyless::KeylessRoots::from_trusted_root(path)?,
         bundles::load_trusted_root(path)?,
     ))
+}
+
+/// Trust roots given on the command line.
+#[derive(Default)]
+pub struct Roots {
+    /// sigstore trusted_root.json (Fulcio CAs, Rekor and CT log keys).
+    pub trusted_root: Option<PathBuf>,
+    /// Extra Rekor public keys (PEM).
+    pub rekor_keys: Vec<PathBuf>,
+    /// Key-based signatures must carry a verified Rekor SET.
+    pub require_tlog: bool,
+}
+
+impl Roots {
+    pub fn with_trusted_root(path: &Path) -> Roots {
+        Roots {
+            trusted_root: Some(path.to_path_buf()),
+            ..Roots::default()
+        }
+    }
 }
 
 /// What a site requires, rule by rule; the first rule matching an image decides.
@@ -524,14 +654,14 @@ fn glob_set(
 impl Policy {
     /// `--key` shortcuts: every image must carry a valid signature from one of these.
     pub fn from_keys(paths: &[PathBuf]) -> Result<Policy, TrustError> {
-        Policy::from_flags(paths, vec![], None)
+        Policy::from_flags(paths, vec![], &Roots::default())
     }
 
     /// The command-line shortcuts: keys and/or one keyless identity, for every image.
     pub fn from_flags(
         paths: &[PathBuf],
         identities: Vec<keyless::IdentityRule>,
-        trusted_root: Option<&Path>,
+        roots_given: &Roots,
     ) -> Result<Policy, TrustError> {
         let flag_err = |d: String| TrustError::Policy {
             path: "command line".into(),
@@ -541,17 +671,9 @@ impl Policy {
             .iter()
             .map(|p| TrustedKey::from_file(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let (roots, sigstore_root) = match trusted_root {
-            Some(p) => {
-                let (k, s) = load_roots(p).map_err(|e| TrustError::Key {
-                    path: p.display().to_string(),
-                    detail: e,
-                })?;
-                (Some(k), Some(s))
-            }
-            None => (None, None),
-        };
-        if !identities.is_empty() && roots.is_none() {
+        let (roots, sigstore_root) =
+            load_all_roots(roots_given.trusted_root.as_deref(), &roots_given.rekor_keys)?;
+        if !identities.is_empty() && !roots.as_ref().is_some_and(|r| r.has_fulcio()) {
             return Err(flag_err(
                 "--certificate-identity needs --trusted-root (a sigstore trusted_root.json)".into(),
             ));
@@ -565,6 +687,7 @@ impl Policy {
                 keys,
                 identities,
                 attestations: vec![],
+                require_tlog: roots_given.require_tlog,
                 mode: Mode::Enforce,
             }],
             roots,
@@ -582,14 +705,11 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let (roots, sigstore_root) = match &file.trusted_root {
-            Some(p) => {
-                let (k, s) = load_roots(&base.join(p))
-                    .map_err(|e| err(format!("trustedRoot {}: {e}", p.display())))?;
-                (Some(k), Some(s))
-            }
-            None => (None, None),
-        };
+        let rekor_keys: Vec<PathBuf> = file.rekor_keys.iter().map(|k| base.join(k)).collect();
+        let (roots, sigstore_root) = load_all_roots(
+            file.trusted_root.as_ref().map(|p| base.join(p)).as_deref(),
+            &rekor_keys,
+        )?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             if r.keys.is_empty() && r.keyless.is_empty() {
@@ -597,7 +717,7 @@ impl Policy {
                     "rules[{i}] names no keys and no keyless signers"
                 )));
             }
-            if !r.keyless.is_empty() && roots.is_none() {
+            if !r.keyless.is_empty() && !roots.as_ref().is_some_and(|r| r.has_fulcio()) {
                 return Err(err(format!(
                     "rules[{i}] has keyless signers but the policy has no trustedRoot"
                 )));
@@ -627,6 +747,7 @@ impl Policy {
                 keys,
                 identities,
                 attestations: r.attestations,
+                require_tlog: r.require_tlog,
                 mode: r.mode,
             });
         }
@@ -660,6 +781,7 @@ impl Policy {
         };
         let trust = Trust {
             keys: &rule.keys,
+            require_tlog: rule.require_tlog,
             identities: &rule.identities,
             roots: self.roots.as_ref(),
             sigstore_root: self.sigstore_root.as_ref(),
