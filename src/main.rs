@@ -273,8 +273,11 @@ enum Command {
     #[command(hide = true)]
     Fixtures {
         /// HOST[/PREFIX], e.g. 127.0.0.1:5000/vendor
-        #[arg(long)]
-        to: String,
+        #[arg(long, required_unless_present = "write_trusted_root")]
+        to: Option<String>,
+        /// Write the fixtures' test sigstore trusted_root.json here.
+        #[arg(long, value_name = "FILE")]
+        write_trusted_root: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         scale: usize,
         #[command(flatten)]
@@ -542,9 +545,18 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Fixtures {
             to,
+            write_trusted_root,
             scale,
             registry,
         } => {
+            if let Some(path) = write_trusted_root {
+                let json = airlock::fixtures::sigstore::TestSigstore::new().trusted_root_json();
+                std::fs::write(&path, json)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let Some(to) = to else {
+                return Ok(());
+            };
             let (host, prefix) = to.split_once('/').unwrap_or((&to, ""));
             let prefix = if prefix.is_empty() {
                 String::new()

@@ -1010,3 +1010,238 @@ fn cosign_v3_bundle_referrer_is_verified_by_policy() {
         v.reasons
     );
 }
+
+const TEST_ROOT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/fixtures/keys/test-trusted-root.json"
+);
+
+/// The fixtures' keyless signature and SLSA attestation (Fulcio-style leaf
+/// with an SCT, Rekor SETs over `hashedrekord` and `intoto` entries, from the
+/// fixtures' own test sigstore) cross the gap through the real registry on
+/// identity alone, and are refused for another identity or another root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_signatures_and_attestations_cross_by_identity() {
+    use airlock::fixtures::sigstore::{TEST_IDENTITY, TEST_ISSUER};
+    let (src, images) = seeded_source().await;
+    let agent = images
+        .iter()
+        .find(|i| i.repository.ends_with("agent"))
+        .unwrap();
+    let operator = images
+        .iter()
+        .find(|i| i.repository.ends_with("operator"))
+        .unwrap();
+    let agent_ref = format!("{}/{}:{}", src.host, agent.repository, agent.tag);
+    let operator_ref = format!("{}/{}:{}", src.host, operator.repository, operator.tag);
+    let work = tempfile::tempdir().unwrap();
+    let b = work.path().join("keyless.tar.zst");
+    let b = b.to_str().unwrap();
+    let identity = [
+        "--certificate-identity",
+        TEST_IDENTITY,
+        "--certificate-oidc-issuer",
+        TEST_ISSUER,
+        "--trusted-root",
+        TEST_ROOT,
+    ];
+
+    // Only the agent is signed keyless: the operator is refused before writing.
+    let out = airlock_cmd()
+        .args(["export", "-o", b, &operator_ref])
+        .args(identity)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new(b).exists());
+
+    let out = run_ok(
+        airlock_cmd()
+            .args(["export", "--json", "-o", b, &agent_ref])
+            .args(identity),
+    );
+    let verdict = json(&out)["policy"][0].clone();
+    assert_eq!(verdict["admitted"], true, "{verdict}");
+    assert_eq!(
+        verdict["admittedBy"],
+        format!("keyless: {TEST_IDENTITY} ({TEST_ISSUER})").as_str()
+    );
+
+    // The audit, offline, with a policy requiring the keyless SLSA attestation.
+    let policy = work.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "trustedRoot: {TEST_ROOT}\nrules:\n  - repositories: [\"**/agent\"]\n    keyless:\n      - identity: {TEST_IDENTITY}\n        issuer: {TEST_ISSUER}\n    attestations: [\"{}\"]\n",
+            airlock::fixtures::SLSA_PROVENANCE_V1
+        ),
+    )
+    .unwrap();
+    let out = Command::new("unshare")
+        .args(["-n", env!("CARGO_BIN_EXE_airlock"), "verify", "--json", b])
+        .args(["--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep = json(&out);
+    let findings = rep["policy"][0]["findings"].as_array().unwrap().clone();
+    let att = findings
+        .iter()
+        .find(|f| f["kind"] == "attestation")
+        .unwrap_or_else(|| panic!("{findings:?}"));
+    assert_eq!(att["predicateType"], airlock::fixtures::SLSA_PROVENANCE_V1);
+    assert_eq!(att["signedAt"], "2026-01-15T10:00:45Z", "{att}");
+    assert!(
+        att["key"].as_str().unwrap().starts_with("keyless: "),
+        "{att}"
+    );
+    // The keyless signature layer carries the time Rekor logged it.
+    assert!(findings.iter().any(|f| f["kind"] == "signature"
+        && f["problem"].is_null()
+        && f["signedAt"] == "2026-01-15T10:00:30Z"));
+
+    // Another identity, or the real production root: refused.
+    let wrong = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("refs/tags/v2.0.0", "refs/heads/main");
+    std::fs::write(&policy, wrong).unwrap();
+    let out = airlock_cmd()
+        .args(["verify", "--json", b, "--policy", policy.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let reasons = json(&out)["policy"][0]["reasons"].to_string();
+    assert!(reasons.contains("which no rule trusts"), "{reasons}");
+    assert!(reasons.contains("no valid attestation"), "{reasons}");
+    let prod = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/keyless/trusted_root.json"
+    );
+    let out = airlock_cmd()
+        .args(["verify", "--json", b])
+        .args(["--certificate-identity", TEST_IDENTITY])
+        .args([
+            "--certificate-oidc-issuer",
+            TEST_ISSUER,
+            "--trusted-root",
+            prod,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        json(&out)["policy"][0]["reasons"]
+            .to_string()
+            .contains("is not one the site trusts"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Import on identity: every digest lands, the keyless signature with it.
+    let dst = TestRegistry::start();
+    run_ok(
+        airlock_cmd()
+            .args(["import", b, "--to", &dst.host])
+            .args(identity),
+    );
+    let d = client(&dst, test_config()).await;
+    assert_eq!(
+        d.head_manifest(&agent.repository, &agent.tag)
+            .await
+            .unwrap(),
+        Some(agent.digest.clone())
+    );
+    let sig_tag = format!("{}.sig", agent.digest.tag_stem());
+    let sig = d.get_manifest(&agent.repository, &sig_tag).await.unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&sig.bytes).unwrap();
+    assert!(
+        doc["layers"][1]["annotations"]["dev.sigstore.cosign/certificate"]
+            .as_str()
+            .unwrap()
+            .contains("BEGIN CERTIFICATE")
+    );
+}
+
+/// Keyless attestations and signatures from the fixtures' test sigstore,
+/// checked at library level: the valid ones verify, and every edit fails
+/// with the reason named.
+#[test]
+fn keyless_attestation_negatives() {
+    use airlock::fixtures::sigstore::{TestSigstore, TEST_IDENTITY, TEST_ISSUER};
+    use airlock::trust::keyless::{
+        verify, verify_attestation, IdentityRule, KeylessRoots, Matcher,
+    };
+    let ts = TestSigstore::new();
+    let roots = KeylessRoots::from_trusted_root(Path::new(TEST_ROOT)).unwrap();
+    let rules = [IdentityRule {
+        subject: Matcher::Exact(TEST_IDENTITY.into()),
+        issuer: Matcher::Exact(TEST_ISSUER.into()),
+    }];
+    let statement = br#"{"_type":"https://in-toto.io/Statement/v0.1","predicateType":"https://slsa.dev/provenance/v1","subject":[{"name":"x","digest":{"sha256":"00"}}],"predicate":{}}"#;
+    let (envelope, ann) = ts.attest(statement, TEST_IDENTITY);
+    let env: serde_json::Value = serde_json::from_slice(&envelope).unwrap();
+    let b64 = |s: &str| {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+    };
+    let sigs = vec![b64(env["signatures"][0]["sig"].as_str().unwrap())];
+    let pt = "application/vnd.in-toto+json";
+    let check = |ann: &std::collections::BTreeMap<String, String>,
+                 envelope: &[u8],
+                 payload: &[u8],
+                 roots: &KeylessRoots| {
+        verify_attestation(ann, envelope, pt, payload, &sigs, roots, &rules)
+    };
+    let s = check(&ann, &envelope, statement, &roots).unwrap();
+    assert_eq!(s.subject, TEST_IDENTITY);
+
+    // The envelope is not what Rekor logged.
+    let mut edited = envelope.clone();
+    edited.push(b' ');
+    let e = check(&ann, &edited, statement, &roots).unwrap_err();
+    assert!(e.contains("other content"), "{e}");
+    // Same envelope, another statement claimed: the signature does not cover it.
+    let e = check(&ann, &envelope, b"{}", &roots).unwrap_err();
+    assert!(e.contains("does not verify the envelope"), "{e}");
+    // The certificate of another signing event.
+    let (_, other) = ts.attest(b"{\"other\":1}", TEST_IDENTITY);
+    let mut swapped = ann.clone();
+    swapped.insert(
+        "dev.sigstore.cosign/certificate".into(),
+        other["dev.sigstore.cosign/certificate"].clone(),
+    );
+    let e = check(&swapped, &envelope, statement, &roots).unwrap_err();
+    assert!(e.contains("another signer"), "{e}");
+    // The SET of a hashedrekord (signature) entry does not vouch for an attestation.
+    let sig_ann = ts.sign(b"payload", TEST_IDENTITY);
+    let mut wrong_kind = ann.clone();
+    wrong_kind.insert(
+        "dev.sigstore.cosign/bundle".into(),
+        sig_ann["dev.sigstore.cosign/bundle"].clone(),
+    );
+    let e = check(&wrong_kind, &envelope, statement, &roots).unwrap_err();
+    assert!(e.contains("kind hashedrekord"), "{e}");
+
+    // A trusted root without CT logs: the SCT cannot be checked, so nothing admits.
+    let dir = tempfile::tempdir().unwrap();
+    let mut root: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(TEST_ROOT).unwrap()).unwrap();
+    root["ctlogs"] = serde_json::json!([]);
+    let no_ct = dir.path().join("no-ct.json");
+    std::fs::write(&no_ct, root.to_string()).unwrap();
+    let no_ct = KeylessRoots::from_trusted_root(&no_ct).unwrap();
+    let e = check(&ann, &envelope, statement, &no_ct).unwrap_err();
+    assert!(e.contains("no CT log"), "{e}");
+    let e = verify(&sig_ann, b"payload", &no_ct, &rules).unwrap_err();
+    assert!(e.contains("no CT log"), "{e}");
+    verify(&sig_ann, b"payload", &roots, &rules).unwrap();
+}

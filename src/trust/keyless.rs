@@ -35,6 +35,8 @@ pub struct KeylessRoots {
     pub rekor: Vec<RekorKey>,
     /// (log id = hex sha256 of the DER public key, key): Fulcio's CT logs.
     ctlogs: Vec<(String, p256::ecdsa::VerifyingKey)>,
+    /// A trusted root must give CT logs (as cosign requires SCTs); PEM roots cannot.
+    require_sct: bool,
 }
 
 /// What must be true of the signer: exact strings or regular expressions.
@@ -144,7 +146,12 @@ impl KeylessRoots {
         if cas.is_empty() && rekor.is_empty() {
             return Err("the trusted root has no Fulcio CA and no ECDSA Rekor key".into());
         }
-        Ok(KeylessRoots { cas, rekor, ctlogs })
+        Ok(KeylessRoots {
+            cas,
+            rekor,
+            ctlogs,
+            require_sct: true,
+        })
     }
 
     /// A Fulcio CA bundle (PEM) and a Rekor public key (PEM). No CT log
@@ -158,6 +165,7 @@ impl KeylessRoots {
             cas,
             rekor: vec![k],
             ctlogs: vec![],
+            require_sct: false,
         })
     }
 
@@ -167,6 +175,7 @@ impl KeylessRoots {
             cas: vec![],
             rekor,
             ctlogs: vec![],
+            require_sct: false,
         }
     }
 
@@ -427,12 +436,16 @@ pub fn verify_attestation(
 const OID_CT_PRECERT_SCTS: &str = "1.3.6.1.4.1.11129.2.4.2";
 
 /// Fulcio embeds a signed certificate timestamp (RFC 6962 §3.3) from its CT
-/// log in every leaf; cosign requires one from a trusted log. Checked when
-/// the trusted root lists CT logs (a trusted_root.json does; PEM roots give
-/// none). Written here because sigstore-verify keeps its SCT code private.
+/// log in every leaf; cosign requires one from a trusted log. Required with
+/// a trusted_root.json; PEM roots (Fulcio CA + Rekor key files) carry no CT
+/// log key, so then it is not checked. Written here because sigstore-verify
+/// keeps its SCT code private.
 fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> Result<(), String> {
-    if roots.ctlogs.is_empty() {
+    if !roots.require_sct {
         return Ok(());
+    }
+    if roots.ctlogs.is_empty() {
+        return Err("the trusted root lists no CT log to check the certificate's SCT with".into());
     }
     let ext = leaf
         .tbs_certificate()
