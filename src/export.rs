@@ -36,6 +36,8 @@ pub struct ExportOptions {
     pub frame_max: usize,
     pub require_signatures: bool,
     pub force: bool,
+    /// A sigstore trusted_root.json to carry in the bundle (sites pin it by digest).
+    pub carry_trusted_root: Option<PathBuf>,
 }
 
 impl ExportOptions {
@@ -52,6 +54,7 @@ impl ExportOptions {
             force: false,
             policy: None,
             sign_key: None,
+            carry_trusted_root: None,
         }
     }
 }
@@ -477,6 +480,24 @@ pub async fn export(
             }
         }
     }
+    let trusted_root = match &opts.carry_trusted_root {
+        Some(path) => {
+            let bytes = read_trusted_root(path)?;
+            let digest = Digest::of(&bytes);
+            if seen.insert(digest.clone()) {
+                members.push(Member {
+                    path: digest.layout_path(),
+                    digest: digest.clone(),
+                    size: bytes.len() as u64,
+                    kind: MemberKind::Small,
+                    media_type: Some(bundle::TRUSTED_ROOT_MEDIA_TYPE.into()),
+                });
+                sources.push(Source::Memory(Bytes::from(bytes)));
+            }
+            Some(digest)
+        }
+        None => None,
+    };
     let mut blob_bytes = 0;
     for class in [MemberKind::Small, MemberKind::Layer] {
         for r in &resolved {
@@ -511,6 +532,7 @@ pub async fn export(
         created: bundle::creation_time(),
         images,
         members: members.clone(),
+        trusted_root,
     };
     let index_bytes = index.to_bytes();
     let bundle_digest = Digest::of(&index_bytes);
@@ -591,6 +613,18 @@ async fn check_policy(
 enum WriteItem {
     Memory(Bytes),
     Spool(tempfile::NamedTempFile),
+}
+
+/// The trusted root to carry: read whole (it is small) and checked to be one.
+fn read_trusted_root(path: &Path) -> Result<Vec<u8>, ExportError> {
+    let bytes = std::fs::read(path).map_err(|source| ExportError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    crate::trust::keyless::KeylessRoots::from_trusted_root_json(&bytes).map_err(|e| {
+        ExportError::Selection(format!("--carry-trusted-root {}: {e}", path.display()))
+    })?;
+    Ok(bytes)
 }
 
 async fn write_bundle(

@@ -261,6 +261,7 @@ pub fn unreferenced(index: &BundleIndex, graphs: &[ImageGraph]) -> Vec<String> {
         used.extend(g.artifacts.iter().map(|m| &m.digest));
         used.insert(&g.entry.source_digest);
     }
+    used.extend(index.trusted_root.iter());
     index
         .members
         .iter()

@@ -658,9 +658,11 @@ pub async fn import_file(
     let plan = plan(&name, &bundle.index, &manifests, opts)?;
     let mut store = trust_store(&manifests);
     if opts.policy.is_some() {
-        for d in
-            crate::trust::artifact_blobs(&bundle.index.images, &|d| store.manifests.get(d).cloned())
-        {
+        let mut needed = crate::trust::artifact_blobs(&bundle.index.images, &|d| {
+            store.manifests.get(d).cloned()
+        });
+        needed.extend(opts.policy.as_ref().and_then(|p| p.pinned_root().cloned()));
+        for d in needed {
             let pos = bundle
                 .index
                 .members

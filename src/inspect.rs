@@ -50,6 +50,12 @@ pub fn render(index: &BundleIndex, digest: &Digest) -> String {
         index.members.len() + 1,
         human_bytes(total)
     );
+    if let Some(root) = &index.trusted_root {
+        let _ = writeln!(
+            s,
+            "trusted root:  {root} (carried; used only if the site pins this digest)"
+        );
+    }
     for img in &index.images {
         let _ = writeln!(s, "\n{}", img.source);
         let _ = writeln!(

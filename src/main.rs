@@ -45,9 +45,10 @@ struct TrustArgs {
     /// The same, as a regular expression (full match).
     #[arg(long, value_name = "REGEX")]
     certificate_oidc_issuer_regexp: Option<String>,
-    /// sigstore trusted_root.json (Fulcio CAs, Rekor and CT log keys) for keyless signatures and SETs.
-    #[arg(long, value_name = "FILE", conflicts_with = "policy")]
-    trusted_root: Option<PathBuf>,
+    /// sigstore trusted_root.json (Fulcio CAs, Rekor and CT log keys) for keyless signatures
+    /// and SETs; or sha256:<hex> to use the copy the bundle carries, if it has that digest.
+    #[arg(long, value_name = "FILE|DIGEST", conflicts_with = "policy")]
+    trusted_root: Option<String>,
     /// Rekor public key (PEM) to check the SETs of key-based signatures (repeatable).
     #[arg(long = "rekor-key", value_name = "PUB", conflicts_with = "policy")]
     rekor_keys: Vec<PathBuf>,
@@ -82,7 +83,10 @@ impl TrustArgs {
             return Ok(None);
         }
         let roots = airlock::trust::Roots {
-            trusted_root: self.trusted_root.clone(),
+            trusted_root: self
+                .trusted_root
+                .as_deref()
+                .map(airlock::trust::RootSource::parse),
             rekor_keys: self.rekor_keys.clone(),
             require_tlog: self.require_tlog,
         };
@@ -226,6 +230,10 @@ enum Command {
         /// Sign the bundle index with this PKCS#8 PEM ECDSA P-256 key (writes B.tar.zst.sig).
         #[arg(long, value_name = "KEY")]
         sign_key: Option<PathBuf>,
+        /// Carry this sigstore trusted_root.json in the bundle; sites use it only by pinning
+        /// its digest (--trusted-root sha256:...).
+        #[arg(long, value_name = "FILE")]
+        carry_trusted_root: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -302,6 +310,7 @@ async fn run(cli: Cli) -> Result<()> {
             threads,
             force,
             sign_key,
+            carry_trusted_root,
             json,
             trust,
             registry,
@@ -325,6 +334,7 @@ async fn run(cli: Cli) -> Result<()> {
             opts.require_signatures = require_signatures;
             opts.force = force;
             opts.sign_key = sign_key;
+            opts.carry_trusted_root = carry_trusted_root;
             opts.policy = trust.load()?.map(std::sync::Arc::new);
             let report = match export::export(&registries, &sel, &opts).await {
                 Ok(r) => r,

@@ -1169,6 +1169,77 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
             .unwrap()
             .contains("BEGIN CERTIFICATE")
     );
+
+    // A bundle may carry the trusted root; the site uses it only under the
+    // digest it pinned.
+    let carried = work.path().join("carried.tar.zst");
+    let c = carried.to_str().unwrap();
+    run_ok(
+        airlock_cmd()
+            .args([
+                "export",
+                "-o",
+                c,
+                "--carry-trusted-root",
+                TEST_ROOT,
+                &agent_ref,
+            ])
+            .args(identity),
+    );
+    let pin = Digest::of(&std::fs::read(TEST_ROOT).unwrap()).to_string();
+    let pinned = [
+        "--certificate-identity",
+        TEST_IDENTITY,
+        "--certificate-oidc-issuer",
+        TEST_ISSUER,
+        "--trusted-root",
+        &pin,
+    ];
+    let out = run_ok(airlock_cmd().args(["inspect", c]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("trusted root:  {pin}")));
+    let out = run_ok(airlock_cmd().args(["verify", "--json", c]).args(pinned));
+    let rep = json(&out);
+    assert_eq!(rep["policy"][0]["admitted"], true, "{rep}");
+    assert_eq!(rep["unreferenced"], serde_json::json!([]), "{rep}");
+    // Another pin: the carried root is not used, nothing is admitted.
+    let other_pin = format!("sha256:{}", "0".repeat(64));
+    let out = airlock_cmd()
+        .args(["verify", "--json", c])
+        .args(&pinned[..4])
+        .args(["--trusted-root", &other_pin])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        json(&out)["policy"][0]["reasons"]
+            .to_string()
+            .contains("is not in this bundle"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A bundle without a carried root cannot satisfy a pin either.
+    let out = airlock_cmd()
+        .args(["verify", b])
+        .args(pinned)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    // Import with the pin, from the file and from a pipe; the root is not pushed.
+    let dst = TestRegistry::start();
+    run_ok(
+        airlock_cmd()
+            .args(["import", c, "--to", &dst.host])
+            .args(pinned),
+    );
+    assert_eq!(dst.catalog().await, vec![agent.repository.clone()]);
+    let dst = TestRegistry::start();
+    run_ok(
+        airlock_cmd()
+            .args(["import", "-", "--to", &dst.host])
+            .args(pinned)
+            .stdin(std::fs::File::open(&carried).unwrap()),
+    );
+    assert_eq!(dst.catalog().await, vec![agent.repository.clone()]);
 }
 
 /// Keyless attestations and signatures from the fixtures' test sigstore,

@@ -23,7 +23,14 @@ pub struct BundleIndex {
     pub images: Vec<ImageEntry>,
     /// Every tar member after this index, in tar order.
     pub members: Vec<Member>,
+    /// A sigstore trusted_root.json carried as a convenience (a blob member).
+    /// Never trusted by itself: a site uses it only by pinning this digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_root: Option<Digest>,
 }
+
+pub const TRUSTED_ROOT_MEDIA_TYPE: &str =
+    "application/vnd.dev.sigstore.trustedroot+json;version=0.1";
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[serde(rename_all = "kebab-case")]

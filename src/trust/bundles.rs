@@ -27,6 +27,11 @@ pub fn load_trusted_root(path: &std::path::Path) -> Result<TrustedRoot, String> 
         .map_err(|e| format!("not a usable sigstore trusted_root.json: {e}"))
 }
 
+pub fn parse_trusted_root(json: &str) -> Result<TrustedRoot, String> {
+    TrustedRoot::from_json(json)
+        .map_err(|e| format!("not a usable sigstore trusted_root.json: {e}"))
+}
+
 /// Verify one bundle; keyless bundles must match an identity rule, keyed
 /// ones must verify with one of `keys` (name, PEM); a keyed result has an
 /// empty issuer and the key's name as subject.

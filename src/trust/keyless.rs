@@ -79,6 +79,11 @@ fn log_id(spki_der: &[u8]) -> String {
 impl KeylessRoots {
     /// A sigstore `trusted_root.json` (certificate authorities and tlogs).
     pub fn from_trusted_root(path: &Path) -> Result<KeylessRoots, String> {
+        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+        KeylessRoots::from_trusted_root_json(&text)
+    }
+
+    pub fn from_trusted_root_json(text: &[u8]) -> Result<KeylessRoots, String> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Root {
@@ -112,8 +117,7 @@ impl KeylessRoots {
             #[serde(default)]
             ctlogs: Vec<Tlog>,
         }
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
-        let root: Root = serde_json::from_slice(&text)
+        let root: Root = serde_json::from_slice(text)
             .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
         let mut cas = Vec::new();
         for ca in root.certificate_authorities {
@@ -131,7 +135,7 @@ impl KeylessRoots {
             // Only ECDSA P-256 logs sign SETs of this kind; others are skipped.
             rekor.extend(RekorKey::from_der(&der));
         }
-        let ct: RootWithCt = serde_json::from_slice(&text).map_err(|e| e.to_string())?;
+        let ct: RootWithCt = serde_json::from_slice(text).map_err(|e| e.to_string())?;
         let mut ctlogs = Vec::new();
         for t in ct.ctlogs {
             let der = b64(&t.public_key.raw_bytes).ok_or("a CT log key is not base64")?;

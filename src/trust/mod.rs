@@ -553,9 +553,10 @@ struct RuleFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PolicyFile {
-    /// sigstore trusted_root.json for keyless rules (relative to the policy file).
+    /// sigstore trusted_root.json for keyless rules (relative to the policy
+    /// file), or `sha256:<hex>` to use the copy the bundle carries.
     #[serde(default)]
-    trusted_root: Option<PathBuf>,
+    trusted_root: Option<String>,
     /// Rekor public keys (PEM) for the SETs of key-based signatures.
     #[serde(default)]
     rekor_keys: Vec<PathBuf>,
@@ -572,12 +573,15 @@ pub struct Rule {
     pub mode: Mode,
 }
 
-/// The roots for keyless and tlog checks: a trusted root and/or Rekor keys.
-fn load_all_roots(
-    trusted_root: Option<&Path>,
-    rekor_keys: &[PathBuf],
-) -> Result<(Option<keyless::KeylessRoots>, Option<bundles::TrustedRoot>), TrustError> {
-    let rekor = rekor_keys
+/// The roots keyless and tlog checks use.
+#[derive(Default)]
+pub struct LoadedRoots {
+    pub keyless: Option<keyless::KeylessRoots>,
+    pub sigstore: Option<bundles::TrustedRoot>,
+}
+
+fn rekor_keys(paths: &[PathBuf]) -> Result<Vec<tlog::RekorKey>, TrustError> {
+    paths
         .iter()
         .map(|p| {
             keyless::rekor_key_file(p).map_err(|e| TrustError::Key {
@@ -585,7 +589,14 @@ fn load_all_roots(
                 detail: e,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// A trusted root file and/or Rekor keys.
+fn load_all_roots(
+    trusted_root: Option<&Path>,
+    rekor: Vec<tlog::RekorKey>,
+) -> Result<LoadedRoots, TrustError> {
     match trusted_root {
         Some(p) => {
             let (mut k, s) = load_roots(p).map_err(|e| TrustError::Key {
@@ -593,10 +604,63 @@ fn load_all_roots(
                 detail: e,
             })?;
             k.rekor.extend(rekor);
-            Ok((Some(k), Some(s)))
+            Ok(LoadedRoots {
+                keyless: Some(k),
+                sigstore: Some(s),
+            })
         }
-        None if rekor.is_empty() => Ok((None, None)),
-        None => Ok((Some(keyless::KeylessRoots::rekor_only(rekor)), None)),
+        None if rekor.is_empty() => Ok(LoadedRoots::default()),
+        None => Ok(LoadedRoots {
+            keyless: Some(keyless::KeylessRoots::rekor_only(rekor)),
+            sigstore: None,
+        }),
+    }
+}
+
+/// Where the trusted root comes from: a file the site holds, or the copy a
+/// bundle carries, used only when its sha256 is the one the site pinned.
+#[derive(Clone, Debug)]
+pub enum RootSource {
+    File(PathBuf),
+    Pinned(Digest),
+}
+
+impl RootSource {
+    /// `sha256:<hex>` pins the bundle's copy; anything else is a file.
+    pub fn parse(s: &str) -> RootSource {
+        match s.parse::<Digest>() {
+            Ok(d) if s.starts_with("sha256:") => RootSource::Pinned(d),
+            _ => RootSource::File(PathBuf::from(s)),
+        }
+    }
+}
+
+/// The trusted root a bundle carries, accepted only under the pinned digest.
+fn carried_roots(
+    pinned: &Digest,
+    store: &dyn ArtifactStore,
+    extra_rekor: &[tlog::RekorKey],
+) -> Result<LoadedRoots, String> {
+    let bytes = store.blob(pinned).ok_or_else(|| {
+        format!(
+            "the pinned trusted root {pinned} is not in this bundle (export --carry-trusted-root)"
+        )
+    })?;
+    if Digest::of(&bytes) != *pinned {
+        return Err(format!("the bundle's trusted root is not {pinned}"));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| "the carried trusted root is not UTF-8")?;
+    let mut k = keyless::KeylessRoots::from_trusted_root_json(&bytes)?;
+    k.rekor.extend(extra_rekor.iter().cloned());
+    Ok(LoadedRoots {
+        keyless: Some(k),
+        sigstore: Some(bundles::parse_trusted_root(text)?),
+    })
+}
+
+impl LoadedRoots {
+    fn has_fulcio(&self) -> bool {
+        self.keyless.as_ref().is_some_and(|k| k.has_fulcio())
     }
 }
 
@@ -612,7 +676,7 @@ fn load_roots(path: &Path) -> Result<(keyless::KeylessRoots, bundles::TrustedRoo
 #[derive(Default)]
 pub struct Roots {
     /// sigstore trusted_root.json (Fulcio CAs, Rekor and CT log keys).
-    pub trusted_root: Option<PathBuf>,
+    pub trusted_root: Option<RootSource>,
     /// Extra Rekor public keys (PEM).
     pub rekor_keys: Vec<PathBuf>,
     /// Key-based signatures must carry a verified Rekor SET.
@@ -622,7 +686,7 @@ pub struct Roots {
 impl Roots {
     pub fn with_trusted_root(path: &Path) -> Roots {
         Roots {
-            trusted_root: Some(path.to_path_buf()),
+            trusted_root: Some(RootSource::File(path.to_path_buf())),
             ..Roots::default()
         }
     }
@@ -631,8 +695,12 @@ impl Roots {
 /// What a site requires, rule by rule; the first rule matching an image decides.
 pub struct Policy {
     pub rules: Vec<Rule>,
-    pub roots: Option<keyless::KeylessRoots>,
-    pub sigstore_root: Option<bundles::TrustedRoot>,
+    roots: LoadedRoots,
+    /// A trusted root to take from the bundle, by digest.
+    pinned_root: Option<Digest>,
+    /// Rekor keys given beside a pinned root.
+    extra_rekor: Vec<tlog::RekorKey>,
+    carried: std::sync::OnceLock<Result<LoadedRoots, String>>,
 }
 
 fn glob_set(
@@ -671,11 +739,21 @@ impl Policy {
             .iter()
             .map(|p| TrustedKey::from_file(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let (roots, sigstore_root) =
-            load_all_roots(roots_given.trusted_root.as_deref(), &roots_given.rekor_keys)?;
-        if !identities.is_empty() && !roots.as_ref().is_some_and(|r| r.has_fulcio()) {
+        let rekor = rekor_keys(&roots_given.rekor_keys)?;
+        let (file, pinned_root) = match &roots_given.trusted_root {
+            Some(RootSource::File(p)) => (Some(p.as_path()), None),
+            Some(RootSource::Pinned(d)) => (None, Some(d.clone())),
+            None => (None, None),
+        };
+        let extra_rekor = if pinned_root.is_some() {
+            rekor.clone()
+        } else {
+            vec![]
+        };
+        let roots = load_all_roots(file, rekor)?;
+        if !identities.is_empty() && pinned_root.is_none() && !roots.has_fulcio() {
             return Err(flag_err(
-                "--certificate-identity needs --trusted-root (a sigstore trusted_root.json)".into(),
+                "--certificate-identity needs --trusted-root (a sigstore trusted_root.json, or the sha256 of the one the bundle carries)".into(),
             ));
         }
         let patterns = vec!["**".to_string()];
@@ -691,7 +769,9 @@ impl Policy {
                 mode: Mode::Enforce,
             }],
             roots,
-            sigstore_root,
+            pinned_root,
+            extra_rekor,
+            carried: Default::default(),
         })
     }
 
@@ -705,11 +785,20 @@ impl Policy {
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        let rekor_keys: Vec<PathBuf> = file.rekor_keys.iter().map(|k| base.join(k)).collect();
-        let (roots, sigstore_root) = load_all_roots(
-            file.trusted_root.as_ref().map(|p| base.join(p)).as_deref(),
-            &rekor_keys,
-        )?;
+        let rekor_paths: Vec<PathBuf> = file.rekor_keys.iter().map(|k| base.join(k)).collect();
+        let rekor = rekor_keys(&rekor_paths)?;
+        let source = file.trusted_root.as_deref().map(RootSource::parse);
+        let (root_file, pinned_root) = match source {
+            Some(RootSource::File(p)) => (Some(base.join(p)), None),
+            Some(RootSource::Pinned(d)) => (None, Some(d)),
+            None => (None, None),
+        };
+        let extra_rekor = if pinned_root.is_some() {
+            rekor.clone()
+        } else {
+            vec![]
+        };
+        let roots = load_all_roots(root_file.as_deref(), rekor)?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             if r.keys.is_empty() && r.keyless.is_empty() {
@@ -717,7 +806,7 @@ impl Policy {
                     "rules[{i}] names no keys and no keyless signers"
                 )));
             }
-            if !r.keyless.is_empty() && !roots.as_ref().is_some_and(|r| r.has_fulcio()) {
+            if !r.keyless.is_empty() && pinned_root.is_none() && !roots.has_fulcio() {
                 return Err(err(format!(
                     "rules[{i}] has keyless signers but the policy has no trustedRoot"
                 )));
@@ -754,7 +843,9 @@ impl Policy {
         Ok(Policy {
             rules,
             roots,
-            sigstore_root,
+            pinned_root,
+            extra_rekor,
+            carried: Default::default(),
         })
     }
 
@@ -765,26 +856,47 @@ impl Policy {
             .find(|r| r.matcher.is_match(&name) || r.matcher.is_match(&image.repository))
     }
 
+    /// The digest of the trusted root to take from the bundle, if pinned.
+    pub fn pinned_root(&self) -> Option<&Digest> {
+        self.pinned_root.as_ref()
+    }
+
+    fn roots_for(&self, store: &dyn ArtifactStore) -> Result<&LoadedRoots, String> {
+        match &self.pinned_root {
+            None => Ok(&self.roots),
+            Some(d) => self
+                .carried
+                .get_or_init(|| carried_roots(d, store, &self.extra_rekor))
+                .as_ref()
+                .map_err(|e| e.clone()),
+        }
+    }
+
     /// Decide on one image.
     pub fn evaluate(&self, image: &ImageEntry, store: &dyn ArtifactStore) -> Verdict {
+        let refused = |rule: Option<&Rule>, reason: String| Verdict {
+            image: image.source.clone(),
+            digest: image.source_digest.clone(),
+            rule: rule.map(|r| r.patterns.join(", ")),
+            admitted: false,
+            enforced: true,
+            admitted_by: None,
+            reasons: vec![reason],
+            findings: vec![],
+        };
         let Some(rule) = self.rule_for(image) else {
-            return Verdict {
-                image: image.source.clone(),
-                digest: image.source_digest.clone(),
-                rule: None,
-                admitted: false,
-                enforced: true,
-                admitted_by: None,
-                reasons: vec!["no policy rule matches this repository".into()],
-                findings: vec![],
-            };
+            return refused(None, "no policy rule matches this repository".into());
+        };
+        let roots = match self.roots_for(store) {
+            Ok(r) => r,
+            Err(e) => return refused(Some(rule), e),
         };
         let trust = Trust {
             keys: &rule.keys,
             require_tlog: rule.require_tlog,
             identities: &rule.identities,
-            roots: self.roots.as_ref(),
-            sigstore_root: self.sigstore_root.as_ref(),
+            roots: roots.keyless.as_ref(),
+            sigstore_root: roots.sigstore.as_ref(),
         };
         let findings = check_image(image, store, &trust);
         let signed_by = findings
