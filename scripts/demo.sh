@@ -40,14 +40,30 @@ echo "== export (every image must be signed by $KEY.pub; the bundle is signed to
 "$AIRLOCK" export -f "$WORK/images.yaml" -o "$WORK/mirror.tar.zst" --key "$KEY.pub" --sign-key "$KEY.key"
 (cd "$WORK" && sha256sum -c mirror.tar.zst.sha256)
 
-echo "== verify (offline: digests, graph, signatures, bundle signature)"
-"$AIRLOCK" verify "$WORK/mirror.tar.zst" --key "$KEY.pub" --bundle-key "$KEY.pub"
+# The site's policy: the agent must be signed keyless by the vendor's release
+# workflow and carry its SLSA provenance (the fixtures' test sigstore stands in
+# for Fulcio and Rekor); everything else must be signed with the vendor key.
+cat >"$WORK/site-policy.yaml" <<YAML
+trustedRoot: $PWD/fixtures/keys/test-trusted-root.json
+rules:
+  - repositories: ["**/agent"]
+    keyless:
+      - identity: https://github.com/example-vendor/agent/.github/workflows/release.yml@refs/tags/v2.0.0
+        issuer: https://token.actions.githubusercontent.com
+    attestations: ["https://slsa.dev/provenance/v1"]
+  - repositories: ["**"]
+    keys: [$PWD/$KEY.pub]
+YAML
+echo "== site policy"; cat "$WORK/site-policy.yaml"
+
+echo "== verify (offline: digests, graph, signatures against the site policy, bundle signature)"
+"$AIRLOCK" verify "$WORK/mirror.tar.zst" --policy "$WORK/site-policy.yaml" --bundle-key "$KEY.pub"
 
 echo "== inspect"
 "$AIRLOCK" inspect "$WORK/mirror.tar.zst"
 
 echo "== import into $REG_DST/mirror/{name}"
-"$AIRLOCK" import "$WORK/mirror.tar.zst" --to "$REG_DST/mirror/{name}" --key "$KEY.pub" --bundle-key "$KEY.pub"
+"$AIRLOCK" import "$WORK/mirror.tar.zst" --to "$REG_DST/mirror/{name}" --policy "$WORK/site-policy.yaml" --bundle-key "$KEY.pub"
 
 echo "== import again from a pipe (resumable: nothing left to send)"
 "$AIRLOCK" import - --to "$REG_DST/mirror/{name}" <"$WORK/mirror.tar.zst"

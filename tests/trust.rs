@@ -1316,3 +1316,268 @@ fn keyless_attestation_negatives() {
     assert!(e.contains("no CT log"), "{e}");
     verify(&sig_ann, b"payload", &roots, &rules).unwrap();
 }
+
+mod containers_image {
+    //! containers/image's cosign vectors (fixtures/realdata/containers-image,
+    //! see its PROVENANCE.md): each `dir-img-cosign-*` holds an image manifest
+    //! and signature layers in the "dir:" form; every VALID case must be
+    //! admitted with the inputs named there, every MUST-FAIL case refused.
+    use super::*;
+    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::trust::{identity_rule, MemoryStore, Policy, RootSource, Verdict};
+    use base64::Engine as _;
+
+    const FIX: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/containers-image/signature/fixtures"
+    );
+    const PROD_ROOT: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/keyless/trusted_root.json"
+    );
+
+    /// The image (digest of manifest.json, or of nothing) and a store holding
+    /// one signature manifest with a layer per `signature-N` file named.
+    fn load(case: &str, signatures: &[&str]) -> (ImageEntry, MemoryStore) {
+        let dir = format!("{FIX}/{case}");
+        let subject = std::fs::read(format!("{dir}/manifest.json"))
+            .map(|m| Digest::of(&m))
+            .unwrap_or_else(|_| Digest::of(b""));
+        let mut store = MemoryStore::default();
+        let mut layers = Vec::new();
+        for s in signatures {
+            let raw = std::fs::read(format!("{dir}/{s}")).unwrap();
+            let json = raw
+                .strip_prefix(b"\x00sigstore-json\n")
+                .expect("containers/image sigstore-json signature");
+            let v: serde_json::Value = serde_json::from_slice(json).unwrap();
+            let payload = base64::engine::general_purpose::STANDARD
+                .decode(v["payload"].as_str().unwrap())
+                .unwrap();
+            let d = Digest::of(&payload);
+            layers.push(
+                serde_json::json!({"mediaType": v["mimeType"], "digest": d.to_string(),
+                "size": payload.len(), "annotations": v["annotations"]}),
+            );
+            store.blobs.insert(d, payload);
+        }
+        let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+            "mediaType": airlock::oci::OCI_MANIFEST,
+            "config": {"mediaType": airlock::oci::OCI_CONFIG, "digest": Digest::of(b"{}").to_string(), "size": 2},
+            "layers": layers}))
+        .unwrap();
+        let sig = Digest::of(&manifest);
+        store.manifests.insert(
+            sig.clone(),
+            (manifest.clone(), airlock::oci::OCI_MANIFEST.into()),
+        );
+        let image = ImageEntry {
+            source: format!("registry.example/{case}:latest"),
+            registry: "registry.example".into(),
+            repository: case.into(),
+            tag: Some("latest".into()),
+            digest: subject.clone(),
+            media_type: airlock::oci::OCI_MANIFEST.into(),
+            size: 0,
+            source_digest: subject.clone(),
+            platforms: vec![],
+            target: None,
+            ref_name: None,
+            artifacts: vec![Artifact {
+                kind: ArtifactKind::Signature,
+                subject,
+                digest: sig,
+                media_type: airlock::oci::OCI_MANIFEST.into(),
+                size: manifest.len() as u64,
+                tag: None,
+                artifact_type: None,
+                predicate_types: vec![],
+            }],
+            total_size: 0,
+        };
+        (image, store)
+    }
+
+    fn keys(names: &[&str]) -> Policy {
+        let paths: Vec<PathBuf> = names
+            .iter()
+            .map(|n| PathBuf::from(format!("{FIX}/{n}")))
+            .collect();
+        Policy::from_keys(&paths).unwrap()
+    }
+
+    fn with_tlog(key: &str, rekor: &str) -> Policy {
+        let roots = Roots {
+            trusted_root: None,
+            rekor_keys: vec![PathBuf::from(format!("{FIX}/{rekor}"))],
+            require_tlog: true,
+        };
+        Policy::from_flags(&[PathBuf::from(format!("{FIX}/{key}"))], vec![], &roots).unwrap()
+    }
+
+    fn keyless(identity: &str, issuer: &str) -> Policy {
+        let rule = identity_rule(Some(identity), None, Some(issuer), None).unwrap();
+        let roots = Roots {
+            trusted_root: Some(RootSource::File(PathBuf::from(PROD_ROOT))),
+            ..Roots::default()
+        };
+        Policy::from_flags(&[], vec![rule], &roots).unwrap()
+    }
+
+    fn decide(case: &str, sigs: &[&str], policy: &Policy) -> Verdict {
+        let (image, store) = load(case, sigs);
+        policy.evaluate(&image, &store)
+    }
+
+    fn refused(v: &Verdict, why: &str) {
+        assert!(!v.admitted, "{case} admitted", case = v.image);
+        let all = format!("{:?}", v.reasons);
+        assert!(all.contains(why), "{}: {all}", v.image);
+    }
+
+    #[test]
+    fn containers_image_cosign_vectors() {
+        let one = &["signature-1"][..];
+        // VALID cases.
+        for case in ["dir-img-cosign-valid", "dir-img-cosign-valid-with-tag"] {
+            let v = decide(case, one, &keys(&["cosign.pub"]));
+            assert!(v.admitted, "{case}: {:?}", v.reasons);
+        }
+        let v = decide(
+            "dir-img-cosign-valid-2",
+            &["signature-1", "signature-2"],
+            &keys(&["cosign.pub"]),
+        );
+        assert!(
+            v.admitted && v.findings.iter().all(|f| f.key.is_some()),
+            "{v:?}"
+        );
+        let v = decide(
+            "dir-img-cosign-key-rekor-valid",
+            one,
+            &with_tlog("cosign2.pub", "rekor.pub"),
+        );
+        assert!(v.admitted, "{:?}", v.reasons);
+        assert_eq!(
+            v.findings[0].signed_at.as_deref(),
+            Some("2023-01-20T21:57:39Z")
+        );
+        let v = decide(
+            "dir-img-cosign-fulcio-rekor-valid",
+            one,
+            &keyless("mitr@redhat.com", "https://github.com/login/oauth"),
+        );
+        assert!(v.admitted, "{:?}", v.reasons);
+        assert_eq!(
+            v.admitted_by.as_deref(),
+            Some("keyless: mitr@redhat.com (https://github.com/login/oauth)")
+        );
+        let v = decide(
+            "dir-img-cosign-mixed",
+            &["signature-1", "signature-2"],
+            &keys(&["cosign.pub"]),
+        );
+        assert!(
+            v.admitted,
+            "mixed: any valid signature admits: {:?}",
+            v.reasons
+        );
+
+        // MUST-FAIL cases.
+        refused(
+            &decide("dir-img-cosign-valid", one, &keys(&["cosign2.pub"])),
+            "no trusted key verifies",
+        );
+        refused(
+            &decide(
+                "dir-img-cosign-mixed",
+                &["signature-1"],
+                &keys(&["cosign.pub", "cosign2.pub"]),
+            ),
+            "no trusted key verifies",
+        );
+        for case in [
+            "dir-img-cosign-modified-manifest",
+            "dir-img-cosign-manifest-digest-error",
+            "dir-img-cosign-no-manifest",
+        ] {
+            refused(
+                &decide(case, one, &keys(&["cosign.pub"])),
+                "payload signs sha256:634a8f35",
+            );
+        }
+        refused(
+            &decide(
+                "dir-img-cosign-other-attachment",
+                one,
+                &keys(&["cosign.pub"]),
+            ),
+            "layer media type text/plain is not a signature",
+        );
+        refused(
+            &decide(
+                "dir-img-cosign-fulcio-rekor-valid",
+                one,
+                &keyless("someone@example.com", "https://github.com/login/oauth"),
+            ),
+            "which no rule trusts",
+        );
+        // Key-only signature, but the rule requires a Rekor SET.
+        refused(
+            &decide(
+                "dir-img-cosign-valid",
+                one,
+                &with_tlog("cosign.pub", "rekor.pub"),
+            ),
+            "no Rekor SET",
+        );
+        // RSA is not a Rekor key.
+        let err = Policy::from_flags(
+            &[PathBuf::from(format!("{FIX}/cosign2.pub"))],
+            vec![],
+            &Roots {
+                trusted_root: None,
+                rekor_keys: vec![PathBuf::from(format!("{FIX}/some-rsa-key.pub"))],
+                require_tlog: true,
+            },
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("not an ECDSA P-256 public key"), "{err}");
+        // Private PKI (RSA leaf, no Rekor): not supported; refused with the reason.
+        let pki = decide(
+            "dir-img-cosign-pki-valid",
+            one,
+            &keyless("qiwan@redhat.com", "https://github.com/login/oauth"),
+        );
+        refused(&pki, "no Rekor SET");
+    }
+
+    /// containers/image's standalone SET vector: a Fulcio-signed payload.
+    #[test]
+    fn containers_image_rekor_set_vector() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/fixtures/realdata/containers-image/signature/internal/testdata"
+        );
+        let read = |f: &str| std::fs::read(format!("{dir}/{f}")).unwrap();
+        let logs = [airlock::trust::tlog::RekorKey::from_pem(
+            &String::from_utf8(read("rekor.pub")).unwrap(),
+        )
+        .unwrap()];
+        let set = String::from_utf8(read("rekor-set")).unwrap();
+        let entry = airlock::trust::tlog::verify_set(&set, &logs).unwrap();
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(String::from_utf8(read("rekor-sig")).unwrap().trim())
+            .unwrap();
+        let cert = airlock::trust::tlog::spki_of_pem(&read("rekor-cert")).unwrap();
+        entry
+            .check_names(&["hashedrekord"], &read("rekor-payload"), Some(&sig), &cert)
+            .unwrap();
+        let e = entry
+            .check_names(&["hashedrekord"], b"another payload", Some(&sig), &cert)
+            .unwrap_err();
+        assert!(e.contains("other content"), "{e}");
+    }
+}

@@ -15,7 +15,6 @@
 
 use super::tlog::{RekorKey, ANNOTATION_BUNDLE};
 use crate::digest::Digest;
-use base64::Engine as _;
 use der::{Decode, Encode, Tagged};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -66,11 +65,7 @@ impl Matcher {
     }
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .ok()
-}
+use super::b64;
 
 fn log_id(spki_der: &[u8]) -> String {
     Digest::of(spki_der).hex()

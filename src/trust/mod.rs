@@ -193,9 +193,12 @@ pub fn dsse_pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
     v
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
+/// Standard base64, ignoring line breaks as Go's decoder does (cosign and
+/// containers/image write wrapped signatures).
+pub(crate) fn b64(s: &str) -> Option<Vec<u8>> {
+    let compact: String = s.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
+        .decode(compact)
         .ok()
 }
 

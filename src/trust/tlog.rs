@@ -11,7 +11,6 @@
 //! 0.0.2 and `dsse` 0.0.1 (cosign `.att`).
 
 use crate::digest::Digest;
-use base64::Engine as _;
 use serde::Deserialize;
 
 pub const ANNOTATION_BUNDLE: &str = "dev.sigstore.cosign/bundle";
@@ -72,11 +71,7 @@ pub struct LoggedEntry {
     pub integrated_time: i64,
 }
 
-fn b64(s: &str) -> Option<Vec<u8>> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.trim())
-        .ok()
-}
+use super::b64;
 
 /// Check the SET in a `dev.sigstore.cosign/bundle` annotation with a trusted
 /// Rekor key, and return the entry it vouches for.
