@@ -52,6 +52,13 @@ struct TrustArgs {
     /// Rekor public key (PEM) to check the SETs of key-based signatures (repeatable).
     #[arg(long = "rekor-key", value_name = "PUB", conflicts_with = "policy")]
     rekor_keys: Vec<PathBuf>,
+    /// CA certificates (PEM) of the site's private PKI: certificate signatures without
+    /// Fulcio or Rekor, matched on --certificate-identity[-regexp] (email, URI or DNS SAN).
+    #[arg(long, value_name = "PEM", conflicts_with = "policy")]
+    ca_roots: Option<PathBuf>,
+    /// Intermediate CA certificates (PEM) of that PKI.
+    #[arg(long, value_name = "PEM", requires = "ca_roots")]
+    ca_intermediates: Option<PathBuf>,
     /// Key-based signatures must carry a Rekor SET that verifies with a given Rekor key.
     #[arg(long, conflicts_with = "policy", requires = "tlog_roots")]
     require_tlog: bool,
@@ -62,10 +69,32 @@ impl TrustArgs {
         if let Some(p) = &self.policy {
             return Ok(Some(airlock::trust::Policy::from_file(p)?));
         }
-        let keyless = self.certificate_identity.is_some()
-            || self.certificate_identity_regexp.is_some()
-            || self.certificate_oidc_issuer.is_some()
-            || self.certificate_oidc_issuer_regexp.is_some();
+        let pki = match &self.ca_roots {
+            Some(roots) => {
+                let subject = airlock::trust::subject_matcher(
+                    self.certificate_identity.as_deref(),
+                    self.certificate_identity_regexp.as_deref(),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!("--ca-roots needs --certificate-identity[-regexp]: {e}")
+                })?;
+                Some(
+                    airlock::trust::keyless::PkiTrust::from_files(
+                        roots,
+                        self.ca_intermediates.as_deref(),
+                        vec![subject],
+                    )
+                    .map_err(|e| anyhow::anyhow!("--ca-roots: {e}"))?,
+                )
+            }
+            None => None,
+        };
+        // With only a private PKI, the identity flags are its SAN, not a Fulcio identity.
+        let keyless = (pki.is_none() || self.trusted_root.is_some())
+            && (self.certificate_identity.is_some()
+                || self.certificate_identity_regexp.is_some()
+                || self.certificate_oidc_issuer.is_some()
+                || self.certificate_oidc_issuer_regexp.is_some());
         let identities = if keyless {
             vec![airlock::trust::identity_rule(
                 self.certificate_identity.as_deref(),
@@ -79,7 +108,7 @@ impl TrustArgs {
         } else {
             vec![]
         };
-        if self.keys.is_empty() && identities.is_empty() {
+        if self.keys.is_empty() && identities.is_empty() && pki.is_none() {
             return Ok(None);
         }
         let roots = airlock::trust::Roots {
@@ -90,9 +119,11 @@ impl TrustArgs {
             rekor_keys: self.rekor_keys.clone(),
             require_tlog: self.require_tlog,
         };
-        Ok(Some(airlock::trust::Policy::from_flags(
-            &self.keys, identities, &roots,
-        )?))
+        let policy = airlock::trust::Policy::from_flags(&self.keys, identities, &roots)?;
+        Ok(Some(match pki {
+            Some(p) => policy.with_pki(p),
+            None => policy,
+        }))
     }
 }
 

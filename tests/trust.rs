@@ -1146,6 +1146,26 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
         String::from_utf8_lossy(&out.stdout)
     );
 
+    // A private PKI checks certificates at verification time (no transparency
+    // log gives a signing time): the ten-minute Fulcio-style leaf is refused.
+    let pki_root = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/realdata/containers-image/signature/fixtures/pki_root_crts.pem"
+    );
+    let out = airlock_cmd()
+        .args(["verify", "--json", b, "--ca-roots", pki_root])
+        .args(["--certificate-identity", TEST_IDENTITY])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        json(&out)["policy"][0]["reasons"]
+            .to_string()
+            .contains("site PKI: the certificate was not valid at verification time"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // Import on identity: every digest lands, the keyless signature with it.
     let dst = TestRegistry::start();
     run_ok(
@@ -1545,13 +1565,71 @@ mod containers_image {
         .unwrap()
         .to_string();
         assert!(err.contains("not an ECDSA P-256 public key"), "{err}");
-        // Private PKI (RSA leaf, no Rekor): not supported; refused with the reason.
-        let pki = decide(
-            "dir-img-cosign-pki-valid",
-            one,
-            &keyless("qiwan@redhat.com", "https://github.com/login/oauth"),
+        // Private PKI (RSA leaf and CAs, no Rekor): valid with the site's PKI
+        // roots; without them, or for another identity, refused.
+        let pki = |identity: &str, intermediates: bool| {
+            let trust = airlock::trust::keyless::PkiTrust::from_files(
+                Path::new(&format!("{FIX}/pki_root_crts.pem")),
+                intermediates
+                    .then(|| PathBuf::from(format!("{FIX}/pki_intermediate_crts.pem")))
+                    .as_deref(),
+                vec![airlock::trust::keyless::Matcher::Exact(identity.into())],
+            )
+            .unwrap();
+            Policy::from_flags(&[], vec![], &Roots::default())
+                .unwrap()
+                .with_pki(trust)
+        };
+        for (identity, intermediates) in [("qiwan@redhat.com", true), ("myhost.example.com", false)]
+        {
+            let v = decide(
+                "dir-img-cosign-pki-valid",
+                one,
+                &pki(identity, intermediates),
+            );
+            assert!(v.admitted, "{identity}: {:?}", v.reasons);
+            let by = v.admitted_by.clone().unwrap();
+            assert!(
+                by.starts_with(&format!("certificate: {identity} (issued by ")),
+                "{by}"
+            );
+        }
+        refused(
+            &decide(
+                "dir-img-cosign-pki-valid",
+                one,
+                &pki("someone@example.com", true),
+            ),
+            "which no rule trusts",
         );
-        refused(&pki, "no Rekor SET");
+        refused(
+            &decide(
+                "dir-img-cosign-pki-valid",
+                one,
+                &keyless("qiwan@redhat.com", "https://github.com/login/oauth"),
+            ),
+            "no Rekor SET",
+        );
+        // Another CA (Fulcio's root) does not anchor it.
+        let fulcio_as_pki = Policy::from_flags(&[], vec![], &Roots::default())
+            .unwrap()
+            .with_pki(
+                airlock::trust::keyless::PkiTrust::from_files(
+                    Path::new(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/fixtures/realdata/keyless/fulcio_v1.crt.pem"
+                    )),
+                    None,
+                    vec![airlock::trust::keyless::Matcher::Exact(
+                        "qiwan@redhat.com".into(),
+                    )],
+                )
+                .unwrap(),
+            );
+        refused(
+            &decide("dir-img-cosign-pki-valid", one, &fulcio_as_pki),
+            "does not chain to a trusted CA of the site's PKI",
+        );
     }
 
     /// containers/image's standalone SET vector: a Fulcio-signed payload.

@@ -199,17 +199,37 @@ pub struct Signer {
     pub signed_at: i64,
 }
 
-fn verify_with_cert_key(cert: &Certificate, alg: &str, msg: &[u8], sig: &[u8]) -> bool {
+#[derive(Clone, Copy)]
+enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+/// The hash of a certificate signature algorithm (ECDSA or RSA PKCS#1).
+fn hash_of(alg: &str) -> Option<Hash> {
+    match alg {
+        OID_ECDSA_SHA256 | "1.2.840.113549.1.1.11" => Some(Hash::Sha256),
+        OID_ECDSA_SHA384 | "1.2.840.113549.1.1.12" => Some(Hash::Sha384),
+        "1.2.840.113549.1.1.13" => Some(Hash::Sha512),
+        _ => None,
+    }
+}
+
+/// `sig` over `msg` with the certificate's key: ECDSA P-256/P-384 (DER) or
+/// RSA (PKCS#1 v1.5, or PSS), hashed with `hash`.
+fn verify_with_cert_key(cert: &Certificate, hash: Hash, msg: &[u8], sig: &[u8]) -> bool {
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use p256::ecdsa::signature::Verifier;
     use p256::pkcs8::DecodePublicKey;
     use sha2::Digest as _;
     let Ok(spki) = cert.tbs_certificate().subject_public_key_info().to_der() else {
         return false;
     };
-    let prehash: Vec<u8> = match alg {
-        OID_ECDSA_SHA256 => sha2::Sha256::digest(msg).to_vec(),
-        OID_ECDSA_SHA384 => sha2::Sha384::digest(msg).to_vec(),
-        _ => return false,
+    let prehash: Vec<u8> = match hash {
+        Hash::Sha256 => sha2::Sha256::digest(msg).to_vec(),
+        Hash::Sha384 => sha2::Sha384::digest(msg).to_vec(),
+        Hash::Sha512 => sha2::Sha512::digest(msg).to_vec(),
     };
     if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_der(&spki) {
         return p256::ecdsa::DerSignature::try_from(sig)
@@ -222,6 +242,29 @@ fn verify_with_cert_key(cert: &Certificate, alg: &str, msg: &[u8], sig: &[u8]) -
             .ok()
             .and_then(|s| p384::ecdsa::Signature::try_from(s).ok())
             .is_some_and(|s| k.verify_prehash(&prehash, &s).is_ok());
+    }
+    if let Ok(k) = rsa::PublicKey::from_public_key_der(&spki) {
+        fn rsa_ok<D>(k: &rsa::PublicKey, msg: &[u8], sig: &[u8]) -> bool
+        where
+            D: sha2::Digest + der::oid::AssociatedOid + sha2::digest::FixedOutputReset,
+        {
+            let pkcs1 = rsa::pkcs1v15::Signature::try_from(sig).is_ok_and(|s| {
+                rsa::pkcs1v15::VerifyingKey::<D>::new(k.clone())
+                    .verify(msg, &s)
+                    .is_ok()
+            });
+            pkcs1
+                || rsa::pss::Signature::try_from(sig).is_ok_and(|s| {
+                    rsa::pss::VerifyingKey::<D>::new(k.clone())
+                        .verify(msg, &s)
+                        .is_ok()
+                })
+        }
+        return match hash {
+            Hash::Sha256 => rsa_ok::<sha2::Sha256>(&k, msg, sig),
+            Hash::Sha384 => rsa_ok::<sha2::Sha384>(&k, msg, sig),
+            Hash::Sha512 => rsa_ok::<sha2::Sha512>(&k, msg, sig),
+        };
     }
     false
 }
@@ -237,12 +280,8 @@ fn issued_by(child: &Certificate, issuer: &Certificate) -> bool {
     let Some(sig) = child.signature().as_bytes() else {
         return false;
     };
-    verify_with_cert_key(
-        issuer,
-        &child.signature_algorithm().oid.to_string(),
-        &tbs,
-        sig,
-    )
+    hash_of(&child.signature_algorithm().oid.to_string())
+        .is_some_and(|hash| verify_with_cert_key(issuer, hash, &tbs, sig))
 }
 
 fn valid_at(cert: &Certificate, t: i64) -> bool {
@@ -277,7 +316,7 @@ fn chains_to_trusted(
         }
         let next = untrusted
             .iter()
-            .find(|c| issued_by(&cur, c) && valid_at(c, t))
+            .find(|c| **c != cur && issued_by(&cur, c) && valid_at(c, t))
             .ok_or("the certificate does not chain to a trusted Fulcio CA")?;
         leaf_issuer.get_or_insert_with(|| next.clone());
         cur = next.clone();
@@ -400,7 +439,7 @@ pub fn verify(
     entry.check_names(&["hashedrekord"], payload, Some(&sig), &spki(&leaf)?)?;
     // 3-5. Chain and SCT at the logged time, the signature, who signed.
     let signer = check_certificate(&leaf, &untrusted, roots, entry.integrated_time, rules)?;
-    if !verify_with_cert_key(&leaf, OID_ECDSA_SHA256, payload, &sig) {
+    if !verify_with_cert_key(&leaf, Hash::Sha256, payload, &sig) {
         return Err("the certificate's key does not verify the signature".into());
     }
     Ok(signer)
@@ -425,11 +464,111 @@ pub fn verify_attestation(
     let pae = super::dsse_pae(payload_type, payload);
     if !signatures
         .iter()
-        .any(|sig| verify_with_cert_key(&leaf, OID_ECDSA_SHA256, &pae, sig))
+        .any(|sig| verify_with_cert_key(&leaf, Hash::Sha256, &pae, sig))
     {
         return Err("the certificate's key does not verify the envelope".into());
     }
     Ok(signer)
+}
+
+/// A private PKI the site trusts for one rule: signatures made with
+/// certificates it issued, with no Fulcio, Rekor or CT log involved (what
+/// `cosign verify --ca-roots --insecure-ignore-tlog` accepts).
+pub struct PkiTrust {
+    roots: Vec<Certificate>,
+    intermediates: Vec<Certificate>,
+    /// The certificate's SAN (email, URI or DNS name) must match one.
+    pub subjects: Vec<Matcher>,
+}
+
+fn pem_certificates(path: &Path) -> Result<Vec<Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let certs =
+        Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+impl PkiTrust {
+    pub fn from_files(
+        roots: &Path,
+        intermediates: Option<&Path>,
+        subjects: Vec<Matcher>,
+    ) -> Result<PkiTrust, String> {
+        Ok(PkiTrust {
+            roots: pem_certificates(roots)?,
+            intermediates: intermediates
+                .map(pem_certificates)
+                .transpose()?
+                .unwrap_or_default(),
+            subjects,
+        })
+    }
+}
+
+/// Every SAN of a certificate (emails, URIs, DNS names).
+fn subject_names(cert: &Certificate) -> Vec<String> {
+    use x509_cert::ext::pkix::name::GeneralName;
+    let mut out = Vec::new();
+    for ext in cert.tbs_certificate().extensions().into_iter().flatten() {
+        if ext.extn_id.to_string() != OID_SAN {
+            continue;
+        }
+        if let Ok(san) = x509_cert::ext::pkix::SubjectAltName::from_der(ext.extn_value.as_bytes()) {
+            for name in san.0 {
+                match name {
+                    GeneralName::UniformResourceIdentifier(u) => out.push(u.to_string()),
+                    GeneralName::Rfc822Name(m) => out.push(m.to_string()),
+                    GeneralName::DnsName(d) => out.push(d.to_string()),
+                    _ => {}
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Verify a signature (over `msg`: a payload, or a DSSE PAE) made with a
+/// certificate of the site's private PKI. With no transparency log there is
+/// no trusted signing time: the chain must be valid now, as cosign checks it.
+pub fn verify_pki(
+    annotations: &BTreeMap<String, String>,
+    msg: &[u8],
+    signatures: &[Vec<u8>],
+    pki: &PkiTrust,
+    now: i64,
+) -> Result<Signer, String> {
+    let (leaf, carried) = carried_certificates(annotations)?;
+    let mut untrusted = pki.intermediates.clone();
+    untrusted.extend(carried);
+    let anchors = KeylessRoots {
+        cas: pki.roots.clone(),
+        rekor: vec![],
+        ctlogs: vec![],
+        require_sct: false,
+    };
+    chains_to_trusted(&leaf, &untrusted, &anchors, now).map_err(|e| {
+        e.replace("Fulcio CA", "CA of the site's PKI")
+            .replace("the signing time", "verification time")
+    })?;
+    if !signatures
+        .iter()
+        .any(|sig| verify_with_cert_key(&leaf, Hash::Sha256, msg, sig))
+    {
+        return Err("the certificate's key does not verify the signature".into());
+    }
+    let names = subject_names(&leaf);
+    let subject = names
+        .iter()
+        .find(|n| pki.subjects.iter().any(|m| m.matches(n)))
+        .ok_or_else(|| format!("certificate for {}, which no rule trusts", names.join(", ")))?;
+    Ok(Signer {
+        subject: subject.clone(),
+        issuer: leaf.tbs_certificate().issuer().to_string(),
+        signed_at: 0,
+    })
 }
 
 const OID_CT_PRECERT_SCTS: &str = "1.3.6.1.4.1.11129.2.4.2";

@@ -249,18 +249,20 @@ fn check_simple_signing(
         return;
     }
     if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
-        match (trust.roots, trust.identities.is_empty()) {
-            (Some(roots), false) => {
-                match keyless::verify(&layer.annotations, payload, roots, trust.identities) {
-                    Ok(s) => {
-                        f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
-                        f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
-                    }
-                    Err(e) => f.problem = Some(format!("keyless signature: {e}")),
-                }
-            }
-            _ => f.problem = Some(NO_KEYLESS_TRUST.into()),
-        }
+        let result = certificate_signer(
+            trust,
+            |roots| keyless::verify(&layer.annotations, payload, roots, trust.identities),
+            |pki| {
+                keyless::verify_pki(
+                    &layer.annotations,
+                    payload,
+                    std::slice::from_ref(&sig),
+                    pki,
+                    now(),
+                )
+            },
+        );
+        record_certificate_signer(result, "signature", f);
         return;
     }
     match first_key(keys, payload, &sig) {
@@ -312,6 +314,8 @@ fn check_keyed_tlog(
 /// What one rule trusts: keys, keyless identities, and the roots for those.
 pub struct Trust<'a> {
     pub keys: &'a [TrustedKey],
+    /// The site's private PKI, for certificate signatures without Fulcio/Rekor.
+    pub pki: Option<&'a keyless::PkiTrust>,
     /// Key-based signatures must carry a Rekor SET that verifies.
     pub require_tlog: bool,
     pub identities: &'a [keyless::IdentityRule],
@@ -402,24 +406,25 @@ fn check_dsse(
     }
     let sigs: Vec<Vec<u8>> = env.signatures.iter().filter_map(|s| b64(&s.sig)).collect();
     if layer.annotations.contains_key(ANNOTATION_CERTIFICATE) {
-        match (trust.roots, trust.identities.is_empty()) {
-            (Some(roots), false) => match keyless::verify_attestation(
-                &layer.annotations,
-                envelope,
-                &env.payload_type,
-                &payload,
-                &sigs,
-                roots,
-                trust.identities,
-            ) {
-                Ok(s) => {
-                    f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
-                    f.signed_at = Some(crate::bundle::rfc3339(s.signed_at));
-                }
-                Err(e) => f.problem = Some(format!("keyless attestation: {e}")),
+        let result = certificate_signer(
+            trust,
+            |roots| {
+                keyless::verify_attestation(
+                    &layer.annotations,
+                    envelope,
+                    &env.payload_type,
+                    &payload,
+                    &sigs,
+                    roots,
+                    trust.identities,
+                )
             },
-            _ => f.problem = Some(NO_KEYLESS_TRUST.into()),
-        }
+            |pki| {
+                let pae = dsse_pae(&env.payload_type, &payload);
+                keyless::verify_pki(&layer.annotations, &pae, &sigs, pki, now())
+            },
+        );
+        record_certificate_signer(result, "attestation", f);
         return;
     }
     let pae = dsse_pae(&env.payload_type, &payload);
@@ -432,7 +437,68 @@ fn check_dsse(
     }
 }
 
-const NO_KEYLESS_TRUST: &str = "keyless: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer)";
+const NO_KEYLESS_TRUST: &str = "keyless: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer; or --ca-roots for a private PKI)";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Who made a certificate-based signature: a Fulcio identity (checked with
+/// the trusted root) or a certificate of the site's own PKI; the label names which.
+fn certificate_signer(
+    trust: &Trust,
+    fulcio: impl FnOnce(&keyless::KeylessRoots) -> Result<keyless::Signer, String>,
+    pki: impl FnOnce(&keyless::PkiTrust) -> Result<keyless::Signer, String>,
+) -> Result<(String, Option<i64>), String> {
+    let mut tried = Vec::new();
+    if let Some(roots) = trust.roots.filter(|r| r.has_fulcio()) {
+        if !trust.identities.is_empty() {
+            match fulcio(roots) {
+                Ok(s) => {
+                    return Ok((
+                        format!("keyless: {} ({})", s.subject, s.issuer),
+                        Some(s.signed_at),
+                    ))
+                }
+                Err(e) => tried.push(e),
+            }
+        }
+    }
+    if let Some(p) = trust.pki {
+        match pki(p) {
+            Ok(s) => {
+                return Ok((
+                    format!("certificate: {} (issued by {})", s.subject, s.issuer),
+                    None,
+                ))
+            }
+            Err(e) => tried.push(format!("site PKI: {e}")),
+        }
+    }
+    if tried.is_empty() {
+        Err(NO_KEYLESS_TRUST.into())
+    } else {
+        Err(tried.join("; "))
+    }
+}
+
+fn record_certificate_signer(
+    result: Result<(String, Option<i64>), String>,
+    what: &str,
+    f: &mut Finding,
+) {
+    match result {
+        Ok((label, t)) => {
+            f.key = Some(label);
+            f.signed_at = t.map(crate::bundle::rfc3339);
+        }
+        Err(e) if e.starts_with("keyless:") => f.problem = Some(e),
+        Err(e) => f.problem = Some(format!("keyless {what}: {e}")),
+    }
+}
 
 /// Everything needed to check an image's artifacts: manifest bytes and small blobs by digest.
 pub trait ArtifactStore {
@@ -549,8 +615,35 @@ struct RuleFile {
     /// Key-based signatures must carry a Rekor SET that verifies.
     #[serde(default)]
     require_tlog: bool,
+    /// Certificates of the site's private PKI (no Fulcio, Rekor or CT log).
+    #[serde(default)]
+    certificates: Option<PkiFile>,
     #[serde(default)]
     mode: Mode,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PkiFile {
+    roots: PathBuf,
+    #[serde(default)]
+    intermediates: Option<PathBuf>,
+    #[serde(default)]
+    identity: Option<String>,
+    #[serde(default)]
+    identity_regexp: Option<String>,
+}
+
+/// One SAN matcher from exact/regex alternatives (exactly one).
+pub fn subject_matcher(
+    identity: Option<&str>,
+    identity_regexp: Option<&str>,
+) -> Result<keyless::Matcher, String> {
+    match (identity, identity_regexp) {
+        (Some(e), None) => Ok(keyless::Matcher::Exact(e.to_string())),
+        (None, Some(r)) => keyless::Matcher::regex(r).map_err(|e| format!("identity regexp: {e}")),
+        _ => Err("give exactly one of identity and identityRegexp".into()),
+    }
 }
 
 #[derive(Deserialize)]
@@ -573,6 +666,7 @@ pub struct Rule {
     pub identities: Vec<keyless::IdentityRule>,
     pub attestations: Vec<String>,
     pub require_tlog: bool,
+    pub pki: Option<keyless::PkiTrust>,
     pub mode: Mode,
 }
 
@@ -728,6 +822,14 @@ impl Policy {
         Policy::from_flags(paths, vec![], &Roots::default())
     }
 
+    /// Add the site's private PKI to the shortcut rule (`--ca-roots`).
+    pub fn with_pki(mut self, pki: keyless::PkiTrust) -> Policy {
+        if let Some(r) = self.rules.first_mut() {
+            r.pki = Some(pki);
+        }
+        self
+    }
+
     /// The command-line shortcuts: keys and/or one keyless identity, for every image.
     pub fn from_flags(
         paths: &[PathBuf],
@@ -769,6 +871,7 @@ impl Policy {
                 identities,
                 attestations: vec![],
                 require_tlog: roots_given.require_tlog,
+                pki: None,
                 mode: Mode::Enforce,
             }],
             roots,
@@ -804,11 +907,25 @@ impl Policy {
         let roots = load_all_roots(root_file.as_deref(), rekor)?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
-            if r.keys.is_empty() && r.keyless.is_empty() {
+            if r.keys.is_empty() && r.keyless.is_empty() && r.certificates.is_none() {
                 return Err(err(format!(
-                    "rules[{i}] names no keys and no keyless signers"
+                    "rules[{i}] names no keys, no keyless signers and no certificates"
                 )));
             }
+            let pki = r
+                .certificates
+                .as_ref()
+                .map(|c| {
+                    let subject =
+                        subject_matcher(c.identity.as_deref(), c.identity_regexp.as_deref())?;
+                    keyless::PkiTrust::from_files(
+                        &base.join(&c.roots),
+                        c.intermediates.as_ref().map(|p| base.join(p)).as_deref(),
+                        vec![subject],
+                    )
+                })
+                .transpose()
+                .map_err(|e| err(format!("rules[{i}].certificates: {e}")))?;
             if !r.keyless.is_empty() && pinned_root.is_none() && !roots.has_fulcio() {
                 return Err(err(format!(
                     "rules[{i}] has keyless signers but the policy has no trustedRoot"
@@ -840,6 +957,7 @@ impl Policy {
                 identities,
                 attestations: r.attestations,
                 require_tlog: r.require_tlog,
+                pki,
                 mode: r.mode,
             });
         }
@@ -896,6 +1014,7 @@ impl Policy {
         };
         let trust = Trust {
             keys: &rule.keys,
+            pki: rule.pki.as_ref(),
             require_tlog: rule.require_tlog,
             identities: &rule.identities,
             roots: roots.keyless.as_ref(),
