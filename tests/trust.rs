@@ -905,30 +905,45 @@ fn sigstore_conformance_bundle_verify_table() {
 
 /// A real cosign v3 signature (sigstore bundle v0.3 attached as an OCI
 /// referrer) admitted by identity, refused otherwise.
-#[test]
-fn cosign_v3_bundle_referrer_is_verified_by_policy() {
+/// An image whose one referrer is a sigstore bundle (as cosign v3 attaches
+/// it), and a store holding it: for policy checks at library level.
+fn bundle_referrer(
+    bundle: &[u8],
+    repository: &str,
+) -> (
+    impl Fn(&Digest) -> airlock::bundle::ImageEntry,
+    airlock::trust::MemoryStore,
+) {
     use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
-    use airlock::trust::{identity_rule, MemoryStore, Policy};
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
-    let bundle = std::fs::read(format!("{dir}/kubewarden-bundle_v03.json")).unwrap();
     let bt = "application/vnd.dev.sigstore.bundle.v0.3+json";
-    let subject: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
-        .parse()
-        .unwrap();
-    // The referrer manifest as cosign v3 writes it (the bundle is its one layer).
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2, "mediaType": airlock::oci::OCI_MANIFEST, "artifactType": bt,
-        "config": {"mediaType": airlock::oci::OCI_EMPTY, "digest": Digest::of(b"{}").to_string(), "size": 2},
-        "layers": [{"mediaType": bt, "digest": Digest::of(&bundle).to_string(), "size": bundle.len()}],
-        "subject": {"mediaType": airlock::oci::OCI_INDEX, "digest": subject.to_string(), "size": 1}
-    }))
-    .unwrap();
+    let layer = Digest::of(bundle);
+    let layer_size = bundle.len();
+    let repository = repository.to_string();
+    let make_manifest = move |subject: &Digest| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2, "mediaType": airlock::oci::OCI_MANIFEST, "artifactType": bt,
+            "config": {"mediaType": airlock::oci::OCI_EMPTY, "digest": Digest::of(b"{}").to_string(), "size": 2},
+            "layers": [{"mediaType": bt, "digest": layer.to_string(), "size": layer_size}],
+            "subject": {"mediaType": airlock::oci::OCI_INDEX, "digest": subject.to_string(), "size": 1}
+        }))
+        .unwrap()
+    };
+    // One referrer manifest serves every subject asked about (its own subject
+    // field is not what the policy checks; the bundle's statement is).
+    let manifest = make_manifest(&Digest::of(b"subject"));
     let referrer = Digest::of(&manifest);
-    let entry = |subject: &Digest| ImageEntry {
-        source: "ghcr.io/kubewarden/kubewarden-controller:v1.34.0".into(),
-        registry: "ghcr.io".into(),
-        repository: "kubewarden/kubewarden-controller".into(),
-        tag: Some("v1.34.0".into()),
+    let mut store = airlock::trust::MemoryStore::default();
+    store.manifests.insert(
+        referrer.clone(),
+        (manifest.clone(), airlock::oci::OCI_MANIFEST.into()),
+    );
+    store.blobs.insert(Digest::of(bundle), bundle.to_vec());
+    let size = manifest.len() as u64;
+    let entry = move |subject: &Digest| ImageEntry {
+        source: format!("registry.example/{repository}:v1"),
+        registry: "registry.example".into(),
+        repository: repository.clone(),
+        tag: Some("v1".into()),
         digest: subject.clone(),
         media_type: airlock::oci::OCI_INDEX.into(),
         size: 0,
@@ -941,19 +956,94 @@ fn cosign_v3_bundle_referrer_is_verified_by_policy() {
             subject: subject.clone(),
             digest: referrer.clone(),
             media_type: airlock::oci::OCI_MANIFEST.into(),
-            size: manifest.len() as u64,
+            size,
             tag: None,
             artifact_type: Some(bt.into()),
             predicate_types: vec![],
         }],
         total_size: 0,
     };
-    let mut store = MemoryStore::default();
-    store.manifests.insert(
-        referrer.clone(),
-        (manifest.clone(), airlock::oci::OCI_MANIFEST.into()),
+    (entry, store)
+}
+
+/// cosign's real OCI attestation bundle (cosign/pkg/cosign/testdata): a
+/// keyless DSSE attestation verified with its trusted root, reported as an
+/// attestation of its predicate type; refused for another image or signer.
+#[test]
+fn cosign_attestation_bundle_is_verified_by_policy() {
+    use airlock::bundle::ArtifactKind;
+    use airlock::trust::{identity_rule, Policy};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/cosign");
+    let bundle = std::fs::read(format!("{dir}/oci-attestation.sigstore.json")).unwrap();
+    let subject: Digest = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4"
+        .parse()
+        .unwrap();
+    let (entry, store) = bundle_referrer(&bundle, "repo");
+    let root = PathBuf::from(format!("{dir}/trusted_root_pgi.json"));
+    let rule = |id: &str| {
+        identity_rule(Some(id), None, Some("https://github.com/login/oauth"), None).unwrap()
+    };
+    let policy = Policy::from_flags(
+        &[],
+        vec![rule("cody@soyland.com")],
+        &Roots::with_trusted_root(&root),
+    )
+    .unwrap();
+    let v = policy.evaluate(&entry(&subject), &store);
+    let f = &v.findings[0];
+    assert_eq!(f.kind, ArtifactKind::Attestation, "{f:?}");
+    assert_eq!(
+        f.predicate_type.as_deref(),
+        Some("https://cosign.sigstore.dev/attestation/v1")
     );
-    store.blobs.insert(Digest::of(&bundle), bundle.clone());
+    assert_eq!(
+        f.key.as_deref(),
+        Some("keyless: cody@soyland.com (https://github.com/login/oauth)"),
+        "{f:?}"
+    );
+    // An attestation is not a signature: the image itself is still unsigned.
+    assert!(
+        !v.admitted && v.reasons[0].contains("no signature"),
+        "{:?}",
+        v.reasons
+    );
+
+    let other: Digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+        .parse()
+        .unwrap();
+    let v = policy.evaluate(&entry(&other), &store);
+    assert!(
+        v.findings[0].key.is_none() && v.findings[0].problem.is_some(),
+        "{:?}",
+        v.findings
+    );
+    let v = Policy::from_flags(
+        &[],
+        vec![rule("mallory@example.com")],
+        &Roots::with_trusted_root(&root),
+    )
+    .unwrap()
+    .evaluate(&entry(&subject), &store);
+    assert!(
+        v.findings[0]
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.contains("no rule trusts")),
+        "{:?}",
+        v.findings
+    );
+}
+
+#[test]
+fn cosign_v3_bundle_referrer_is_verified_by_policy() {
+    use airlock::bundle::ArtifactKind;
+    use airlock::trust::{identity_rule, Policy};
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
+    let bundle = std::fs::read(format!("{dir}/kubewarden-bundle_v03.json")).unwrap();
+    let subject: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
+        .parse()
+        .unwrap();
+    let (entry, store) = bundle_referrer(&bundle, "kubewarden/kubewarden-controller");
     // What export/import load for the policy includes the bundle blob.
     let wanted =
         airlock::trust::artifact_blobs(&[entry(&subject)], &|d| store.manifests.get(d).cloned());
