@@ -46,6 +46,32 @@ fn push_real(reg: &TestRegistry, repo: &str) {
     }
 }
 
+/// Run an airlock command: it must fail the policy (exit 4).
+fn fails_policy(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Run an airlock command with `--json`: it must fail the policy (exit 4)
+/// with `why` among the first image's reasons.
+fn refused_by_policy(cmd: &mut Command, why: &str) {
+    let out = cmd.output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reasons = json(&out)["policy"][0]["reasons"].to_string();
+    assert!(reasons.contains(why), "{reasons}");
+}
+
 fn json(out: &std::process::Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&out.stdout)))
@@ -63,16 +89,7 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
     let image = format!("{}/vendor/multi:latest", src.host);
 
     // Export refuses with the wrong key, before writing anything.
-    let out = airlock_cmd()
-        .args(["export", "-o", b, "--key", &wrong, &image])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fails_policy(&mut airlock_cmd().args(["export", "-o", b, "--key", &wrong, &image]));
     assert!(!bundle.exists());
 
     let out = run_ok(airlock_cmd().args(["export", "--json", "-o", b, "--key", &good, &image]));
@@ -196,16 +213,10 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
 
     // From a pipe, with the policy checked before the first push.
     let dst2 = TestRegistry::start();
-    let out = airlock_cmd()
-        .args(["import", "-", "--to", &dst2.host, "--key", &wrong])
-        .stdin(std::fs::File::open(&bundle).unwrap())
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fails_policy(
+        &mut airlock_cmd()
+            .args(["import", "-", "--to", &dst2.host, "--key", &wrong])
+            .stdin(std::fs::File::open(&bundle).unwrap()),
     );
     assert!(dst2.catalog().await.is_empty());
     run_ok(
@@ -717,7 +728,7 @@ mod keyless_real {
 
 #[test]
 fn keyless_policy_admits_by_identity_only() {
-    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::bundle::{Artifact, ArtifactKind};
     use airlock::trust::{identity_rule, MemoryStore, Policy};
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
     let manifest = std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap();
@@ -726,19 +737,11 @@ fn keyless_policy_admits_by_identity_only() {
         .parse()
         .unwrap();
     let sig = Digest::of(&manifest);
-    let image = ImageEntry {
-        source: "ghcr.io/stefanprodan/podinfo:6.4.0".into(),
-        registry: "ghcr.io".into(),
-        repository: "stefanprodan/podinfo".into(),
-        tag: Some("6.4.0".into()),
-        digest: subject.clone(),
-        media_type: airlock::oci::OCI_INDEX.into(),
-        size: 0,
-        source_digest: subject.clone(),
-        platforms: vec![],
-        target: None,
-        ref_name: None,
-        artifacts: vec![Artifact {
+    let image = test_image(
+        "ghcr.io/stefanprodan/podinfo:6.4.0".into(),
+        "stefanprodan/podinfo".into(),
+        subject.clone(),
+        Artifact {
             kind: ArtifactKind::Signature,
             subject,
             digest: sig.clone(),
@@ -747,9 +750,8 @@ fn keyless_policy_admits_by_identity_only() {
             tag: None,
             artifact_type: None,
             predicate_types: vec![],
-        }],
-        total_size: 0,
-    };
+        },
+    );
     let mut store = MemoryStore::default();
     store
         .manifests
@@ -905,6 +907,30 @@ fn sigstore_conformance_bundle_verify_table() {
 
 /// A real cosign v3 signature (sigstore bundle v0.3 attached as an OCI
 /// referrer) admitted by identity, refused otherwise.
+/// A selected image with one artifact (source, repository, signed digest).
+fn test_image(
+    source: String,
+    repository: &str,
+    subject: Digest,
+    artifact: airlock::bundle::Artifact,
+) -> airlock::bundle::ImageEntry {
+    airlock::bundle::ImageEntry {
+        registry: source.split('/').next().unwrap_or_default().into(),
+        source,
+        repository: repository.into(),
+        tag: None,
+        digest: subject.clone(),
+        media_type: airlock::oci::OCI_INDEX.into(),
+        size: 0,
+        source_digest: subject,
+        platforms: vec![],
+        target: None,
+        ref_name: None,
+        artifacts: vec![artifact],
+        total_size: 0,
+    }
+}
+
 /// An image whose one referrer is a sigstore bundle (as cosign v3 attaches
 /// it), and a store holding it: for policy checks at library level.
 fn bundle_referrer(
@@ -914,7 +940,7 @@ fn bundle_referrer(
     impl Fn(&Digest) -> airlock::bundle::ImageEntry,
     airlock::trust::MemoryStore,
 ) {
-    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::bundle::{Artifact, ArtifactKind};
     let bt = "application/vnd.dev.sigstore.bundle.v0.3+json";
     let layer = Digest::of(bundle);
     let layer_size = bundle.len();
@@ -939,57 +965,100 @@ fn bundle_referrer(
     );
     store.blobs.insert(Digest::of(bundle), bundle.to_vec());
     let size = manifest.len() as u64;
-    let entry = move |subject: &Digest| ImageEntry {
-        source: format!("registry.example/{repository}:v1"),
-        registry: "registry.example".into(),
-        repository: repository.clone(),
-        tag: Some("v1".into()),
-        digest: subject.clone(),
-        media_type: airlock::oci::OCI_INDEX.into(),
-        size: 0,
-        source_digest: subject.clone(),
-        platforms: vec![],
-        target: None,
-        ref_name: None,
-        artifacts: vec![Artifact {
-            kind: ArtifactKind::Referrer,
-            subject: subject.clone(),
-            digest: referrer.clone(),
-            media_type: airlock::oci::OCI_MANIFEST.into(),
-            size,
-            tag: None,
-            artifact_type: Some(bt.into()),
-            predicate_types: vec![],
-        }],
-        total_size: 0,
+    let entry = move |subject: &Digest| {
+        test_image(
+            format!("registry.example/{repository}:v1"),
+            &repository,
+            subject.clone(),
+            Artifact {
+                kind: ArtifactKind::Referrer,
+                subject: subject.clone(),
+                digest: referrer.clone(),
+                media_type: airlock::oci::OCI_MANIFEST.into(),
+                size,
+                tag: None,
+                artifact_type: Some(bt.into()),
+                predicate_types: vec![],
+            },
+        )
     };
     (entry, store)
 }
 
-/// cosign's real OCI attestation bundle (cosign/pkg/cosign/testdata): a
-/// keyless DSSE attestation verified with its trusted root, reported as an
-/// attestation of its predicate type; refused for another image or signer.
+/// The policy's verdict on a real sigstore bundle attached as the referrer of
+/// `subject`, for a signer matching `identity` (a regex) from `issuer`.
+fn judge_bundle(
+    bundle: &str,
+    root: &str,
+    subject: &str,
+    identity: &str,
+    issuer: &str,
+) -> airlock::trust::Verdict {
+    let real = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata");
+    let bundle = std::fs::read(format!("{real}/{bundle}")).unwrap();
+    let (entry, store) = bundle_referrer(&bundle, "vendor/image");
+    let subject: Digest = subject.parse().unwrap();
+    // What export/import load for the policy includes the bundle blob.
+    let wanted =
+        airlock::trust::artifact_blobs(&[entry(&subject)], &|d| store.manifests.get(d).cloned());
+    assert_eq!(wanted, vec![Digest::of(&bundle)]);
+    let rule = airlock::trust::identity_rule(None, Some(identity), Some(issuer), None).unwrap();
+    let root = PathBuf::from(format!("{real}/{root}"));
+    airlock::trust::Policy::from_flags(&[], vec![rule], &Roots::with_trusted_root(&root))
+        .unwrap()
+        .evaluate(&entry(&subject), &store)
+}
+
+const OTHER_DIGEST: &str =
+    "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+/// cosign v3's real image signature bundle (kubewarden-controller v1.34.0)
+/// and cosign's real OCI attestation bundle (cosign/pkg/cosign/testdata):
+/// verified with their trusted roots, reported as signature / attestation of
+/// their predicate type; refused for another image or another signer, and
+/// never taken on their own word without a trusted root.
 #[test]
-fn cosign_attestation_bundle_is_verified_by_policy() {
+fn cosign_bundles_are_verified_by_policy() {
     use airlock::bundle::ArtifactKind;
-    use airlock::trust::{identity_rule, Policy};
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/cosign");
-    let bundle = std::fs::read(format!("{dir}/oci-attestation.sigstore.json")).unwrap();
-    let subject: Digest = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4"
-        .parse()
-        .unwrap();
-    let (entry, store) = bundle_referrer(&bundle, "repo");
-    let root = PathBuf::from(format!("{dir}/trusted_root_pgi.json"));
-    let rule = |id: &str| {
-        identity_rule(Some(id), None, Some("https://github.com/login/oauth"), None).unwrap()
+    let gha = "https://token.actions.githubusercontent.com";
+    let kw_id = "https://github.com/kubewarden/kubewarden-controller/.*";
+    let kw = |subject: &str, id: &str| {
+        judge_bundle(
+            "keyless/kubewarden-bundle_v03.json",
+            "keyless/trusted_root.json",
+            subject,
+            id,
+            gha,
+        )
     };
-    let policy = Policy::from_flags(
-        &[],
-        vec![rule("cody@soyland.com")],
-        &Roots::with_trusted_root(&root),
-    )
-    .unwrap();
-    let v = policy.evaluate(&entry(&subject), &store);
+    let kw_digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172";
+    let v = kw(kw_digest, kw_id);
+    assert!(v.admitted, "{:?} {:?}", v.reasons, v.findings);
+    assert_eq!(v.findings[0].kind, ArtifactKind::Signature);
+    assert_eq!(
+        v.findings[0].predicate_type.as_deref(),
+        Some("https://sigstore.dev/cosign/sign/v1")
+    );
+    let v = kw(OTHER_DIGEST, kw_id);
+    assert!(!v.admitted, "a bundle for another digest was accepted");
+    let v = kw(kw_digest, "https://github.com/evil/.*");
+    assert!(
+        !v.admitted && v.reasons[0].contains("no rule trusts"),
+        "{:?}",
+        v.reasons
+    );
+
+    let att = |subject: &str, id: &str| {
+        judge_bundle(
+            "cosign/oci-attestation.sigstore.json",
+            "cosign/trusted_root_pgi.json",
+            subject,
+            id,
+            "https://github.com/login/oauth",
+        )
+    };
+    let att_digest = "sha256:732112270d7e59418a8c080b134b24cabd67d250d0d0147a97ed95ba5c280aa4";
+    let v = att(att_digest, r"cody@soyland\.com");
     let f = &v.findings[0];
     assert_eq!(f.kind, ArtifactKind::Attestation, "{f:?}");
     assert_eq!(
@@ -1007,93 +1076,23 @@ fn cosign_attestation_bundle_is_verified_by_policy() {
         "{:?}",
         v.reasons
     );
-
-    let other: Digest = "sha256:1111111111111111111111111111111111111111111111111111111111111111"
-        .parse()
-        .unwrap();
-    let v = policy.evaluate(&entry(&other), &store);
+    let v = att(OTHER_DIGEST, r"cody@soyland\.com");
     assert!(
         v.findings[0].key.is_none() && v.findings[0].problem.is_some(),
         "{:?}",
         v.findings
     );
-    let v = Policy::from_flags(
-        &[],
-        vec![rule("mallory@example.com")],
-        &Roots::with_trusted_root(&root),
-    )
-    .unwrap()
-    .evaluate(&entry(&subject), &store);
-    assert!(
-        v.findings[0]
-            .problem
-            .as_deref()
-            .is_some_and(|p| p.contains("no rule trusts")),
-        "{:?}",
-        v.findings
-    );
-}
-
-#[test]
-fn cosign_v3_bundle_referrer_is_verified_by_policy() {
-    use airlock::bundle::ArtifactKind;
-    use airlock::trust::{identity_rule, Policy};
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
-    let bundle = std::fs::read(format!("{dir}/kubewarden-bundle_v03.json")).unwrap();
-    let subject: Digest = "sha256:c811d58de79c92f03214e63aa339484e488d694ae8a6283b5f3f17a9faf50172"
-        .parse()
-        .unwrap();
-    let (entry, store) = bundle_referrer(&bundle, "kubewarden/kubewarden-controller");
-    // What export/import load for the policy includes the bundle blob.
-    let wanted =
-        airlock::trust::artifact_blobs(&[entry(&subject)], &|d| store.manifests.get(d).cloned());
-    assert_eq!(wanted, vec![Digest::of(&bundle)]);
-
-    let root = PathBuf::from(format!("{dir}/trusted_root.json"));
-    let issuer = "https://token.actions.githubusercontent.com";
-    let ok = identity_rule(
-        None,
-        Some("https://github.com/kubewarden/kubewarden-controller/.*"),
-        Some(issuer),
-        None,
-    )
-    .unwrap();
-    let policy = Policy::from_flags(&[], vec![ok], &Roots::with_trusted_root(&root)).unwrap();
-    let v = policy.evaluate(&entry(&subject), &store);
-    assert!(v.admitted, "{:?} {:?}", v.reasons, v.findings);
-    assert_eq!(v.findings[0].kind, ArtifactKind::Signature);
-    assert_eq!(
-        v.findings[0].predicate_type.as_deref(),
-        Some("https://sigstore.dev/cosign/sign/v1")
-    );
-
-    // The same bundle presented for another image: the statement does not name it.
-    let other: Digest = "sha256:0000000000000000000000000000000000000000000000000000000000000000"
-        .parse()
-        .unwrap();
-    let v = policy.evaluate(&entry(&other), &store);
-    assert!(!v.admitted, "a bundle for another digest was accepted");
-
-    let wrong = identity_rule(
-        Some("https://github.com/evil/x/.github/workflows/a.yml@refs/heads/main"),
-        None,
-        Some(issuer),
-        None,
-    )
-    .unwrap();
-    let v = Policy::from_flags(&[], vec![wrong], &Roots::with_trusted_root(&root))
-        .unwrap()
-        .evaluate(&entry(&subject), &store);
-    assert!(
-        !v.admitted && v.reasons[0].contains("no rule trusts"),
-        "{:?}",
-        v.reasons
-    );
+    let v = att(att_digest, r"mallory@example\.com");
+    let problem = v.findings[0].problem.clone().unwrap_or_default();
+    assert!(problem.contains("no rule trusts"), "{problem}");
 
     // Without a trusted root, a bundle is never taken on its own word.
-    let v = Policy::from_keys(&[PathBuf::from(TEST_PUB)])
+    let real = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata");
+    let bundle = std::fs::read(format!("{real}/keyless/kubewarden-bundle_v03.json")).unwrap();
+    let (entry, store) = bundle_referrer(&bundle, "vendor/image");
+    let v = airlock::trust::Policy::from_keys(&[PathBuf::from(TEST_PUB)])
         .unwrap()
-        .evaluate(&entry(&subject), &store);
+        .evaluate(&entry(&kw_digest.parse().unwrap()), &store);
     assert!(
         !v.admitted && v.reasons[0].contains("no trusted root"),
         "{:?}",
@@ -1137,16 +1136,10 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
     ];
 
     // Only the agent is signed keyless: the operator is refused before writing.
-    let out = airlock_cmd()
-        .args(["export", "-o", b, &operator_ref])
-        .args(identity)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    fails_policy(
+        &mut airlock_cmd()
+            .args(["export", "-o", b, &operator_ref])
+            .args(identity),
     );
     assert!(!Path::new(b).exists());
 
@@ -1216,24 +1209,17 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/realdata/keyless/trusted_root.json"
     );
-    let out = airlock_cmd()
-        .args(["verify", "--json", b])
-        .args(["--certificate-identity", TEST_IDENTITY])
-        .args([
-            "--certificate-oidc-issuer",
-            TEST_ISSUER,
-            "--trusted-root",
-            prod,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    assert!(
-        json(&out)["policy"][0]["reasons"]
-            .to_string()
-            .contains("is not one the site trusts"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    refused_by_policy(
+        &mut airlock_cmd()
+            .args(["verify", "--json", b])
+            .args(["--certificate-identity", TEST_IDENTITY])
+            .args([
+                "--certificate-oidc-issuer",
+                TEST_ISSUER,
+                "--trusted-root",
+                prod,
+            ]),
+        "is not one the site trusts",
     );
 
     // A private PKI checks certificates at verification time (no transparency
@@ -1242,18 +1228,11 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/realdata/containers-image/signature/fixtures/pki_root_crts.pem"
     );
-    let out = airlock_cmd()
-        .args(["verify", "--json", b, "--ca-roots", pki_root])
-        .args(["--certificate-identity", TEST_IDENTITY])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    assert!(
-        json(&out)["policy"][0]["reasons"]
-            .to_string()
-            .contains("site PKI: the certificate was not valid at verification time"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    refused_by_policy(
+        &mut airlock_cmd()
+            .args(["verify", "--json", b, "--ca-roots", pki_root])
+            .args(["--certificate-identity", TEST_IDENTITY]),
+        "site PKI: the certificate was not valid at verification time",
     );
 
     // Import on identity: every digest lands, the keyless signature with it.
@@ -1313,19 +1292,12 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
     assert_eq!(rep["unreferenced"], serde_json::json!([]), "{rep}");
     // Another pin: the carried root is not used, nothing is admitted.
     let other_pin = format!("sha256:{}", "0".repeat(64));
-    let out = airlock_cmd()
-        .args(["verify", "--json", c])
-        .args(&pinned[..4])
-        .args(["--trusted-root", &other_pin])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    assert!(
-        json(&out)["policy"][0]["reasons"]
-            .to_string()
-            .contains("is not in this bundle"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
+    refused_by_policy(
+        &mut airlock_cmd()
+            .args(["verify", "--json", c])
+            .args(&pinned[..4])
+            .args(["--trusted-root", &other_pin]),
+        "is not in this bundle",
     );
     // A bundle without a carried root cannot satisfy a pin either.
     let out = airlock_cmd()
@@ -1395,20 +1367,17 @@ fn keyless_attestation_negatives() {
     assert!(e.contains("does not verify the envelope"), "{e}");
     // The certificate of another signing event.
     let (_, other) = ts.attest(b"{\"other\":1}", TEST_IDENTITY);
-    let mut swapped = ann.clone();
-    swapped.insert(
-        "dev.sigstore.cosign/certificate".into(),
-        other["dev.sigstore.cosign/certificate"].clone(),
-    );
+    let taking = |key: &str, from: &std::collections::BTreeMap<String, String>| {
+        let mut a = ann.clone();
+        a.insert(key.into(), from[key].clone());
+        a
+    };
+    let swapped = taking("dev.sigstore.cosign/certificate", &other);
     let e = check(&swapped, &envelope, statement, &roots).unwrap_err();
     assert!(e.contains("another signer"), "{e}");
     // The SET of a hashedrekord (signature) entry does not vouch for an attestation.
     let sig_ann = ts.sign(b"payload", TEST_IDENTITY);
-    let mut wrong_kind = ann.clone();
-    wrong_kind.insert(
-        "dev.sigstore.cosign/bundle".into(),
-        sig_ann["dev.sigstore.cosign/bundle"].clone(),
-    );
+    let wrong_kind = taking("dev.sigstore.cosign/bundle", &sig_ann);
     let e = check(&wrong_kind, &envelope, statement, &roots).unwrap_err();
     assert!(e.contains("kind hashedrekord"), "{e}");
 
@@ -1433,7 +1402,7 @@ mod containers_image {
     //! and signature layers in the "dir:" form; every VALID case must be
     //! admitted with the inputs named there, every MUST-FAIL case refused.
     use super::*;
-    use airlock::bundle::{Artifact, ArtifactKind, ImageEntry};
+    use airlock::bundle::{Artifact, ArtifactKind};
     use airlock::trust::{identity_rule, MemoryStore, Policy, RootSource, Verdict};
     use base64::Engine as _;
 
@@ -1448,7 +1417,7 @@ mod containers_image {
 
     /// The image (digest of manifest.json, or of nothing) and a store holding
     /// one signature manifest with a layer per `signature-N` file named.
-    fn load(case: &str, signatures: &[&str]) -> (ImageEntry, MemoryStore) {
+    fn load(case: &str, signatures: &[&str]) -> (airlock::bundle::ImageEntry, MemoryStore) {
         let dir = format!("{FIX}/{case}");
         let subject = std::fs::read(format!("{dir}/manifest.json"))
             .map(|m| Digest::of(&m))
@@ -1481,19 +1450,11 @@ mod containers_image {
             sig.clone(),
             (manifest.clone(), airlock::oci::OCI_MANIFEST.into()),
         );
-        let image = ImageEntry {
-            source: format!("registry.example/{case}:latest"),
-            registry: "registry.example".into(),
-            repository: case.into(),
-            tag: Some("latest".into()),
-            digest: subject.clone(),
-            media_type: airlock::oci::OCI_MANIFEST.into(),
-            size: 0,
-            source_digest: subject.clone(),
-            platforms: vec![],
-            target: None,
-            ref_name: None,
-            artifacts: vec![Artifact {
+        let image = test_image(
+            format!("registry.example/{case}:latest"),
+            case.into(),
+            subject.clone(),
+            Artifact {
                 kind: ArtifactKind::Signature,
                 subject,
                 digest: sig,
@@ -1502,9 +1463,8 @@ mod containers_image {
                 tag: None,
                 artifact_type: None,
                 predicate_types: vec![],
-            }],
-            total_size: 0,
-        };
+            },
+        );
         (image, store)
     }
 

@@ -585,12 +585,7 @@ fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> 
     if roots.ctlogs.is_empty() {
         return Err("the trusted root lists no CT log to check the certificate's SCT with".into());
     }
-    let ext = leaf
-        .tbs_certificate()
-        .extensions()
-        .into_iter()
-        .flatten()
-        .find(|e| e.extn_id.to_string() == OID_CT_PRECERT_SCTS)
+    let ext = extension(leaf, OID_CT_PRECERT_SCTS)
         .ok_or("the certificate carries no SCT (signed certificate timestamp)")?;
     let list = der::asn1::OctetString::from_der(ext.extn_value.as_bytes())
         .map_err(|_| "the SCT extension does not parse")?;
@@ -623,6 +618,14 @@ fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> 
         return Err("the certificate's SCT does not verify with the trusted CT log key".into());
     }
     Err("the certificate's SCT is from no CT log the site trusts".into())
+}
+
+fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a x509_cert::ext::Extension> {
+    cert.tbs_certificate()
+        .extensions()
+        .into_iter()
+        .flatten()
+        .find(|e| e.extn_id.to_string() == oid)
 }
 
 struct Sct {
@@ -699,23 +702,7 @@ mod tests {
     /// even though every signature in it is fine.
     #[test]
     fn certificate_outside_its_validity_is_refused() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/realdata/keyless");
-        let m: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(format!("{dir}/podinfo-sig-manifest.json")).unwrap(),
-        )
-        .unwrap();
-        let ann = &m["layers"][0]["annotations"];
-        let leaf = <Certificate as der::DecodePem>::from_pem(
-            ann["dev.sigstore.cosign/certificate"]
-                .as_str()
-                .unwrap()
-                .as_bytes(),
-        )
-        .unwrap();
-        let chain = Certificate::load_pem_chain(ann[ANNOTATION_CHAIN].as_str().unwrap().as_bytes())
-            .unwrap();
-        let roots = KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/trusted_root.json")))
-            .unwrap();
+        let (leaf, chain, roots) = podinfo();
         let nb = leaf
             .tbs_certificate()
             .validity()
@@ -782,12 +769,7 @@ mod tests {
 
         // One byte of the SCT's signature changed (the certificate still parses).
         let mut der = leaf.to_der().unwrap();
-        let ext = leaf
-            .tbs_certificate()
-            .extensions()
-            .into_iter()
-            .flatten()
-            .find(|e| e.extn_id.to_string() == OID_CT_PRECERT_SCTS)
+        let ext = extension(&leaf, OID_CT_PRECERT_SCTS)
             .unwrap()
             .extn_value
             .as_bytes()
