@@ -89,7 +89,7 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
     let image = format!("{}/vendor/multi:latest", src.host);
 
     // Export refuses with the wrong key, before writing anything.
-    fails_policy(&mut airlock_cmd().args(["export", "-o", b, "--key", &wrong, &image]));
+    fails_policy(airlock_cmd().args(["export", "-o", b, "--key", &wrong, &image]));
     assert!(!bundle.exists());
 
     let out = run_ok(airlock_cmd().args(["export", "--json", "-o", b, "--key", &good, &image]));
@@ -214,7 +214,7 @@ async fn real_signed_multi_platform_image_crosses_with_a_policy() {
     // From a pipe, with the policy checked before the first push.
     let dst2 = TestRegistry::start();
     fails_policy(
-        &mut airlock_cmd()
+        airlock_cmd()
             .args(["import", "-", "--to", &dst2.host, "--key", &wrong])
             .stdin(std::fs::File::open(&bundle).unwrap()),
     );
@@ -1137,7 +1137,7 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
 
     // Only the agent is signed keyless: the operator is refused before writing.
     fails_policy(
-        &mut airlock_cmd()
+        airlock_cmd()
             .args(["export", "-o", b, &operator_ref])
             .args(identity),
     );
@@ -1210,7 +1210,7 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
         "/fixtures/realdata/keyless/trusted_root.json"
     );
     refused_by_policy(
-        &mut airlock_cmd()
+        airlock_cmd()
             .args(["verify", "--json", b])
             .args(["--certificate-identity", TEST_IDENTITY])
             .args([
@@ -1229,7 +1229,7 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
         "/fixtures/realdata/containers-image/signature/fixtures/pki_root_crts.pem"
     );
     refused_by_policy(
-        &mut airlock_cmd()
+        airlock_cmd()
             .args(["verify", "--json", b, "--ca-roots", pki_root])
             .args(["--certificate-identity", TEST_IDENTITY]),
         "site PKI: the certificate was not valid at verification time",
@@ -1293,7 +1293,7 @@ async fn keyless_signatures_and_attestations_cross_by_identity() {
     // Another pin: the carried root is not used, nothing is admitted.
     let other_pin = format!("sha256:{}", "0".repeat(64));
     refused_by_policy(
-        &mut airlock_cmd()
+        airlock_cmd()
             .args(["verify", "--json", c])
             .args(&pinned[..4])
             .args(["--trusted-root", &other_pin]),
