@@ -739,7 +739,7 @@ fn keyless_policy_admits_by_identity_only() {
     let sig = Digest::of(&manifest);
     let image = test_image(
         "ghcr.io/stefanprodan/podinfo:6.4.0".into(),
-        "stefanprodan/podinfo".into(),
+        "stefanprodan/podinfo",
         subject.clone(),
         Artifact {
             kind: ArtifactKind::Signature,
@@ -1452,7 +1452,7 @@ mod containers_image {
         );
         let image = test_image(
             format!("registry.example/{case}:latest"),
-            case.into(),
+            case,
             subject.clone(),
             Artifact {
                 kind: ArtifactKind::Signature,
