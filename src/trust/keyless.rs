@@ -1,17 +1,20 @@
-//! Keyless cosign signatures (`.sig` with a Fulcio certificate and a Rekor
-//! SET), verified offline against a trusted root the site gives:
+//! Keyless cosign signatures and attestations (`.sig`/`.att` with a Fulcio
+//! certificate and a Rekor SET), verified offline against a trusted root the
+//! site gives:
 //! 1. the Rekor SET (signed entry timestamp) verifies with a trusted Rekor
-//!    key, over the canonical JSON of the entry;
-//! 2. the entry (hashedrekord) names this payload's sha256, this signature
-//!    and this certificate;
+//!    key, over the canonical JSON of the entry (`tlog.rs`);
+//! 2. the entry (hashedrekord for `.sig`, intoto/dsse for `.att`) names this
+//!    payload or envelope, this signature and this certificate;
 //! 3. the certificate chains to a trusted Fulcio CA, every link valid at the
 //!    entry's integrated time (Fulcio leaves live ten minutes);
-//! 4. the certificate's key verifies the signature over the payload bytes;
-//! 5. its identity (SAN) and OIDC issuer match what the site requires.
+//! 4. its embedded SCT verifies with a trusted CT log key;
+//! 5. the certificate's key verifies the signature (payload or DSSE PAE);
+//! 6. its identity (SAN) and OIDC issuer match what the site requires.
 //!
-//! The chain carried in the signature is used only to find a path, never as
-//! a trust anchor. Not covered: Fulcio SCTs, sigstore bundles, Rekor
-//! inclusion proofs (the SET is the offline proof cosign itself checks).
+//! Also here: certificates of a site's private PKI (no log, no SCT). The chain
+//! carried in a signature is used only to find a path, never as a trust
+//! anchor. Rekor inclusion proofs are not part of these legacy formats: the
+//! SET is the offline proof cosign itself checks.
 
 use super::tlog::{RekorKey, ANNOTATION_BUNDLE};
 use crate::digest::Digest;
