@@ -89,6 +89,8 @@ impl KeylessRoots {
             certificate_authorities: Vec<Ca>,
             #[serde(default)]
             tlogs: Vec<Tlog>,
+            #[serde(default)]
+            ctlogs: Vec<Tlog>,
         }
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
@@ -109,12 +111,7 @@ impl KeylessRoots {
         struct Tlog {
             public_key: Raw,
         }
-        #[derive(Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct RootWithCt {
-            #[serde(default)]
-            ctlogs: Vec<Tlog>,
-        }
+
         let root: Root = serde_json::from_slice(text)
             .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
         let mut cas = Vec::new();
@@ -133,9 +130,8 @@ impl KeylessRoots {
             // Only ECDSA P-256 logs sign SETs of this kind; others are skipped.
             rekor.extend(RekorKey::from_der(&der));
         }
-        let ct: RootWithCt = serde_json::from_slice(text).map_err(|e| e.to_string())?;
         let mut ctlogs = Vec::new();
-        for t in ct.ctlogs {
+        for t in root.ctlogs {
             let der = b64(&t.public_key.raw_bytes).ok_or("a CT log key is not base64")?;
             if let Ok(k) =
                 <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(

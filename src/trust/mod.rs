@@ -714,6 +714,20 @@ fn load_all_roots(
     }
 }
 
+/// The roots loaded now, the digest of a root to take from the bundle later,
+/// and the Rekor keys to add to it then.
+fn resolve_roots(
+    source: Option<RootSource>,
+    rekor_paths: &[PathBuf],
+) -> Result<(LoadedRoots, Option<Digest>, Vec<tlog::RekorKey>), TrustError> {
+    let rekor = rekor_keys(rekor_paths)?;
+    match source {
+        Some(RootSource::Pinned(d)) => Ok((load_all_roots(None, rekor.clone())?, Some(d), rekor)),
+        Some(RootSource::File(p)) => Ok((load_all_roots(Some(&p), rekor)?, None, vec![])),
+        None => Ok((load_all_roots(None, rekor)?, None, vec![])),
+    }
+}
+
 /// Where the trusted root comes from: a file the site holds, or the copy a
 /// bundle carries, used only when its sha256 is the one the site pinned.
 #[derive(Clone, Debug)]
@@ -844,18 +858,8 @@ impl Policy {
             .iter()
             .map(|p| TrustedKey::from_file(p))
             .collect::<Result<Vec<_>, _>>()?;
-        let rekor = rekor_keys(&roots_given.rekor_keys)?;
-        let (file, pinned_root) = match &roots_given.trusted_root {
-            Some(RootSource::File(p)) => (Some(p.as_path()), None),
-            Some(RootSource::Pinned(d)) => (None, Some(d.clone())),
-            None => (None, None),
-        };
-        let extra_rekor = if pinned_root.is_some() {
-            rekor.clone()
-        } else {
-            vec![]
-        };
-        let roots = load_all_roots(file, rekor)?;
+        let (roots, pinned_root, extra_rekor) =
+            resolve_roots(roots_given.trusted_root.clone(), &roots_given.rekor_keys)?;
         if !identities.is_empty() && pinned_root.is_none() && !roots.has_fulcio() {
             return Err(flag_err(
                 "--certificate-identity needs --trusted-root (a sigstore trusted_root.json, or the sha256 of the one the bundle carries)".into(),
@@ -892,19 +896,14 @@ impl Policy {
         let file: PolicyFile = serde_saphyr::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let rekor_paths: Vec<PathBuf> = file.rekor_keys.iter().map(|k| base.join(k)).collect();
-        let rekor = rekor_keys(&rekor_paths)?;
-        let source = file.trusted_root.as_deref().map(RootSource::parse);
-        let (root_file, pinned_root) = match source {
-            Some(RootSource::File(p)) => (Some(base.join(p)), None),
-            Some(RootSource::Pinned(d)) => (None, Some(d)),
-            None => (None, None),
-        };
-        let extra_rekor = if pinned_root.is_some() {
-            rekor.clone()
-        } else {
-            vec![]
-        };
-        let roots = load_all_roots(root_file.as_deref(), rekor)?;
+        let source = file
+            .trusted_root
+            .as_deref()
+            .map(|r| match RootSource::parse(r) {
+                RootSource::File(p) => RootSource::File(base.join(p)),
+                pinned => pinned,
+            });
+        let (roots, pinned_root, extra_rekor) = resolve_roots(source, &rekor_paths)?;
         let mut rules = Vec::new();
         for (i, r) in file.rules.into_iter().enumerate() {
             if r.keys.is_empty() && r.keyless.is_empty() && r.certificates.is_none() {
