@@ -56,15 +56,10 @@ async fn skopeo_copies_from_the_extracted_layout() {
             img.digest,
             "{oci}"
         );
-        sh(Command::new("skopeo").args([
-            "copy",
-            "-q",
-            "--all",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
+        skopeo_copy(
             &oci,
             &format!("docker://{}/{}:{}", dst.host, img.repository, img.tag),
-        ]));
+        );
         assert_eq!(
             d.head_manifest(&img.repository, &img.tag).await.unwrap(),
             Some(img.digest.clone())
@@ -72,14 +67,10 @@ async fn skopeo_copies_from_the_extracted_layout() {
         // Signatures are layout refs too.
         let (sig_tag, sig_digest) = &img.artifact_tags[0];
         let sig_ref = format!("oci:{}:{}:{}", dir.display(), img.repository, sig_tag);
-        sh(Command::new("skopeo").args([
-            "copy",
-            "-q",
-            "--preserve-digests",
-            "--dest-tls-verify=false",
+        skopeo_copy(
             &sig_ref,
             &format!("docker://{}/{}:{}", dst.host, img.repository, sig_tag),
-        ]));
+        );
         assert_eq!(
             d.head_manifest(&img.repository, sig_tag)
                 .await
@@ -100,16 +91,10 @@ async fn airlock_exports_what_skopeo_pushed() {
     for tag in
         std::iter::once(img.tag.clone()).chain(img.artifact_tags.iter().map(|(t, _)| t.clone()))
     {
-        sh(Command::new("skopeo").args([
-            "copy",
-            "-q",
-            "--all",
-            "--preserve-digests",
-            "--src-tls-verify=false",
-            "--dest-tls-verify=false",
+        skopeo_copy(
             &format!("docker://{}/{}:{tag}", src.host, img.repository),
             &format!("docker://{}/{}:{tag}", mid.host, img.repository),
-        ]));
+        );
     }
     let bundle = work.path().join("b.tar.zst");
     let (code, out, err) = airlock(&[

@@ -19,29 +19,20 @@ const OTHER_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/othe
 /// Push the real signed image and its five signature manifests, digests kept.
 fn push_real(reg: &TestRegistry, repo: &str) {
     let dst = |tag: &str| format!("docker://{}/{repo}:{tag}", reg.host);
-    sh(Command::new("skopeo").args([
-        "copy",
-        "-q",
-        "--all",
-        "--preserve-digests",
-        "--dest-tls-verify=false",
+    skopeo_copy(
         &format!("oci:{REAL}/multi-platform-container-latest"),
         &dst("latest"),
-    ]));
+    );
     for entry in std::fs::read_dir(REAL).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if let Some(hex) = name
             .strip_prefix("multi-platform-container-sha256-")
             .and_then(|n| n.strip_suffix("-sig"))
         {
-            sh(Command::new("skopeo").args([
-                "copy",
-                "-q",
-                "--preserve-digests",
-                "--dest-tls-verify=false",
+            skopeo_copy(
                 &format!("oci:{REAL}/{name}"),
                 &dst(&format!("sha256-{hex}.sig")),
-            ]));
+            );
         }
     }
 }

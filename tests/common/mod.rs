@@ -264,6 +264,22 @@ pub fn refs(src: &TestRegistry, images: &[FixtureImage]) -> Vec<String> {
 }
 
 /// Run a command that must succeed; its stdout.
+/// `skopeo copy` into a test registry (plain HTTP), every platform, digests kept.
+pub fn skopeo_copy(from: &str, to: &str) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+    ]);
+    if from.starts_with("docker://") {
+        cmd.arg("--src-tls-verify=false");
+    }
+    sh(cmd.args([from, to]));
+}
+
 pub fn sh(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run");
     assert!(
