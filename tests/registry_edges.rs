@@ -255,6 +255,15 @@ async fn import_survives_injected_faults() {
     }
 }
 
+/// The command fails (exit 1) with every needle in its error message.
+fn fails_with(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = airlock(args);
+    assert_eq!(code, 1, "{args:?}: {err}");
+    for n in needles {
+        assert!(err.contains(n), "{args:?}: {n:?} not in: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_errors_name_what_is_wrong() {
     let (src, _images) = seeded_source().await;
@@ -262,43 +271,92 @@ async fn user_errors_name_what_is_wrong() {
     let out = work.path().join("b.tar.zst");
     let o = out.to_str().unwrap();
 
-    let (code, _, err) = airlock(&[
-        "export",
-        "-o",
-        o,
-        &format!("{}/vendor/operator:9.9.9", src.host),
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("vendor/operator:9.9.9") && err.contains("not found"),
-        "{err}"
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            &format!("{}/vendor/operator:9.9.9", src.host),
+        ],
+        &["vendor/operator:9.9.9", "not found"],
     );
 
-    let (code, _, err) = airlock(&[
-        "export",
-        "-o",
-        o,
-        "--platform",
-        "linux/riscv64",
-        &format!("{}/vendor/agent:2.0.0", src.host),
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("no platform matches") && err.contains("linux/s390x"),
-        "{err}"
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--platform",
+            "linux/riscv64",
+            &format!("{}/vendor/agent:2.0.0", src.host),
+        ],
+        &["no platform matches", "linux/s390x"],
     );
 
-    let (code, _, err) = airlock(&[
-        "export",
-        "-o",
-        o,
-        "--require-signatures",
-        &format!("{}/vendor/gateway:3.0.0", src.host),
-    ]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("--require-signatures") && err.contains("gateway"),
-        "{err}"
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--require-signatures",
+            &format!("{}/vendor/gateway:3.0.0", src.host),
+        ],
+        &["--require-signatures", "gateway"],
+    );
+    // Trust material that is not what the flag says: named, nothing written.
+    let not_a_root = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/cosign-test.pub");
+    let agent = format!("{}/vendor/agent:2.0.0", src.host);
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--carry-trusted-root",
+            not_a_root,
+            &agent,
+        ],
+        &["--carry-trusted-root", not_a_root, "trusted_root.json"],
+    );
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--ca-roots",
+            not_a_root,
+            "--certificate-identity",
+            "x",
+            &agent,
+        ],
+        &["--ca-roots", not_a_root],
+    );
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--trusted-root",
+            "/nonexistent/root.json",
+            "--certificate-identity",
+            "x",
+            "--certificate-oidc-issuer",
+            "y",
+            &agent,
+        ],
+        &["/nonexistent/root.json"],
+    );
+    fails_with(
+        &[
+            "export",
+            "-o",
+            o,
+            "--key",
+            not_a_root,
+            "--rekor-key",
+            "/nonexistent/rekor.pub",
+            &agent,
+        ],
+        &["/nonexistent/rekor.pub"],
     );
     assert!(!out.exists(), "no bundle may be written on refusal");
     assert_eq!(
@@ -307,31 +365,17 @@ async fn user_errors_name_what_is_wrong() {
         "no temp files left behind"
     );
 
-    let (code, _, err) = airlock(&[
-        "export",
-        "-o",
-        o,
-        &format!("{}/vendor/operator:1.0.0", src.host),
-    ]);
+    let operator = format!("{}/vendor/operator:1.0.0", src.host);
+    let (code, _, err) = airlock(&["export", "-o", o, &operator]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = airlock(&[
-        "export",
-        "-o",
-        o,
-        &format!("{}/vendor/operator:1.0.0", src.host),
-    ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("already exists"), "{err}");
+    fails_with(&["export", "-o", o, &operator], &["already exists"]);
 
-    let (code, _, err) = airlock(&["export", "-o", o, "Not A Ref"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("Not A Ref"), "{err}");
+    fails_with(&["export", "-o", o, "Not A Ref"], &["Not A Ref"]);
 
-    let (code, _, err) = airlock(&["import", o, "--to", "127.0.0.1:1"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("127.0.0.1:1"), "{err}");
+    fails_with(&["import", o, "--to", "127.0.0.1:1"], &["127.0.0.1:1"]);
 
-    let (code, _, err) = airlock(&["import", "/nonexistent.tar.zst", "--to", &src.host]);
-    assert_eq!(code, 1);
-    assert!(err.contains("/nonexistent.tar.zst"), "{err}");
+    fails_with(
+        &["import", "/nonexistent.tar.zst", "--to", &src.host],
+        &["/nonexistent.tar.zst"],
+    );
 }

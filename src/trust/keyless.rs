@@ -792,4 +792,16 @@ mod tests {
         let e = check_sct(&leaf, &issuer, &staging).unwrap_err();
         assert!(e.contains("no CT log the site trusts"), "{e}");
     }
+
+    /// Hostile SCT lists (lengths past the end, empty) are refused, not read past.
+    #[test]
+    fn broken_sct_lists_do_not_parse() {
+        assert!(parse_sct_list(&[]).is_none());
+        assert!(parse_sct_list(&[0, 50, 0, 1]).is_none());
+        assert!(parse_sct_list(&[0, 4, 0, 2, 0, 1]).is_none());
+        let mut truncated = vec![0u8, 40, 0, 38, 0];
+        truncated.extend_from_slice(&[7u8; 35]);
+        assert!(parse_sct_list(&truncated).is_none());
+        assert_eq!(parse_sct_list(&[0, 0]).map(|l| l.len()), Some(0));
+    }
 }
