@@ -190,12 +190,22 @@ impl<R: Read> VerifyingReader<R> {
     }
 }
 
-/// The error a [`VerifyingReader`] raises; the registry client recognises it.
+/// Raised when bytes do not hash to the digest (or size) they claim. It
+/// travels inside an `io::Error` and is found again in the error chain, so
+/// that a corrupt blob is reported as such and never retried as a network
+/// failure.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IntegrityError(pub String);
+
+/// The error a [`VerifyingReader`] raises.
 pub fn integrity_error(msg: String) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        crate::registry::BlobIntegrityError(msg),
-    )
+    io::Error::new(io::ErrorKind::InvalidData, IntegrityError(msg))
+}
+
+/// True when `e` (or what it wraps) is an [`IntegrityError`].
+pub fn is_integrity_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|i| i.is::<IntegrityError>())
 }
 
 impl<R: Read> Read for VerifyingReader<R> {

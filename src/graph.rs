@@ -1,16 +1,130 @@
-//! The descriptor graph of a bundle: for every image, which manifests and
-//! blobs it needs and in which order they are pushed. Built from the
-//! manifests' own bytes (never from claims in the bundle index alone), so
-//! it doubles as the completeness check of `verify` and `import`.
+//! The descriptor graph: what a source offers (images, their manifests as
+//! raw bytes, the blobs they need) and, per image, which manifests and
+//! blobs it needs and in which order they are pushed. The walk reads the
+//! manifests' own bytes (never claims in a bundle index alone), so it is
+//! also the completeness check of every copy: export, import, verify.
 
-use crate::bundle::{ArtifactKind, BundleError, BundleIndex, ImageEntry, MemberKind};
+use crate::bundle::BundleError;
 use crate::digest::Digest;
-use crate::oci::{ManifestView, ANNOTATION_ORIGINAL_INDEX};
+pub use crate::image::{Artifact, ArtifactKind, ImageEntry, PlatformEntry};
+use crate::oci::{Manifest, ManifestView, ANNOTATION_ORIGINAL_INDEX};
 use bytes::Bytes;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// Manifest bytes by digest, each already checked against its digest.
-pub type Manifests = HashMap<Digest, (Bytes, String)>;
+/// Whether a blob is small metadata (a config, a signature payload) or a
+/// layer; a bundle stores the first kind before the second.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BlobClass {
+    Small,
+    Layer,
+}
+
+/// One blob a graph needs.
+#[derive(Clone, Debug)]
+pub struct BlobInfo {
+    pub digest: Digest,
+    pub size: u64,
+    pub class: BlobClass,
+    /// Set for blobs that are not image content (a carried trusted root).
+    pub media_type: Option<String>,
+    /// The first image (index in [`Graph::images`]) that needs it: a
+    /// registry source fetches it from that image's repository.
+    pub image: usize,
+}
+
+/// Everything a source offers for a copy, resolved before any blob moves.
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub images: Vec<ImageEntry>,
+    /// Every manifest and index, raw and digest-checked.
+    pub manifests: BTreeMap<Digest, Manifest>,
+    /// Every blob, once each, in the source's order.
+    pub blobs: Vec<BlobInfo>,
+    /// A sigstore trusted root carried along (a blob of [`Graph::blobs`]).
+    pub trusted_root: Option<Digest>,
+    /// Small blobs read for the policy (signature payloads), verified.
+    pub payloads: HashMap<Digest, Bytes>,
+}
+
+impl Graph {
+    pub fn blob(&self, digest: &Digest) -> Option<&BlobInfo> {
+        self.blobs.iter().find(|b| &b.digest == digest)
+    }
+
+    /// Add a blob once; returns false when it was there already.
+    pub fn add_blob(&mut self, blob: BlobInfo) -> bool {
+        if self.blobs.iter().any(|b| b.digest == blob.digest) {
+            return false;
+        }
+        self.blobs.push(blob);
+        true
+    }
+
+    pub fn add_manifest(&mut self, m: Manifest) {
+        self.manifests.entry(m.digest.clone()).or_insert(m);
+    }
+
+    /// Bytes of every blob.
+    pub fn blob_bytes(&self) -> u64 {
+        self.blobs.iter().map(|b| b.size).sum()
+    }
+
+    /// Walk every image; fails on the first missing or inconsistent
+    /// object, naming it (`name` names the source in the error).
+    pub fn walk(&self, name: &str) -> Result<Vec<ImageGraph>, BundleError> {
+        let mut blob_sizes: HashMap<&Digest, u64> =
+            self.blobs.iter().map(|b| (&b.digest, b.size)).collect();
+        for m in self.manifests.values() {
+            blob_sizes.insert(&m.digest, m.bytes.len() as u64);
+        }
+        let w = Walker {
+            bundle: name,
+            manifests: &self.manifests,
+            blob_sizes,
+        };
+        if self.images.is_empty() {
+            return Err(BundleError::BadIndex {
+                bundle: name.into(),
+                detail: "no images".into(),
+            });
+        }
+        self.images.iter().map(|e| w.image(e)).collect()
+    }
+
+    /// Blobs and manifests no image needs (reported by `verify`).
+    pub fn unreferenced(&self, graphs: &[ImageGraph]) -> Vec<Digest> {
+        let used = used_digests(graphs);
+        let blobs = self.blobs.iter().map(|b| &b.digest);
+        blobs
+            .chain(self.manifests.keys())
+            .filter(|d| !used.contains(*d) && self.trusted_root.as_ref() != Some(*d))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Every digest some image needs.
+pub fn used_digests(graphs: &[ImageGraph]) -> HashSet<&Digest> {
+    let mut used: HashSet<&Digest> = HashSet::new();
+    for g in graphs {
+        used.extend(g.blobs.iter());
+        used.extend(g.manifests.iter().map(|m| &m.digest));
+        used.extend(g.artifacts.iter().map(|m| &m.digest));
+        used.insert(&g.entry.source_digest);
+    }
+    used
+}
+
+impl crate::trust::ArtifactStore for Graph {
+    fn manifest(&self, digest: &Digest) -> Option<(Vec<u8>, String)> {
+        self.manifests
+            .get(digest)
+            .map(|m| (m.bytes.to_vec(), m.media_type.clone()))
+    }
+    fn blob(&self, digest: &Digest) -> Option<Vec<u8>> {
+        self.payloads.get(digest).map(|b| b.to_vec())
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct ManifestPush {
@@ -41,14 +155,14 @@ fn missing(bundle: &str, what: String, digest: &Digest) -> BundleError {
 
 fn view(
     bundle: &str,
-    manifests: &Manifests,
+    manifests: &BTreeMap<Digest, Manifest>,
     digest: &Digest,
     what: &str,
 ) -> Result<ManifestView, BundleError> {
-    let (bytes, mt) = manifests
+    let m = manifests
         .get(digest)
         .ok_or_else(|| missing(bundle, format!("{what} manifest"), digest))?;
-    ManifestView::parse(bytes, Some(mt)).map_err(|e| BundleError::Corrupt {
+    m.view().map_err(|e| BundleError::Corrupt {
         bundle: bundle.into(),
         detail: format!("{what}: {e}"),
     })
@@ -56,8 +170,7 @@ fn view(
 
 struct Walker<'a> {
     bundle: &'a str,
-    index: &'a BundleIndex,
-    manifests: &'a Manifests,
+    manifests: &'a BTreeMap<Digest, Manifest>,
     blob_sizes: HashMap<&'a Digest, u64>,
 }
 
@@ -155,7 +268,7 @@ impl Walker<'_> {
                     &format!("blob of {name} platform {d}"),
                 )?;
             }
-            let mt = &self.manifests[d].1;
+            let mt = &self.manifests[d].media_type;
             manifests.push(ManifestPush {
                 digest: d.clone(),
                 media_type: mt.clone(),
@@ -204,7 +317,7 @@ impl Walker<'_> {
             }
             let push = ManifestPush {
                 digest: a.digest.clone(),
-                media_type: self.manifests[&a.digest].1.clone(),
+                media_type: self.manifests[&a.digest].media_type.clone(),
                 tag: a.tag.clone(),
             };
             if a.kind == ArtifactKind::ReferrersIndex {
@@ -222,50 +335,4 @@ impl Walker<'_> {
             artifacts,
         })
     }
-}
-
-/// Walk every image of the bundle; fails on the first missing or
-/// inconsistent object, naming it.
-pub fn build(
-    bundle: &str,
-    index: &BundleIndex,
-    manifests: &Manifests,
-) -> Result<Vec<ImageGraph>, BundleError> {
-    let blob_sizes = index
-        .members
-        .iter()
-        .filter(|m| m.kind != MemberKind::Layout)
-        .map(|m| (&m.digest, m.size))
-        .collect();
-    let w = Walker {
-        bundle,
-        index,
-        manifests,
-        blob_sizes,
-    };
-    if w.index.images.is_empty() {
-        return Err(BundleError::BadIndex {
-            bundle: bundle.into(),
-            detail: "no images".into(),
-        });
-    }
-    w.index.images.iter().map(|e| w.image(e)).collect()
-}
-
-/// Members no image needs (reported by `verify`; harmless but unexpected).
-pub fn unreferenced(index: &BundleIndex, graphs: &[ImageGraph]) -> Vec<String> {
-    let mut used: HashSet<&Digest> = HashSet::new();
-    for g in graphs {
-        used.extend(g.blobs.iter());
-        used.extend(g.manifests.iter().map(|m| &m.digest));
-        used.extend(g.artifacts.iter().map(|m| &m.digest));
-        used.insert(&g.entry.source_digest);
-    }
-    used.extend(index.trusted_root.iter());
-    index
-        .members
-        .iter()
-        .filter(|m| m.kind != MemberKind::Layout && !used.contains(&m.digest))
-        .map(|m| m.path.clone())
-        .collect()
 }

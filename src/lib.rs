@@ -3,11 +3,18 @@
 //! The CLI (`src/main.rs`) is a thin layer over this library; see
 //! `docs/architecture.md` for how the modules fit together.
 
+#![forbid(unsafe_code)]
+
+pub mod body;
 pub mod bundle;
+pub mod copy;
 pub mod digest;
+pub mod error;
 pub mod export;
 pub mod fixtures;
+pub mod gate;
 pub mod graph;
+pub mod image;
 pub mod import;
 pub mod inspect;
 pub mod layout;
@@ -17,5 +24,10 @@ pub mod reference;
 pub mod registry;
 pub mod selection;
 pub mod signatures;
+pub mod store;
+pub mod time;
+pub mod transfer;
 pub mod trust;
 pub mod verify;
+
+pub use error::{Error, ErrorKind};

@@ -1,20 +1,47 @@
 //! The `airlock` command line: argument parsing, credentials and output
-//! formatting over the library. Exit codes: 0 success, 1 error,
-//! 2 usage, 3 integrity failure (corrupt or tampered bundle).
+//! over the library; one function per subcommand. Exit codes come from the
+//! library's error kinds in one place ([`exit_code`]): 0 success, 1 error,
+//! 2 usage, 3 integrity failure (corrupt or tampered bundle or layout),
+//! 4 policy not met (signatures, bundle signature).
+#![forbid(unsafe_code)]
 
-use airlock::bundle::BundleError;
 use airlock::export::{self, ExportOptions};
 use airlock::import::{self, ImportOptions, OnExistingTag, Target};
-use airlock::progress::{self, human_bytes};
+use airlock::progress::{self, human_bytes, StderrEvents};
 use airlock::registry::{Credential, CredentialStore, Registries, RegistryConfig, RetryPolicy};
-use airlock::{inspect, selection, verify};
+use airlock::store::endpoint::Endpoint;
+use airlock::{inspect, selection, verify, ErrorKind};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
+const EXIT_USAGE: i32 = 2;
 const EXIT_INTEGRITY: i32 = 3;
 const EXIT_POLICY: i32 = 4;
+
+/// `--on-existing-tag` (the library's type carries no CLI dependency).
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum TagPolicy {
+    /// Stop before pushing anything (default).
+    #[default]
+    Refuse,
+    /// Move the tag to the bundle's digest.
+    Overwrite,
+    /// Leave the existing tag as it is (content is still pushed by digest).
+    Skip,
+}
+
+impl From<TagPolicy> for OnExistingTag {
+    fn from(t: TagPolicy) -> OnExistingTag {
+        match t {
+            TagPolicy::Refuse => OnExistingTag::Refuse,
+            TagPolicy::Overwrite => OnExistingTag::Overwrite,
+            TagPolicy::Skip => OnExistingTag::Skip,
+        }
+    }
+}
 
 #[derive(Args, Clone, Default)]
 #[command(group(clap::ArgGroup::new("tlog_roots").args(["trusted_root", "rekor_keys"]).multiple(true)))]
@@ -127,10 +154,6 @@ impl TrustArgs {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct PolicyFailure(String);
-
 #[derive(Args, Clone, Default)]
 struct BundleKeyArgs {
     /// Require the bundle to be signed by this ECDSA P-256 public key (PEM).
@@ -231,17 +254,47 @@ impl RegistryArgs {
     }
 }
 
+#[derive(Args)]
+struct CopyArgs {
+    /// Source: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], B.tar.zst, or - (stdin).
+    source: String,
+    /// Destination: docker://HOST/REPO[:TAG] (exact), docker://HOST[/TEMPLATE] with {repo}
+    /// or {name}, oci:DIR[:REF], B.tar.zst, or - (stdout).
+    destination: String,
+    /// Keep only these platforms (os/arch[/variant], repeatable).
+    #[arg(long = "platform")]
+    platforms: Vec<String>,
+    /// What to do when a tag or ref name at the destination points to another digest.
+    #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
+    on_existing_tag: TagPolicy,
+    /// Fail if any image or platform manifest has no signature.
+    #[arg(long)]
+    require_signatures: bool,
+    /// Replace an existing bundle file at the destination.
+    #[arg(long)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    bundle_key: BundleKeyArgs,
+    #[command(flatten)]
+    registry: RegistryArgs,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Pull images with their signatures into one bundle file.
     Export {
-        /// Output bundle, e.g. mirror.tar.zst (a NAME.tar.zst.sha256 is written beside it).
+        /// Output bundle, e.g. mirror.tar.zst (a NAME.tar.zst.sha256 is written beside it);
+        /// - writes the bundle to stdout (reports then go to stderr).
         #[arg(long, short)]
         output: PathBuf,
         /// Selection file (YAML), see README.
         #[arg(long = "file", short = 'f')]
         file: Option<PathBuf>,
-        /// Image references (registry/repo:tag or @sha256:…).
+        /// Image references: [docker://]registry/repo:tag or @sha256:…, or oci:DIR[:REF].
         refs: Vec<String>,
         /// Keep only these platforms of command-line references (os/arch[/variant], repeatable).
         #[arg(long = "platform")]
@@ -276,12 +329,13 @@ enum Command {
     Import {
         /// Bundle file, or - for stdin.
         bundle: String,
-        /// Target: HOST[/PREFIX] or HOST/TEMPLATE with {repo} and {name}.
+        /// Target: HOST[/PREFIX] or HOST/TEMPLATE with {repo} and {name}
+        /// (docker:// optional), or oci:DIR for an OCI layout directory.
         #[arg(long)]
         to: String,
         /// What to do when a tag at the target points to another digest.
-        #[arg(long, value_enum, default_value_t = OnExistingTag::Refuse)]
-        on_existing_tag: OnExistingTag,
+        #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
+        on_existing_tag: TagPolicy,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -291,6 +345,9 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Copy images between any two of: registry (docker://HOST/REPO[:TAG]),
+    /// OCI layout directory (oci:DIR[:REF]), bundle file, - (stdin/stdout).
+    Copy(CopyArgs),
     /// Show what a bundle holds.
     Inspect {
         bundle: PathBuf,
@@ -329,6 +386,15 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// Reports go to stdout, unless stdout carries the bundle itself.
+fn report_out(bundle_on_stdout: bool) -> Box<dyn Write> {
+    if bundle_on_stdout {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Export {
@@ -346,18 +412,7 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
             registry,
         } => {
-            let mut sel = Vec::new();
-            if let Some(f) = &file {
-                sel.extend(selection::load_file(f)?);
-            }
-            sel.extend(selection::from_refs(&refs, &platforms)?);
-            if sel.is_empty() {
-                bail!("nothing to export: give image references or --file");
-            }
-            let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
-            let registries = Registries::new(registry.config(&hosts)?);
             let mut opts = ExportOptions::new(&output);
-            opts.jobs = registry.jobs;
             opts.level = level;
             if let Some(t) = threads {
                 opts.threads = t;
@@ -366,46 +421,8 @@ async fn run(cli: Cli) -> Result<()> {
             opts.force = force;
             opts.sign_key = sign_key;
             opts.carry_trusted_root = carry_trusted_root;
-            opts.policy = trust.load()?.map(std::sync::Arc::new);
-            let report = match export::export(&registries, &sel, &opts).await {
-                Ok(r) => r,
-                Err(e @ export::ExportError::Policy(_)) => {
-                    return Err(PolicyFailure(e.to_string()).into())
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if json {
-                return print_json(&report);
-            }
-            for img in &report.images {
-                println!(
-                    "{}  {}  [{}]  {} artifacts",
-                    img.source,
-                    img.digest,
-                    img.platforms.join(", "),
-                    img.artifacts
-                );
-            }
-            println!(
-                "wrote {} ({}, {} images, {} manifests, {} blobs, {} of blobs) in {:.1}s ({}/s)",
-                report.bundle,
-                human_bytes(report.file_size),
-                report.images.len(),
-                report.manifests,
-                report.blobs,
-                human_bytes(report.blob_bytes),
-                report.seconds,
-                human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
-            );
-            println!("bundle digest: {}", report.bundle_digest);
-            if let Some(s) = &report.signature {
-                println!("bundle signature: {s}");
-            }
-            println!(
-                "file sha256:   {}  (also in {}.sha256)",
-                report.file_sha256, report.bundle
-            );
-            Ok(())
+            opts.policy = trust.load()?.map(Arc::new);
+            export_cmd(file, refs, platforms, opts, json, registry).await
         }
         Command::Import {
             bundle,
@@ -416,220 +433,426 @@ async fn run(cli: Cli) -> Result<()> {
             bundle_key,
             registry,
         } => {
-            let policy = trust.load()?.map(std::sync::Arc::new);
-            let bundle_key = bundle_key.load(&bundle)?;
-            let target = Target::parse(&to)?;
-            let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
-            let opts = ImportOptions {
-                target,
-                on_existing_tag,
-                jobs: registry.jobs,
-                policy,
+            import_cmd(
+                &bundle,
+                &to,
+                on_existing_tag.into(),
+                json,
+                trust,
                 bundle_key,
-            };
-            let report = if bundle == "-" {
-                import::import_stream(&registries, Box::new(std::io::stdin()), "stdin", &opts).await
-            } else {
-                import::import_file(&registries, std::path::Path::new(&bundle), &opts).await
-            };
-            let report = match report {
-                Ok(r) => r,
-                Err(import::ImportError::Bundle(e)) => return Err(integrity(e)),
-                Err(e @ import::ImportError::Policy(_)) => {
-                    return Err(PolicyFailure(e.to_string()).into())
-                }
-                Err(e) => return Err(e.into()),
-            };
-            if json {
-                return print_json(&report);
-            }
-            for img in &report.images {
-                println!(
-                    "{} -> {}  {}  ({} artifacts)",
-                    img.source, img.target, img.digest, img.artifacts
-                );
-            }
-            for t in &report.tags_skipped {
-                println!("left as it was: {t}");
-            }
-            println!(
-                "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
-                report.images.len(),
-                report.mode,
-                report.blobs_uploaded,
-                human_bytes(report.bytes_sent),
-                report.blobs_mounted,
-                report.blobs_present,
-                human_bytes(report.bytes_skipped),
-                report.manifests_pushed,
-                report.manifests_present,
-                report.tags_set,
-                report.seconds
-            );
-            if let Some(d) = &report.bundle_digest {
-                println!("bundle digest: {d}");
-            }
-            Ok(())
+                registry,
+            )
+            .await
         }
-        Command::Inspect { bundle, json } => {
-            let (index, digest) = inspect::read_index(&bundle).map_err(integrity)?;
-            if json {
-                return print_json(&serde_json::json!({"bundleDigest": digest, "index": index}));
-            }
-            print!("{}", inspect::render(&index, &digest));
-            Ok(())
-        }
+        Command::Copy(args) => copy_cmd(args).await,
+        Command::Inspect { bundle, json } => inspect_cmd(&bundle, json),
         Command::Verify {
             bundle,
             json,
             trust,
             bundle_key,
-        } => {
-            let policy = trust.load()?;
-            let bundle_key = bundle_key.load(&bundle)?;
-            let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
-                (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
-            } else {
-                (PathBuf::from(&bundle), None)
-            };
-            let report = match verify::verify_with_policy(&path, input, policy.as_ref()) {
-                Ok(r) => r,
-                Err(verify::VerifyError::Io { path, source })
-                | Err(verify::VerifyError::Bundle(BundleError::Io { path, source })) => {
-                    bail!("{path}: {source}")
-                }
-                Err(e) => {
-                    if json {
-                        print_json(
-                            &serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}),
-                        )?;
-                    }
-                    return Err(IntegrityFailure(e.to_string()).into());
-                }
-            };
-            let signature = bundle_key.as_ref().map(|(key, sig)| {
-                airlock::trust::verify_bundle_signature(key, &report.bundle_digest, sig)
-            });
-            let signature_failed = matches!(signature, Some(Err(_)));
-            if json {
-                let mut v = serde_json::to_value(&report)?;
-                v["verified"] =
-                    serde_json::Value::Bool(!report.policy_failed() && !signature_failed);
-                if let Some(s) = &signature {
-                    v["bundleSignature"] = match s {
-                        Ok(()) => serde_json::json!({"verified": true}),
-                        Err(e) => serde_json::json!({"verified": false, "error": e.to_string()}),
-                    };
-                }
-                print_json(&v)?;
-            }
-            if let Some(Err(e)) = signature {
-                return Err(PolicyFailure(e.to_string()).into());
-            }
-            if json {
-                if report.policy_failed() {
-                    return Err(PolicyFailure("policy not met".into()).into());
-                }
-                return Ok(());
-            }
-            if signature.is_some() {
-                println!(
-                    "bundle signature: verified with {}",
-                    bundle_key
-                        .as_ref()
-                        .map(|k| k.0.display().to_string())
-                        .unwrap_or_default()
-                );
-            }
-            for img in &report.images {
-                println!(
-                    "ok  {}  {}  [{}]  {} blobs, {} artifacts",
-                    img.source,
-                    img.digest,
-                    img.platforms.join(", "),
-                    img.blobs,
-                    img.artifacts
-                );
-            }
-            for u in &report.unreferenced {
-                println!("note: member {u} is listed but no image needs it");
-            }
-            println!(
-                "verified {}: {} members, {} checked, graph complete{}",
-                report.bundle,
-                report.members,
-                human_bytes(report.bytes),
-                match report.sidecar_ok {
-                    Some(true) => ", file sha256 matches the .sha256 file",
-                    _ => " (no .sha256 file to compare)",
-                }
-            );
-            println!(
-                "bundle digest: {}  created {} by {}",
-                report.bundle_digest, report.created, report.tool
-            );
-            if let Some(verdicts) = &report.policy {
-                for v in verdicts {
-                    println!("{}", v.line());
-                }
-                if report.policy_failed() {
-                    return Err(PolicyFailure(
-                        "policy not met: the bundle is intact, but the images above are not trusted".into(),
-                    )
-                    .into());
-                }
-                println!("policy: every image admitted");
-            } else {
-                println!("signatures: not checked (give --key or --policy)");
-            }
-            Ok(())
-        }
+        } => verify_cmd(&bundle, json, trust, bundle_key).await,
         Command::Fixtures {
             to,
             write_trusted_root,
             scale,
             registry,
-        } => {
-            if let Some(path) = write_trusted_root {
-                let json = airlock::fixtures::sigstore::TestSigstore::new().trusted_root_json();
-                std::fs::write(&path, json)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            let Some(to) = to else {
-                return Ok(());
-            };
-            let (host, prefix) = to.split_once('/').unwrap_or((&to, ""));
-            let prefix = if prefix.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", prefix.trim_end_matches('/'))
-            };
-            let registries = Registries::new(registry.config(&[host.to_string()])?);
-            let reg = registries.get(host).await?;
-            for img in airlock::fixtures::seed(&reg, &prefix, scale).await? {
-                println!(
-                    "{host}/{}:{}  {}  {} artifacts",
-                    img.repository,
-                    img.tag,
-                    img.digest,
-                    img.artifact_tags.len()
-                );
-            }
-            Ok(())
-        }
+        } => fixtures_cmd(to, write_trusted_root, scale, registry).await,
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct IntegrityFailure(String);
+fn selection_of(
+    file: Option<PathBuf>,
+    refs: &[String],
+    platforms: &[String],
+) -> Result<Vec<selection::ImageSelection>> {
+    let mut sel = Vec::new();
+    if let Some(f) = &file {
+        sel.extend(selection::load_file(f)?);
+    }
+    sel.extend(selection::from_refs(refs, platforms)?);
+    if sel.is_empty() {
+        bail!(airlock::Error::Selection(
+            "nothing to export: give image references or --file".into()
+        ));
+    }
+    Ok(sel)
+}
 
-/// Bundle errors are integrity failures (exit 3), except when the file
-/// cannot be read at all.
-fn integrity(e: BundleError) -> anyhow::Error {
-    match e {
-        BundleError::Io { .. } => e.into(),
-        e => IntegrityFailure(e.to_string()).into(),
+async fn export_cmd(
+    file: Option<PathBuf>,
+    refs: Vec<String>,
+    platforms: Vec<String>,
+    mut opts: ExportOptions,
+    json: bool,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let sel = selection_of(file, &refs, &platforms)?;
+    let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
+    let registries = Registries::new(registry.config(&hosts)?);
+    opts.jobs = registry.jobs;
+    opts.events = Arc::new(StderrEvents);
+    let to_stdout = opts.output.as_os_str() == "-";
+    let report = export::export(&registries, &sel, &opts).await?;
+    let mut out = report_out(to_stdout);
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    for img in &report.images {
+        writeln!(
+            out,
+            "{}  {}  [{}]  {} artifacts",
+            img.source,
+            img.digest,
+            img.platforms.join(", "),
+            img.artifacts
+        )?;
+    }
+    writeln!(
+        out,
+        "wrote {} ({}, {} images, {} manifests, {} blobs, {} of blobs) in {:.1}s ({}/s)",
+        report.bundle,
+        human_bytes(report.file_size),
+        report.images.len(),
+        report.manifests,
+        report.blobs,
+        human_bytes(report.blob_bytes),
+        report.seconds,
+        human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
+    )?;
+    writeln!(out, "bundle digest: {}", report.bundle_digest)?;
+    if let Some(s) = &report.signature {
+        writeln!(out, "bundle signature: {s}")?;
+    }
+    if to_stdout {
+        writeln!(out, "file sha256:   {}", report.file_sha256)?;
+    } else {
+        writeln!(
+            out,
+            "file sha256:   {}  (also in {}.sha256)",
+            report.file_sha256, report.bundle
+        )?;
+    }
+    Ok(())
+}
+
+fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
+    if json {
+        return print_json(report);
+    }
+    for img in &report.images {
+        println!(
+            "{} -> {}  {}  ({} artifacts)",
+            img.source, img.target, img.digest, img.artifacts
+        );
+    }
+    for t in &report.tags_skipped {
+        println!("left as it was: {t}");
+    }
+    println!(
+        "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
+        report.images.len(),
+        report.mode,
+        report.blobs_uploaded,
+        human_bytes(report.bytes_sent),
+        report.blobs_mounted,
+        report.blobs_present,
+        human_bytes(report.bytes_skipped),
+        report.manifests_pushed,
+        report.manifests_present,
+        report.tags_set,
+        report.seconds
+    );
+    if let Some(d) = &report.bundle_digest {
+        println!("bundle digest: {d}");
+    }
+    Ok(())
+}
+
+async fn import_cmd(
+    bundle: &str,
+    to: &str,
+    on_existing_tag: OnExistingTag,
+    json: bool,
+    trust: TrustArgs,
+    bundle_key: BundleKeyArgs,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let policy = trust.load()?.map(Arc::new);
+    let bundle_key = bundle_key.load(bundle)?;
+    let layout_dir = to.strip_prefix("oci:").map(PathBuf::from);
+    let target = match &layout_dir {
+        Some(_) => Target {
+            host: String::new(),
+            template: "{repo}".into(),
+        },
+        None => Target::parse(to.strip_prefix("docker://").unwrap_or(to))?,
+    };
+    let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
+    let opts = ImportOptions {
+        target: target.clone(),
+        on_existing_tag,
+        jobs: registry.jobs,
+        policy,
+        bundle_key,
+    };
+    let mut registry_sink;
+    let mut dir_sink;
+    let sink: &mut dyn airlock::store::Sink = match &layout_dir {
+        Some(dir) => {
+            dir_sink = airlock::store::dir::DirSink::new(dir, on_existing_tag);
+            &mut dir_sink
+        }
+        None => {
+            registry_sink =
+                airlock::store::registry::RegistrySink::new(&registries, target, on_existing_tag);
+            &mut registry_sink
+        }
+    };
+    let report = if bundle == "-" {
+        let source = airlock::bundle::BundleSource::stream(Box::new(std::io::stdin()), "stdin");
+        import::import_into(source, sink, &opts, &StderrEvents).await?
+    } else {
+        let path = std::path::Path::new(bundle);
+        if path.is_dir() {
+            bail!(airlock::Error::Selection(format!(
+                "{bundle} is a directory; give the bundle file (for a layout directory use airlock copy oci:{bundle} …)"
+            )));
+        }
+        import::import_file_into(path, sink, &opts, &StderrEvents).await?
+    };
+    print_import(&report, json)
+}
+
+async fn copy_cmd(args: CopyArgs) -> Result<()> {
+    let source = Endpoint::parse(&args.source)?;
+    let destination = Endpoint::parse(&args.destination)?;
+    let policy = args.trust.load()?.map(Arc::new);
+    let bundle_key = match &source {
+        Endpoint::Bundle(p) => args.bundle_key.load(&p.display().to_string())?,
+        Endpoint::Stdio => args.bundle_key.load("-")?,
+        _ => None,
+    };
+    let mut hosts = vec![];
+    for e in [&source, &destination] {
+        if let Endpoint::Registry(r) = e {
+            hosts.push(r.split('/').next().unwrap_or(r).to_string());
+        }
+    }
+    let registries = Registries::new(args.registry.config(&hosts)?);
+    let opts = airlock::transfer::TransferOptions {
+        platforms: args.platforms.clone(),
+        on_existing_tag: args.on_existing_tag.into(),
+        require_signatures: args.require_signatures,
+        force: args.force,
+        jobs: args.registry.jobs,
+        policy,
+        bundle_key,
+    };
+    let to_stdout = destination == Endpoint::Stdio;
+    let report =
+        airlock::transfer::transfer(&registries, &source, &destination, &opts, &StderrEvents)
+            .await?;
+    let mut out = report_out(to_stdout);
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(());
+    }
+    for (img, dest) in report.images.iter().zip(&report.destinations) {
+        writeln!(out, "{} -> {dest}  {}", img.source, img.digest)?;
+    }
+    writeln!(
+        out,
+        "copied {} images: {} blobs stored ({}), {} mounted, {} already there; {} manifests written, {} present; {:.1}s",
+        report.images.len(),
+        report.copy.blobs_stored,
+        human_bytes(report.copy.bytes_sent),
+        report.copy.blobs_mounted,
+        report.copy.blobs_present,
+        report.copy.sink.manifests_written,
+        report.copy.sink.manifests_present,
+        report.seconds
+    )?;
+    if let Some(f) = &report.copy.sink.file {
+        writeln!(
+            out,
+            "wrote {} ({}), file sha256 {}",
+            f.path,
+            human_bytes(f.size),
+            f.sha256
+        )?;
+    }
+    Ok(())
+}
+
+fn inspect_cmd(bundle: &std::path::Path, json: bool) -> Result<()> {
+    if bundle.is_dir() {
+        bail!(airlock::Error::Selection(format!(
+            "{} is a directory, not a bundle file",
+            bundle.display()
+        )));
+    }
+    let (index, digest) = inspect::read_index(bundle).map_err(airlock::Error::from)?;
+    if json {
+        return print_json(&serde_json::json!({"bundleDigest": digest, "index": index}));
+    }
+    print!("{}", inspect::render(&index, &digest));
+    Ok(())
+}
+
+async fn verify_cmd(
+    bundle: &str,
+    json: bool,
+    trust: TrustArgs,
+    bundle_key: BundleKeyArgs,
+) -> Result<()> {
+    let policy = trust.load()?;
+    let bundle_key = bundle_key.load(bundle)?;
+    let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
+        (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
+    } else {
+        (PathBuf::from(bundle), None)
+    };
+    let report = match verify::verify_bundle(&path, input, policy.as_ref()).await {
+        Ok(r) => r,
+        Err(e) => {
+            if json && e.kind() == ErrorKind::Integrity {
+                print_json(
+                    &serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}),
+                )?;
+            }
+            return Err(e.into());
+        }
+    };
+    let signature = bundle_key
+        .as_ref()
+        .map(|(key, sig)| airlock::trust::verify_bundle_signature(key, &report.bundle_digest, sig));
+    let signature_failed = matches!(signature, Some(Err(_)));
+    if json {
+        let mut v = serde_json::to_value(&report)?;
+        v["verified"] = serde_json::Value::Bool(!report.policy_failed() && !signature_failed);
+        if let Some(s) = &signature {
+            v["bundleSignature"] = match s {
+                Ok(()) => serde_json::json!({"verified": true}),
+                Err(e) => serde_json::json!({"verified": false, "error": e.to_string()}),
+            };
+        }
+        print_json(&v)?;
+    }
+    if let Some(Err(e)) = signature {
+        bail!(airlock::Error::BundleSignature(e.to_string()));
+    }
+    if json {
+        if report.policy_failed() {
+            bail!(policy_failure("policy not met"));
+        }
+        return Ok(());
+    }
+    if signature.is_some() {
+        println!(
+            "bundle signature: verified with {}",
+            bundle_key
+                .as_ref()
+                .map(|k| k.0.display().to_string())
+                .unwrap_or_default()
+        );
+    }
+    print_verify(&report)
+}
+
+fn policy_failure(msg: &str) -> airlock::Error {
+    airlock::Error::NotTrusted(msg.to_string())
+}
+
+fn print_verify(report: &verify::VerifyReport) -> Result<()> {
+    for img in &report.images {
+        println!(
+            "ok  {}  {}  [{}]  {} blobs, {} artifacts",
+            img.source,
+            img.digest,
+            img.platforms.join(", "),
+            img.blobs,
+            img.artifacts
+        );
+    }
+    for u in &report.unreferenced {
+        println!("note: member {u} is listed but no image needs it");
+    }
+    println!(
+        "verified {}: {} members, {} checked, graph complete{}",
+        report.bundle,
+        report.members,
+        human_bytes(report.bytes),
+        match report.sidecar_ok {
+            Some(true) => ", file sha256 matches the .sha256 file",
+            _ => " (no .sha256 file to compare)",
+        }
+    );
+    println!(
+        "bundle digest: {}  created {} by {}",
+        report.bundle_digest, report.created, report.tool
+    );
+    if let Some(verdicts) = &report.policy {
+        for v in verdicts {
+            println!("{}", v.line());
+        }
+        if report.policy_failed() {
+            bail!(policy_failure(
+                "policy not met: the bundle is intact, but the images above are not trusted"
+            ));
+        }
+        println!("policy: every image admitted");
+    } else {
+        println!("signatures: not checked (give --key or --policy)");
+    }
+    Ok(())
+}
+
+async fn fixtures_cmd(
+    to: Option<String>,
+    write_trusted_root: Option<PathBuf>,
+    scale: usize,
+    registry: RegistryArgs,
+) -> Result<()> {
+    if let Some(path) = write_trusted_root {
+        let json = airlock::fixtures::sigstore::TestSigstore::new().trusted_root_json();
+        std::fs::write(&path, json).with_context(|| format!("writing {}", path.display()))?;
+    }
+    let Some(to) = to else {
+        return Ok(());
+    };
+    let (host, prefix) = to.split_once('/').unwrap_or((&to, ""));
+    let prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", prefix.trim_end_matches('/'))
+    };
+    let registries = Registries::new(registry.config(&[host.to_string()])?);
+    let reg = registries.get(host).await?;
+    for img in airlock::fixtures::seed(&reg, &prefix, scale).await? {
+        println!(
+            "{host}/{}:{}  {}  {} artifacts",
+            img.repository,
+            img.tag,
+            img.digest,
+            img.artifact_tags.len()
+        );
+    }
+    Ok(())
+}
+
+/// The one place where failures become exit codes.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let kind = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<airlock::Error>())
+        .map(|a| a.kind());
+    match kind {
+        Some(ErrorKind::Usage) => EXIT_USAGE,
+        Some(ErrorKind::Integrity) => EXIT_INTEGRITY,
+        Some(ErrorKind::Policy) => EXIT_POLICY,
+        _ => 1,
     }
 }
 
@@ -647,14 +870,7 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
-        let code = if e.downcast_ref::<IntegrityFailure>().is_some() {
-            EXIT_INTEGRITY
-        } else if e.downcast_ref::<PolicyFailure>().is_some() {
-            EXIT_POLICY
-        } else {
-            1
-        };
         eprintln!("airlock: error: {e:#}");
-        std::process::exit(code);
+        std::process::exit(exit_code(&e));
     }
 }

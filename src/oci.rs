@@ -82,6 +82,33 @@ impl std::fmt::Display for Platform {
     }
 }
 
+/// A manifest or index as its raw bytes, with the media type to serve it
+/// with and its digest. Built only where the digest was checked (a registry
+/// answer, a verified bundle member or layout blob) or computed over the
+/// bytes themselves; nothing re-serialises it.
+#[derive(Clone, Debug)]
+pub struct Manifest {
+    pub bytes: bytes::Bytes,
+    pub media_type: String,
+    pub digest: Digest,
+}
+
+impl Manifest {
+    /// Our own document (a filtered index): hashed as it is.
+    pub fn hashed(bytes: impl Into<bytes::Bytes>, media_type: &str) -> Manifest {
+        let bytes = bytes.into();
+        Manifest {
+            digest: Digest::of(&bytes),
+            media_type: media_type.to_string(),
+            bytes,
+        }
+    }
+
+    pub fn view(&self) -> Result<ManifestView, ManifestError> {
+        ManifestView::parse(&self.bytes, Some(&self.media_type))
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
@@ -97,6 +124,21 @@ pub struct Descriptor {
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]
     pub urls: Vec<String>,
+}
+
+impl Descriptor {
+    /// A bare blob descriptor: what a store needs to move bytes.
+    pub fn blob(digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: "application/octet-stream".into(),
+            digest,
+            size,
+            platform: None,
+            artifact_type: None,
+            annotations: BTreeMap::new(),
+            urls: vec![],
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]

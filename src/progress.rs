@@ -24,6 +24,29 @@ pub fn note(msg: &str) {
     let _ = writeln!(err, "{msg}");
 }
 
+/// Where the library's notes go (unsigned-image warnings, policy verdict
+/// lines): the library never prints them itself; the CLI passes
+/// [`StderrEvents`], a library user whatever it wants.
+pub trait Events: Send + Sync {
+    fn note(&self, line: &str);
+}
+
+/// Notes on stderr (silenced by `--quiet`).
+pub struct StderrEvents;
+
+impl Events for StderrEvents {
+    fn note(&self, line: &str) {
+        note(line)
+    }
+}
+
+/// Notes dropped (the default for library calls).
+pub struct NoEvents;
+
+impl Events for NoEvents {
+    fn note(&self, _line: &str) {}
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

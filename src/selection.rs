@@ -45,6 +45,9 @@ pub struct ImageSelection {
     pub digests: Vec<Digest>,
     pub platforms: Vec<Platform>,
     pub target: Option<String>,
+    /// Set when the images come from an OCI layout directory (`oci:DIR`);
+    /// `repo.registry` is then `oci:DIR`.
+    pub layout: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +64,11 @@ impl ImageSelection {
             context: context.to_string(),
             detail,
         };
-        let r = Reference::parse(&e.r#ref).map_err(|e| err(e.to_string()))?;
+        if let Some(rest) = e.r#ref.strip_prefix("oci:") {
+            return layout_selection(e, rest, context);
+        }
+        let r = Reference::parse(e.r#ref.strip_prefix("docker://").unwrap_or(&e.r#ref))
+            .map_err(|e| err(e.to_string()))?;
         let mut tags = e.tags.clone();
         let mut digests = Vec::new();
         if let Some(t) = &r.tag {
@@ -116,8 +123,117 @@ impl ImageSelection {
             digests,
             platforms,
             target: e.target.clone(),
+            layout: None,
         })
     }
+}
+
+fn parse_platforms(e: &SelectionEntry, context: &str) -> Result<Vec<Platform>, SelectionError> {
+    e.platforms
+        .iter()
+        .map(|p| {
+            Platform::parse(p).ok_or_else(|| SelectionError::Entry {
+                context: context.to_string(),
+                detail: format!("platform {p:?} is not os/arch[/variant]"),
+            })
+        })
+        .collect()
+}
+
+/// `oci:DIR[:REF]`: REF (a ref name of DIR's index.json, split at the
+/// first colon after DIR as skopeo does) or every named image of DIR.
+fn layout_selection(
+    e: &SelectionEntry,
+    rest: &str,
+    context: &str,
+) -> Result<ImageSelection, SelectionError> {
+    let err = |detail: String| SelectionError::Entry {
+        context: context.to_string(),
+        detail,
+    };
+    let (dir, reference) = match rest.split_once(':') {
+        Some((d, r)) if !r.is_empty() => (d, Some(r)),
+        _ => (rest.trim_end_matches(':'), None),
+    };
+    if dir.is_empty() {
+        return Err(err("oci: needs a directory: oci:DIR[:REF]".into()));
+    }
+    let dir = std::path::PathBuf::from(dir);
+    let reader = crate::store::dir::LayoutReader::open(&dir).map_err(|x| err(x.to_string()))?;
+    let (repository, tags) = match reference {
+        Some(r) => {
+            let (repo, tag) = crate::store::dir::split_ref_name(r, reader.default_repo());
+            (repo, vec![tag])
+        }
+        None => {
+            let named = reader.named_images();
+            let Some((first, _)) = named.first() else {
+                return Err(err(format!(
+                    "{} names no image in its index.json",
+                    dir.display()
+                )));
+            };
+            let repo = first.clone();
+            let tags = named
+                .iter()
+                .filter(|(r, _)| *r == repo)
+                .map(|(_, t)| t.clone())
+                .collect();
+            (repo, tags)
+        }
+    };
+    Ok(ImageSelection {
+        repo: Reference {
+            registry: format!("oci:{}", dir.display()),
+            repository,
+            tag: None,
+            digest: None,
+        },
+        tags: [tags, e.tags.clone()].concat(),
+        tag_pattern: None,
+        digests: vec![],
+        platforms: parse_platforms(e, context)?,
+        target: e.target.clone(),
+        layout: Some(dir),
+    })
+}
+
+/// Every image of a layout directory, one selection per repository.
+pub fn from_layout_dir(
+    dir: &Path,
+    platforms: &[String],
+) -> Result<Vec<ImageSelection>, SelectionError> {
+    let reader = crate::store::dir::LayoutReader::open(dir).map_err(|x| SelectionError::Entry {
+        context: format!("oci:{}", dir.display()),
+        detail: x.to_string(),
+    })?;
+    let mut repos: Vec<String> = reader.named_images().into_iter().map(|(r, _)| r).collect();
+    repos.dedup();
+    let mut seen = std::collections::HashSet::new();
+    repos.retain(|r| seen.insert(r.clone()));
+    repos
+        .iter()
+        .map(|repo| {
+            let entry = SelectionEntry {
+                r#ref: format!("oci:{}", dir.display()),
+                tags: vec![],
+                tag_pattern: None,
+                digests: vec![],
+                platforms: platforms.to_vec(),
+                target: None,
+            };
+            let mut sel = layout_selection(&entry, &format!("{}:", dir.display()), &entry.r#ref)?;
+            let tags = reader
+                .named_images()
+                .into_iter()
+                .filter(|(r, _)| r == repo)
+                .map(|(_, t)| t)
+                .collect();
+            sel.repo.repository = repo.clone();
+            sel.tags = tags;
+            Ok(sel)
+        })
+        .collect()
 }
 
 /// Parse a selection file.
@@ -142,24 +258,29 @@ pub fn parse_selection(text: &str, name: &str) -> Result<Vec<ImageSelection>, Se
         .collect()
 }
 
-/// Command-line references, all with the same platform filter.
+/// Command-line references, all with the same platform filter. `oci:DIR`
+/// without a ref name takes every named image of the directory.
 pub fn from_refs(
     refs: &[String],
     platforms: &[String],
 ) -> Result<Vec<ImageSelection>, SelectionError> {
-    refs.iter()
-        .map(|r| {
-            let entry = SelectionEntry {
-                r#ref: r.clone(),
-                tags: vec![],
-                tag_pattern: None,
-                digests: vec![],
-                platforms: platforms.to_vec(),
-                target: None,
-            };
-            ImageSelection::from_entry(&entry, r)
-        })
-        .collect()
+    let mut out = Vec::new();
+    for r in refs {
+        if let Some(dir) = r.strip_prefix("oci:").filter(|d| !d.contains(':')) {
+            out.extend(from_layout_dir(Path::new(dir), platforms)?);
+            continue;
+        }
+        let entry = SelectionEntry {
+            r#ref: r.clone(),
+            tags: vec![],
+            tag_pattern: None,
+            digests: vec![],
+            platforms: platforms.to_vec(),
+            target: None,
+        };
+        out.push(ImageSelection::from_entry(&entry, r)?);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

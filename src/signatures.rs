@@ -6,7 +6,8 @@
 use crate::bundle::{Artifact, ArtifactKind};
 use crate::digest::Digest;
 use crate::oci::ManifestView;
-use crate::registry::{RawManifest, Registry, RegistryError};
+use crate::registry::{RawManifest, RegistryError};
+use crate::store::Resolver;
 use std::collections::HashSet;
 
 /// How deep to follow artifacts of artifacts (signatures of attestations).
@@ -24,7 +25,7 @@ pub fn cosign_tag(subject: &Digest, suffix: &str) -> String {
 
 /// Collects the artifacts of one repository's subjects.
 pub struct Discovery<'a> {
-    pub registry: &'a Registry,
+    pub registry: &'a dyn Resolver,
     pub repo: &'a str,
     pub tags: &'a HashSet<String>,
     pub found: Vec<(Artifact, RawManifest)>,
@@ -32,7 +33,7 @@ pub struct Discovery<'a> {
 }
 
 impl<'a> Discovery<'a> {
-    pub fn new(registry: &'a Registry, repo: &'a str, tags: &'a HashSet<String>) -> Self {
+    pub fn new(registry: &'a dyn Resolver, repo: &'a str, tags: &'a HashSet<String>) -> Self {
         Discovery {
             registry,
             repo,

@@ -1,17 +1,21 @@
-//! `airlock verify`: the offline integrity audit of a bundle. One pass
-//! over the file: the whole-file sha256 (checked against `NAME.sha256`
-//! when present), every member's size and digest against the bundle index,
-//! no member the index does not list, and the descriptor graph complete.
-//! Signature checks against a site policy come with the trust module.
+//! `airlock verify`: the offline audit of a bundle, a copy to nothing. One
+//! pass over the file: the whole-file sha256 (checked against
+//! `NAME.sha256` when present), every member's size and digest against the
+//! bundle index, no member the index does not list, the descriptor graph
+//! complete, and (with a policy) every image's signatures.
 
-use crate::bundle::{self, BundleError, MemberKind, StreamEvent};
-use crate::digest::{Digest, HashingReader};
-use crate::graph::{self, Manifests};
-use bytes::Bytes;
+use crate::bundle::{read_sidecar, BundleSource};
+use crate::copy::{copy, CopyOptions};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::store::null::NullSink;
+use crate::store::{GraphRequest, Source};
 use serde::Serialize;
-use std::collections::HashMap;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::Path;
+
+/// The error of a verification (one error type for every operation).
+pub type VerifyError = Error;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,36 +56,9 @@ impl VerifyReport {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum VerifyError {
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{bundle}: file sha256 {actual} does not match {sidecar} ({expected})")]
-    Sidecar {
-        bundle: String,
-        sidecar: String,
-        expected: String,
-        actual: String,
-    },
-}
-
-fn read_sidecar(path: &Path) -> Option<(String, String)> {
-    let side = format!("{}.sha256", path.display());
-    let text = std::fs::read_to_string(&side).ok()?;
-    let hex = text.split_whitespace().next()?.to_ascii_lowercase();
-    Some((side, hex))
-}
-
 /// Verify the bundle at `path` (or a stream, when `input` is given).
-pub fn verify(
-    path: &Path,
-    input: Option<Box<dyn Read + Send>>,
-) -> Result<VerifyReport, VerifyError> {
+/// Blocking: runs its own runtime on a thread of its own.
+pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<VerifyReport> {
     verify_with_policy(path, input, None)
 }
 
@@ -90,66 +67,62 @@ pub fn verify_with_policy(
     path: &Path,
     input: Option<Box<dyn Read + Send>>,
     policy: Option<&crate::trust::Policy>,
-) -> Result<VerifyReport, VerifyError> {
+) -> Result<VerifyReport> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(Error::io("the async runtime"))?;
+            rt.block_on(verify_bundle(path, input, policy))
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(Error::Task {
+                what: path.display().to_string(),
+                detail: "verification thread panicked".into(),
+            })
+        })
+    })
+}
+
+/// The audit itself: one pass over the file (or `input`), nothing kept.
+pub async fn verify_bundle(
+    path: &Path,
+    input: Option<Box<dyn Read + Send>>,
+    policy: Option<&crate::trust::Policy>,
+) -> Result<VerifyReport> {
     let name = path.display().to_string();
     let from_file = input.is_none();
     let raw: Box<dyn Read + Send> = match input {
         Some(r) => r,
-        None => Box::new(std::fs::File::open(path).map_err(|source| VerifyError::Io {
-            path: name.clone(),
-            source,
-        })?),
-    };
-    let mut hashing = HashingReader::new(BufReader::with_capacity(1 << 20, raw));
-    let mut manifests: Manifests = HashMap::new();
-    let mut small: HashMap<Digest, Vec<u8>> = HashMap::new();
-    let mut bytes = 0u64;
-    let (index, digest) = bundle::read_stream(&mut hashing, &name, |ev| {
-        if let StreamEvent::Member { member, data } = ev {
-            bytes += member.size;
-            if member.kind == MemberKind::Manifest {
-                let b = bundle::read_whole(&name, member, data)?;
-                manifests.insert(
-                    member.digest.clone(),
-                    (
-                        Bytes::from(b),
-                        member.media_type.clone().unwrap_or_default(),
-                    ),
-                );
-            } else if policy.is_some()
-                && member.kind == MemberKind::Small
-                && member.size <= crate::oci::MAX_MANIFEST_BYTES
-            {
-                // Signature payloads and envelopes are small blobs; keep them for the policy.
-                small.insert(
-                    member.digest.clone(),
-                    bundle::read_whole(&name, member, data)?,
-                );
+        None => {
+            if path.is_dir() {
+                return Err(Error::Selection(format!(
+                    "{name} is a directory, not a bundle file"
+                )));
             }
+            Box::new(std::fs::File::open(path).map_err(Error::io(&name))?)
         }
-        Ok(())
-    })?;
-    // The seek table trails the tar; hash it too for the whole-file digest.
-    std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|source| VerifyError::Io {
-        path: name.clone(),
-        source,
-    })?;
-    let (file_digest, _) = hashing.finish();
-    let graphs = graph::build(&name, &index, &manifests)?;
-    let sidecar_ok = match (from_file, read_sidecar(path)) {
-        (true, Some((side, expected))) => {
-            if expected != file_digest.hex() {
-                return Err(VerifyError::Sidecar {
-                    bundle: name,
-                    sidecar: side,
-                    expected,
-                    actual: file_digest.hex(),
-                });
-            }
-            Some(true)
-        }
-        _ => None,
     };
+    let mut source = BundleSource::stream(raw, &name);
+    let request = GraphRequest {
+        payloads: policy.is_some(),
+    };
+    let graph = source.graph(request).await?;
+    let graphs = graph.walk(&name)?;
+    let mut null = NullSink::reading_past(&name);
+    copy(&mut source, &graph, &mut null, &CopyOptions::default()).await?;
+    let file_digest = source.file_digest().cloned().ok_or_else(|| Error::Task {
+        what: name.clone(),
+        detail: "the file digest is missing after the read".into(),
+    })?;
+    let sidecar_ok = check_sidecar(path, from_file, &file_digest)?;
+    let (index, bundle_digest) = source.index().cloned().ok_or_else(|| Error::Task {
+        what: name.clone(),
+        detail: "the bundle index is missing after the read".into(),
+    })?;
     let images = graphs
         .iter()
         .map(|g| VerifiedImage {
@@ -165,31 +138,38 @@ pub fn verify_with_policy(
             blobs: g.blobs.len(),
         })
         .collect();
-    let policy = policy.map(|p| {
-        let store = crate::trust::MemoryStore {
-            manifests: manifests
-                .iter()
-                .map(|(d, (b, m))| (d.clone(), (b.to_vec(), m.clone())))
-                .collect(),
-            blobs: small,
-        };
-        index
-            .images
-            .iter()
-            .map(|img| p.evaluate(img, &store))
-            .collect()
-    });
     Ok(VerifyReport {
-        policy,
+        policy: policy.map(|p| crate::gate::evaluate(p, &graph)),
         bundle: name,
-        bundle_digest: digest,
+        bundle_digest,
         file_sha256: file_digest.hex(),
         sidecar_ok,
         created: index.created.clone(),
         tool: index.tool.clone(),
         members: index.members.len() + 1,
-        bytes,
-        unreferenced: graph::unreferenced(&index, &graphs),
+        bytes: index.members.iter().map(|m| m.size).sum(),
+        unreferenced: graph
+            .unreferenced(&graphs)
+            .iter()
+            .map(|d| d.layout_path())
+            .collect(),
         images,
     })
+}
+
+fn check_sidecar(path: &Path, from_file: bool, file_digest: &Digest) -> Result<Option<bool>> {
+    match (from_file, read_sidecar(path)) {
+        (true, Some((side, expected))) => {
+            if expected != file_digest.hex() {
+                return Err(Error::Sidecar {
+                    bundle: path.display().to_string(),
+                    sidecar: side,
+                    expected,
+                    actual: file_digest.hex(),
+                });
+            }
+            Ok(Some(true))
+        }
+        _ => Ok(None),
+    }
 }

@@ -3,6 +3,8 @@
 //! it carries. Its sha256 is the bundle digest.
 
 use crate::digest::Digest;
+pub use crate::image::{Artifact, ArtifactKind, ImageEntry, PlatformEntry};
+pub use crate::time::{creation_time, rfc3339};
 use serde::{Deserialize, Serialize};
 
 pub const INDEX_PATH: &str = "airlock-bundle.json";
@@ -56,77 +58,6 @@ pub struct Member {
     pub media_type: Option<String>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ImageEntry {
-    /// The reference as selected, e.g. `registry.example/vendor/operator:1.2.3`.
-    pub source: String,
-    pub registry: String,
-    pub repository: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    /// The manifest or index the tag points to at import.
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-    /// What the source tag resolved to; differs from `digest` when a
-    /// platform filter replaced the vendor's index (kept as a blob).
-    pub source_digest: Digest,
-    pub platforms: Vec<PlatformEntry>,
-    /// Suggested target repository (from the selection file).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// The `org.opencontainers.image.ref.name` of this image in `index.json`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ref_name: Option<String>,
-    pub artifacts: Vec<Artifact>,
-    /// Bytes of every distinct blob and manifest this image needs.
-    pub total_size: u64,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PlatformEntry {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub platform: Option<String>,
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[serde(rename_all = "kebab-case")]
-pub enum ArtifactKind {
-    /// cosign `sha256-<hex>.sig`
-    Signature,
-    /// cosign `sha256-<hex>.att`
-    Attestation,
-    /// cosign `sha256-<hex>.sbom`
-    Sbom,
-    /// An OCI 1.1 referrer (manifest with a `subject`).
-    Referrer,
-    /// The referrers tag-schema fallback index tagged `sha256-<hex>`.
-    ReferrersIndex,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Artifact {
-    pub kind: ArtifactKind,
-    /// The manifest (image, platform or artifact) this artifact is about.
-    pub subject: Digest,
-    pub digest: Digest,
-    pub media_type: String,
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tag: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub artifact_type: Option<String>,
-    /// in-toto predicate types of an attestation (from its layers' `predicateType`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub predicate_types: Vec<String>,
-}
-
 impl BundleIndex {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Our own document: serialised once, then hashed as written.
@@ -157,46 +88,59 @@ impl BundleIndex {
     }
 }
 
-/// `created` for a new bundle: `SOURCE_DATE_EPOCH` if set, else now.
-pub fn creation_time() -> String {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|s| s.trim().parse::<i64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0)
-        });
-    rfc3339(secs)
-}
-
-/// Civil date from Unix seconds (Howard Hinnant's algorithm), UTC.
-pub fn rfc3339(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(super::rfc3339(1_795_392_000), "2026-11-23T00:00:00Z");
+impl BundleIndex {
+    /// The index of a bundle holding `graph`, with its members in tar
+    /// order (docs/bundle-format.md §2): the layout files, every manifest,
+    /// then small blobs (configs, signature payloads, a carried trusted
+    /// root), then layers. Returns `index.json`'s bytes too.
+    pub fn for_graph(graph: &crate::graph::Graph) -> (BundleIndex, Vec<u8>) {
+        use crate::graph::BlobClass;
+        let index_json = crate::layout::index_json(&graph.images);
+        let layout = |path: &str, bytes: &[u8]| Member {
+            path: path.into(),
+            digest: Digest::of(bytes),
+            size: bytes.len() as u64,
+            kind: MemberKind::Layout,
+            media_type: None,
+        };
+        let mut members = vec![
+            layout("oci-layout", crate::layout::OCI_LAYOUT_BYTES),
+            layout("index.json", &index_json),
+        ];
+        members.extend(graph.manifests.values().map(|m| Member {
+            path: m.digest.layout_path(),
+            digest: m.digest.clone(),
+            size: m.bytes.len() as u64,
+            kind: MemberKind::Manifest,
+            media_type: Some(m.media_type.clone()),
+        }));
+        for (class, kind) in [
+            (BlobClass::Small, MemberKind::Small),
+            (BlobClass::Layer, MemberKind::Layer),
+        ] {
+            members.extend(
+                graph
+                    .blobs
+                    .iter()
+                    .filter(|b| b.class == class && !graph.manifests.contains_key(&b.digest))
+                    .map(|b| Member {
+                        path: b.digest.layout_path(),
+                        digest: b.digest.clone(),
+                        size: b.size,
+                        kind,
+                        media_type: b.media_type.clone(),
+                    }),
+            );
+        }
+        let index = BundleIndex {
+            schema_version: FORMAT_VERSION,
+            media_type: INDEX_MEDIA_TYPE.into(),
+            tool: format!("airlock {}", env!("CARGO_PKG_VERSION")),
+            created: creation_time(),
+            images: graph.images.clone(),
+            members,
+            trusted_root: graph.trusted_root.clone(),
+        };
+        (index, index_json)
     }
 }

@@ -1,13 +1,27 @@
 //! The bundle: one zstd-compressed tar of an OCI image layout, with our
 //! bundle index first and a zstd seek table last. See docs/bundle-format.md.
 
+//!
+//! Sections of docs/bundle-format.md and where they live: §1–3 (tar, zstd
+//! frames, seek table) `frames.rs`, `writer.rs`, `reader.rs`; §2 member
+//! order and §4 the bundle index `index.rs`; §5 `index.json` is the OCI
+//! layout's (`crate::layout`); §6 reader checks `reader.rs` and
+//! `source.rs`; the output file rules (temp, fsync, rename, `.sha256`,
+//! `.sig`) `sink.rs`.
+
 pub mod frames;
 mod index;
 mod reader;
+mod sink;
+mod source;
 mod writer;
 
 pub use index::*;
 pub use reader::{member_error, read_stream, read_whole, SeekableBundle, StreamEvent};
+pub use sink::{
+    read_sidecar, sidecar_path, signature_path, write_atomically, BundleSink, Output, WriteOptions,
+};
+pub use source::BundleSource;
 pub use writer::BundleWriter;
 
 use crate::digest::Digest;

@@ -133,9 +133,7 @@ fn check_header(
 /// An error reading a member: a digest/size mismatch names the member;
 /// anything else is a damaged archive.
 pub fn member_error(bundle: &str, member: &Member, e: io::Error) -> BundleError {
-    if e.get_ref()
-        .is_some_and(|i| i.is::<crate::registry::BlobIntegrityError>())
-    {
+    if crate::digest::is_integrity_error(&e) {
         BundleError::MemberMismatch {
             bundle: bundle.into(),
             member: member.path.clone(),

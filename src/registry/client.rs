@@ -22,9 +22,7 @@ pub type BlobBody = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
 
 /// Raised inside a [`BlobBody`] when the bytes do not hash to the digest
 /// they claim; found again in the error chain so that it is not retried.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct BlobIntegrityError(pub String);
+pub use crate::digest::IntegrityError as BlobIntegrityError;
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -98,12 +96,8 @@ impl Registries {
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct RawManifest {
-    pub bytes: Bytes,
-    pub media_type: String,
-    pub digest: Digest,
-}
+/// Manifest bytes as fetched, with their checked digest.
+pub use crate::oci::Manifest as RawManifest;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PushOutcome {

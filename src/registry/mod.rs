@@ -67,6 +67,9 @@ pub enum RegistryError {
     },
     #[error(transparent)]
     Credentials(#[from] auth::CredentialError),
+    /// An OCI layout directory read as a store of manifests.
+    #[error(transparent)]
+    Layout(#[from] crate::store::dir::LayoutError),
 }
 
 impl RegistryError {

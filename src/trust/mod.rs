@@ -1138,6 +1138,16 @@ impl ArtifactStore for MemoryStore {
     }
 }
 
+/// Artifacts that sign the image they are attached to: a cosign `.sig`
+/// tag or a sigstore-bundle referrer (cosign v3). The one rule for
+/// "signed" at export, import, verify and copy.
+pub fn signs_image(a: &crate::bundle::Artifact) -> bool {
+    a.kind == ArtifactKind::Signature
+        || a.artifact_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with(SIGSTORE_BUNDLE))
+}
+
 /// Artifacts whose blobs are signatures or attestations: cosign `.sig`/`.att`
 /// tags, and sigstore-bundle referrers (cosign v3).
 pub fn carries_signatures(a: &crate::bundle::Artifact) -> bool {

@@ -332,3 +332,111 @@ pub fn cli_export(src: &TestRegistry, images: &[FixtureImage], out: &Path) {
     let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert_eq!(code, 0, "{err}");
 }
+
+// ------------------------------------------------ OCI layout directories
+
+/// The committed cosign test public key (signs every fixture image).
+pub const COSIGN_TEST_PUB: &str =
+    concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/cosign-test.pub");
+
+/// Run the CLI, which must exit 0; its stdout.
+pub fn airlock_ok(args: &[&str]) -> String {
+    let (code, out, err) = airlock(args);
+    assert_eq!(code, 0, "airlock {args:?} exited {code}: {err}");
+    out
+}
+
+/// `(ref name, digest, media type)` of every descriptor in `DIR/index.json`.
+pub fn layout_entries(dir: &Path) -> Vec<(Option<String>, String, String)> {
+    let raw = std::fs::read(dir.join("index.json"))
+        .unwrap_or_else(|e| panic!("{}/index.json: {e}", dir.display()));
+    let v: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(v["schemaVersion"], 2, "index.json schemaVersion");
+    v["manifests"]
+        .as_array()
+        .expect("index.json has manifests")
+        .iter()
+        .map(|m| {
+            (
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .map(str::to_string),
+                m["digest"].as_str().unwrap().to_string(),
+                m["mediaType"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect()
+}
+
+/// The digest `DIR/index.json` names `ref_name`, if exactly one entry has it.
+pub fn layout_ref(dir: &Path, ref_name: &str) -> Option<String> {
+    let hits: Vec<_> = layout_entries(dir)
+        .into_iter()
+        .filter(|(n, _, _)| n.as_deref() == Some(ref_name))
+        .collect();
+    assert!(
+        hits.len() <= 1,
+        "{ref_name} named twice in index.json: {hits:?}"
+    );
+    hits.into_iter().next().map(|(_, d, _)| d)
+}
+
+/// A blob file of a layout.
+pub fn layout_blob_path(dir: &Path, digest: &airlock::digest::Digest) -> PathBuf {
+    dir.join(digest.layout_path())
+}
+
+/// A layout directory is complete and sound: `oci-layout` says 1.0.0, every
+/// blob file is a regular file whose sha256 is its name, and every manifest
+/// `index.json` names (and everything it references, recursively) is there.
+/// Returns the number of blob files.
+pub fn assert_valid_layout(dir: &Path) -> usize {
+    let ol: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("oci-layout")).unwrap()).unwrap();
+    assert_eq!(ol["imageLayoutVersion"], "1.0.0", "{}", dir.display());
+    let blobs = dir.join("blobs/sha256");
+    let mut n = 0;
+    for e in std::fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            e.file_type().unwrap().is_file(),
+            "{name}: not a regular file"
+        );
+        let got = airlock::digest::Digest::of(&std::fs::read(e.path()).unwrap());
+        assert_eq!(got.hex(), name, "blob file content does not match its name");
+        n += 1;
+    }
+    let mut todo: Vec<String> = layout_entries(dir).into_iter().map(|e| e.1).collect();
+    let mut seen = std::collections::HashSet::new();
+    while let Some(d) = todo.pop() {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        let digest: airlock::digest::Digest = d.parse().unwrap();
+        let bytes = std::fs::read(layout_blob_path(dir, &digest))
+            .unwrap_or_else(|e| panic!("{d} referenced but missing from the layout: {e}"));
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+            let descs = ["manifests", "layers", "blobs"]
+                .iter()
+                .filter_map(|k| v[*k].as_array())
+                .flatten()
+                .chain(v.get("config"))
+                .chain(v.get("subject"));
+            for desc in descs {
+                if let Some(cd) = desc["digest"].as_str() {
+                    todo.push(cd.to_string());
+                }
+            }
+        }
+    }
+    n
+}
+
+/// `oci:DIR` or `oci:DIR:REF`.
+pub fn oci(dir: &Path, reference: Option<&str>) -> String {
+    match reference {
+        Some(r) => format!("oci:{}:{r}", dir.display()),
+        None => format!("oci:{}", dir.display()),
+    }
+}

@@ -1,0 +1,255 @@
+//! The one copy engine: every blob of a resolved [`Graph`] from a
+//! [`Source`] to a [`Sink`], then the sink commits (manifests, tags,
+//! index files, the rename of a finished file).
+//!
+//! The caller resolves the graph and runs its gate (completeness, policy)
+//! first; the engine then calls [`Sink::prepare`] before the first blob, so
+//! a destination sees nothing of a graph that was refused. Four ways to
+//! move blobs, one per kind of source and sink:
+//!
+//! | source \ sink | any order (registry, directory, null) | in order (bundle) |
+//! |---|---|---|
+//! | random access (registry, bundle file, directory) | `jobs` blobs at once, each fetched then put | fetched `jobs` ahead, put in order |
+//! | one pass (bundle on a pipe) | read in order, up to `jobs` puts in flight | read and put in order |
+
+use crate::body::Blob;
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::graph::{BlobInfo, Graph};
+use crate::progress::Progress;
+use crate::store::{Put, Sink, SinkReport, Source};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+#[derive(Clone, Debug)]
+pub struct CopyOptions {
+    /// Blobs in flight at once.
+    pub jobs: usize,
+    /// Label of the progress line (`export`, `import`, `verify`, `copy`).
+    pub label: &'static str,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            jobs: 6,
+            label: "copy",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CopyReport {
+    pub blobs_stored: usize,
+    pub blobs_mounted: usize,
+    pub blobs_present: usize,
+    pub bytes_sent: u64,
+    pub bytes_skipped: u64,
+    pub sink: SinkReport,
+}
+
+impl CopyReport {
+    fn tally(&mut self, outcomes: &[Put], size: u64) {
+        for o in outcomes {
+            match o {
+                Put::Stored => {
+                    self.blobs_stored += 1;
+                    self.bytes_sent += size;
+                }
+                Put::Mounted => {
+                    self.blobs_mounted += 1;
+                    self.bytes_skipped += size;
+                }
+                Put::Present => {
+                    self.blobs_present += 1;
+                    self.bytes_skipped += size;
+                }
+            }
+        }
+    }
+}
+
+/// Move every blob of `graph` from `source` to `sink`, then commit.
+pub async fn copy(
+    source: &mut dyn Source,
+    graph: &Graph,
+    sink: &mut dyn Sink,
+    opts: &CopyOptions,
+) -> Result<CopyReport> {
+    let prepared = sink.prepare(graph).await?;
+    let mut report = CopyReport::default();
+    let mut todo: Vec<&BlobInfo> = Vec::new();
+    for b in &graph.blobs {
+        if prepared.unwanted.contains(&b.digest) {
+            continue;
+        }
+        if prepared.present.contains(&b.digest) {
+            report.tally(&[Put::Present], b.size);
+        } else {
+            todo.push(b);
+        }
+    }
+    let ordered = prepared.order.is_some();
+    if let Some(order) = &prepared.order {
+        todo = in_sink_order(graph, &todo, order, source.sequential(), &source.name())?;
+    }
+    let progress = Progress::start(opts.label, todo.iter().map(|b| b.size).sum());
+    let jobs = opts.jobs.max(1);
+    let moved = match (source.sequential(), ordered) {
+        (false, false) => random_any_order(&*source, graph, &*sink, &todo, jobs, &progress).await,
+        (false, true) => random_in_order(&*source, graph, &*sink, &todo, jobs, &progress).await,
+        (true, ordered) => one_pass(&*source, graph, &*sink, &todo, jobs, ordered, &progress).await,
+    };
+    progress.finish();
+    for (outcomes, size) in moved? {
+        report.tally(&outcomes, size);
+    }
+    // A one-pass source reads (and checks) what follows the last blob it
+    // handed out before anything is committed.
+    source.finish().await?;
+    report.sink = sink.commit(graph).await?;
+    Ok(report)
+}
+
+type Moved = Vec<(Vec<Put>, u64)>;
+
+/// The blobs to move, in the order the sink wants. A one-pass source cannot
+/// reorder: its order must already be the sink's.
+fn in_sink_order<'g>(
+    graph: &'g Graph,
+    todo: &[&'g BlobInfo],
+    order: &[Digest],
+    sequential: bool,
+    source: &str,
+) -> Result<Vec<&'g BlobInfo>> {
+    let wanted: std::collections::HashSet<&Digest> = todo.iter().map(|b| &b.digest).collect();
+    let sorted: Vec<&BlobInfo> = order
+        .iter()
+        .filter(|d| wanted.contains(d))
+        .filter_map(|d| graph.blob(d))
+        .collect();
+    if sorted.len() != todo.len() {
+        return Err(Error::Refused(format!(
+            "{source}: the destination does not list every blob of the copy"
+        )));
+    }
+    if sequential && sorted.iter().zip(todo).any(|(a, b)| a.digest != b.digest) {
+        return Err(Error::Refused(format!(
+            "{source} can be read only once, in an order the destination cannot take: copy from a file instead"
+        )));
+    }
+    Ok(sorted)
+}
+
+/// A blob from the source, or from the payloads the graph already holds
+/// (signature payloads read for the policy are not downloaded twice).
+async fn fetch(source: &dyn Source, graph: &Graph, blob: &BlobInfo) -> Result<Blob> {
+    if let Some(bytes) = graph.payloads.get(&blob.digest) {
+        if !source.sequential() {
+            return Ok(std::sync::Arc::new(crate::body::InMemory {
+                bytes: bytes.clone(),
+                digest: blob.digest.clone(),
+            }));
+        }
+    }
+    source.fetch(graph, blob).await
+}
+
+async fn put(
+    sink: &dyn Sink,
+    blob: &BlobInfo,
+    data: Blob,
+    progress: &Progress,
+) -> Result<(Vec<Put>, u64)> {
+    let outcomes = sink.put_blob(blob, data).await?;
+    progress.add(blob.size);
+    Ok((outcomes, blob.size))
+}
+
+async fn random_any_order(
+    source: &dyn Source,
+    graph: &Graph,
+    sink: &dyn Sink,
+    todo: &[&BlobInfo],
+    jobs: usize,
+    progress: &Progress,
+) -> Result<Moved> {
+    futures_util::stream::iter(todo.iter().copied())
+        .map(|b| async move {
+            let data = fetch(source, graph, b).await?;
+            put(sink, b, data, progress).await
+        })
+        .buffer_unordered(jobs)
+        .try_collect()
+        .await
+}
+
+async fn random_in_order(
+    source: &dyn Source,
+    graph: &Graph,
+    sink: &dyn Sink,
+    todo: &[&BlobInfo],
+    jobs: usize,
+    progress: &Progress,
+) -> Result<Moved> {
+    let mut fetched = futures_util::stream::iter(todo.iter().copied())
+        .map(|b| async move { fetch(source, graph, b).await.map(|d| (b, d)) })
+        .buffered(jobs);
+    let mut out = Vec::new();
+    while let Some(item) = fetched.next().await {
+        let (b, data) = item?;
+        out.push(put(sink, b, data, progress).await?);
+    }
+    Ok(out)
+}
+
+/// A one-pass source: fetch strictly in order (the source reads past what
+/// is not asked for); puts overlap up to `jobs` unless the sink wants order.
+async fn one_pass(
+    source: &dyn Source,
+    graph: &Graph,
+    sink: &dyn Sink,
+    todo: &[&BlobInfo],
+    jobs: usize,
+    ordered: bool,
+    progress: &Progress,
+) -> Result<Moved> {
+    let mut out = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    for b in todo.iter().copied() {
+        // Uploads keep going while the source reads the next blob.
+        let next = fetch(source, graph, b);
+        tokio::pin!(next);
+        let data = loop {
+            tokio::select! {
+                data = &mut next => break data?,
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => out.push(done?),
+            }
+        };
+        if ordered {
+            out.push(put(sink, b, data, progress).await?);
+            continue;
+        }
+        while in_flight.len() >= jobs {
+            if let Some(done) = in_flight.next().await {
+                out.push(done?);
+            }
+        }
+        in_flight.push(put(sink, b, data, progress));
+    }
+    while let Some(done) = in_flight.next().await {
+        out.push(done?);
+    }
+    Ok(out)
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Error {
+        Error::Task {
+            what: "copy".into(),
+            detail: e.to_string(),
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! The one error type of airlock's operations (export, import, verify,
+//! copy, inspect), and the one place that says what kind of failure each
+//! is. The CLI turns [`ErrorKind`] into an exit code; nothing matches on
+//! message text.
+
+use crate::bundle::BundleError;
+use crate::registry::RegistryError;
+use crate::store::dir::LayoutError;
+use crate::trust::TrustError;
+
+/// What kind of failure: decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Bad arguments or a selection that selects nothing (exit 2).
+    Usage,
+    /// The bundle or layout is corrupt, tampered with or incomplete (exit 3).
+    Integrity,
+    /// The content is intact but not trusted: policy or bundle signature (exit 4).
+    Policy,
+    /// Anything else: network, registry, files (exit 1).
+    Other,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// What to copy, or where to, cannot be understood or selects nothing.
+    #[error("{0}")]
+    Selection(String),
+    /// The destination refuses: an output that exists, unsigned images under
+    /// --require-signatures, a name selected twice.
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Target(String),
+    #[error("tag conflicts at the target, nothing was pushed (use --on-existing-tag=overwrite or skip):\n  {}", .0.join("\n  "))]
+    TagConflicts(Vec<String>),
+    /// An enforcing policy rule rejected images; `outcome` says what was not done.
+    #[error("policy not met, {outcome}:\n  {}", .blocked.join("\n  "))]
+    Policy {
+        outcome: &'static str,
+        blocked: Vec<String>,
+    },
+    #[error("{0}")]
+    BundleSignature(String),
+    /// Verified intact, but not every image is trusted (the report says which).
+    #[error("{0}")]
+    NotTrusted(String),
+    #[error("read-back after push failed: {0}")]
+    ReadBack(String),
+    #[error("{bundle}: file sha256 {actual} does not match {sidecar} ({expected})")]
+    Sidecar {
+        bundle: String,
+        sidecar: String,
+        expected: String,
+        actual: String,
+    },
+    /// A worker task panicked or was cancelled.
+    #[error("{what}: internal task failed: {detail}")]
+    Task { what: String, detail: String },
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Bundle(BundleError::Io { .. }) => ErrorKind::Other,
+            Error::Bundle(_) | Error::Sidecar { .. } => ErrorKind::Integrity,
+            Error::Layout(e) | Error::Registry(RegistryError::Layout(e)) if e.is_integrity() => {
+                ErrorKind::Integrity
+            }
+            Error::Policy { .. } | Error::BundleSignature(_) | Error::NotTrusted(_) => {
+                ErrorKind::Policy
+            }
+            Error::Selection(_) | Error::Target(_) => ErrorKind::Usage,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    pub fn io(path: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.to_string();
+        move |source| Error::Io { path, source }
+    }
+
+    pub fn task(what: impl std::fmt::Display) -> impl FnOnce(tokio::task::JoinError) -> Error {
+        let what = what.to_string();
+        move |e| Error::Task {
+            what,
+            detail: e.to_string(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

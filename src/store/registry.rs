@@ -1,0 +1,570 @@
+//! Registries as a [`Source`] (resolve selections, fetch blobs) and as a
+//! [`Sink`] (check tags, upload once and mount elsewhere, push manifests
+//! children first, tags after, artifacts last, read everything back).
+
+use super::resolve::{self, Resolved};
+use super::{GraphRequest, Prepared, Put, Resolver, Sink, SinkReport, Source};
+use crate::body::{upload_body, Blob, Spooled};
+use crate::digest::Digest;
+use crate::error::{Error, Result};
+use crate::graph::{BlobInfo, Graph, ImageGraph, ManifestPush};
+use crate::oci::Descriptor;
+use crate::progress::Progress;
+use crate::registry::{PushOutcome, Registries, Registry};
+use crate::selection::ImageSelection;
+use futures_util::future::BoxFuture;
+use futures_util::{StreamExt, TryStreamExt};
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the stores of a selection live: a registry host, or a layout dir.
+async fn resolver_for(registries: &Registries, sel: &ImageSelection) -> Result<Arc<dyn Resolver>> {
+    match &sel.layout {
+        Some(dir) => Ok(Arc::new(super::dir::LayoutReader::open(dir)?)),
+        None => Ok(registries.get(&sel.repo.registry).await?),
+    }
+}
+
+async fn resolve_one(
+    registries: &Registries,
+    sel: &ImageSelection,
+) -> Result<(Arc<dyn Resolver>, Vec<Resolved>)> {
+    let store = resolver_for(registries, sel).await?;
+    let r = resolve::resolve_selection(store.as_ref(), sel).await?;
+    Ok((store, r))
+}
+
+/// Images selected at registries (and OCI layout directories named in the
+/// selection): the source of `export` and `copy`.
+pub struct RegistrySource<'a> {
+    registries: &'a Registries,
+    selection: Vec<ImageSelection>,
+    jobs: usize,
+    spool: tempfile::TempDir,
+    /// Per image of the graph, the store it came from.
+    stores: Vec<Arc<dyn Resolver>>,
+}
+
+impl<'a> RegistrySource<'a> {
+    /// Downloads are spooled in `spool_dir` (default: the system temp dir).
+    pub fn new(
+        registries: &'a Registries,
+        selection: Vec<ImageSelection>,
+        jobs: usize,
+        spool_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        let dir = spool_dir.unwrap_or_else(std::env::temp_dir);
+        let spool = tempfile::Builder::new()
+            .prefix(".airlock-spool-")
+            .tempdir_in(&dir)
+            .map_err(Error::io(dir.display()))?;
+        Ok(RegistrySource {
+            registries,
+            selection,
+            jobs: jobs.max(1),
+            spool,
+            stores: vec![],
+        })
+    }
+
+    async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>)>> {
+        let registries = self.registries;
+        let each: Vec<_> = self
+            .selection
+            .iter()
+            .map(|sel| resolve_one(registries, sel))
+            .collect();
+        futures_util::stream::iter(each)
+            .buffered(self.jobs)
+            .try_collect()
+            .await
+    }
+
+    /// Download a blob of image `image` into a spool file (hash checked on
+    /// the fly, retried from scratch).
+    async fn spool_blob(&self, graph: &Graph, blob: &BlobInfo) -> Result<Spooled> {
+        let img = graph
+            .images
+            .get(blob.image)
+            .ok_or_else(|| Error::Selection(format!("blob {} belongs to no image", blob.digest)))?;
+        let store = self
+            .stores
+            .get(blob.image)
+            .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
+        let spooled = Spooled::create_in(self.spool.path(), &blob.digest, blob.size)
+            .map_err(Error::io(self.spool.path().display()))?;
+        let desc = Descriptor::blob(blob.digest.clone(), blob.size);
+        let f = spooled
+            .reopen_std()
+            .map_err(Error::io(self.spool.path().display()))?;
+        let mut f = tokio::fs::File::from_std(f);
+        store.fetch_blob(&img.repository, &desc, &mut f).await?;
+        Ok(spooled)
+    }
+
+    /// Signature payloads for the policy, in memory (each at most 4 MiB).
+    async fn read_payloads(&self, graph: &mut Graph) -> Result<()> {
+        let manifests = &graph.manifests;
+        let wanted = crate::trust::artifact_blobs(&graph.images, &|d| {
+            manifests
+                .get(d)
+                .map(|m| (m.bytes.to_vec(), m.media_type.clone()))
+        });
+        for d in wanted {
+            let Some(blob) = graph.blob(&d).cloned() else {
+                continue;
+            };
+            let spooled = self.spool_blob(graph, &blob).await?;
+            let bytes = tokio::task::spawn_blocking(move || {
+                use crate::body::OpenBlob;
+                spooled.open().and_then(|r| r.read_all(blob.size))
+            })
+            .await
+            .map_err(Error::task("signature payload"))?
+            .map_err(Error::io(format!("signature payload {d}")))?;
+            graph.payloads.insert(d, bytes.into());
+        }
+        Ok(())
+    }
+}
+
+impl Source for RegistrySource<'_> {
+    fn name(&self) -> String {
+        let names: Vec<String> = self.selection.iter().map(|s| s.repo.to_string()).collect();
+        names.join(", ")
+    }
+
+    fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
+        Box::pin(async move {
+            let mut resolved = Vec::new();
+            for (store, images) in self.resolve_all().await? {
+                for r in images {
+                    self.stores.push(store.clone());
+                    resolved.push(r);
+                }
+            }
+            if resolved.is_empty() {
+                return Err(Error::Selection("nothing selected".into()));
+            }
+            let mut graph = resolve::into_graph(resolved);
+            if req.payloads {
+                self.read_payloads(&mut graph).await?;
+            }
+            Ok(graph)
+        })
+    }
+
+    fn fetch<'a>(&'a self, graph: &'a Graph, blob: &'a BlobInfo) -> BoxFuture<'a, Result<Blob>> {
+        Box::pin(async move { Ok(Arc::new(self.spool_blob(graph, blob).await?) as Blob) })
+    }
+}
+
+// ------------------------------------------------------------------ sink
+
+/// What to do when a tag at the destination points to another digest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExistingTag {
+    /// Stop before pushing anything (default).
+    #[default]
+    Refuse,
+    /// Move the tag to the bundle's digest.
+    Overwrite,
+    /// Leave the existing tag as it is (content is still pushed by digest).
+    Skip,
+}
+
+/// Where images land: `HOST[/PATH-TEMPLATE]`. The template may use
+/// `{repo}` (the full source repository path) and `{name}` (its last
+/// component); a path without braces is a prefix (`HOST/mirror` =
+/// `HOST/mirror/{repo}`); no path keeps the source path (`{repo}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub host: String,
+    pub template: String,
+}
+
+impl Target {
+    pub fn parse(s: &str) -> Result<Target> {
+        let s = s.trim().trim_end_matches('/');
+        let (host, path) = s.split_once('/').unwrap_or((s, ""));
+        if host.is_empty() || host.contains('{') {
+            return Err(Error::Target(format!(
+                "--to {s:?}: expected HOST[/PATH-TEMPLATE]"
+            )));
+        }
+        let template = if path.is_empty() {
+            "{repo}".to_string()
+        } else if path.contains('{') {
+            path.to_string()
+        } else {
+            format!("{path}/{{repo}}")
+        };
+        let t = Target {
+            host: host.to_string(),
+            template,
+        };
+        // Reject a template that cannot give a valid name.
+        t.repository("a/b", None)?;
+        Ok(t)
+    }
+
+    /// Every image to exactly this repository (`docker://HOST/REPO`).
+    pub fn exact(host: &str, repository: &str) -> Result<Target> {
+        if !crate::reference::is_valid_repository(repository) {
+            return Err(Error::Target(format!(
+                "{repository:?} is not a valid repository name"
+            )));
+        }
+        Ok(Target {
+            host: host.to_string(),
+            template: repository.to_string(),
+        })
+    }
+
+    /// The target repository for a source repository (and its optional per-image target).
+    pub fn repository(&self, source_repo: &str, image_target: Option<&str>) -> Result<String> {
+        let name = source_repo.rsplit('/').next().unwrap_or(source_repo);
+        let repo = match image_target {
+            Some(t) if self.template.contains('{') => t.to_string(),
+            _ => self
+                .template
+                .replace("{repo}", source_repo)
+                .replace("{name}", name),
+        };
+        if !crate::reference::is_valid_repository(&repo) {
+            return Err(Error::Target(format!(
+                "target repository {repo:?} (from template {:?}) is not a valid repository name",
+                self.template
+            )));
+        }
+        Ok(repo)
+    }
+}
+
+/// Where each image goes.
+struct Placed {
+    graph: ImageGraph,
+    repo: String,
+}
+
+struct Plan {
+    images: Vec<Placed>,
+    /// blob digest → target repositories needing it (first one uploads, the rest mount).
+    blob_repos: BTreeMap<Digest, Vec<String>>,
+}
+
+/// Images pushed into a registry: the sink of `import` and `copy`.
+pub struct RegistrySink<'a> {
+    registries: &'a Registries,
+    target: Target,
+    on_existing_tag: OnExistingTag,
+    reg: Option<Arc<Registry>>,
+    plan: Option<Plan>,
+    skip_tags: HashSet<(String, String)>,
+    progress: Progress,
+}
+
+impl<'a> RegistrySink<'a> {
+    pub fn new(registries: &'a Registries, target: Target, on_existing_tag: OnExistingTag) -> Self {
+        RegistrySink {
+            registries,
+            target,
+            on_existing_tag,
+            reg: None,
+            plan: None,
+            skip_tags: HashSet::new(),
+            progress: Progress::hidden(),
+        }
+    }
+
+    /// Where each image of `graph` would land, without touching the registry.
+    pub fn destinations(&self, graph: &Graph) -> Result<Vec<String>> {
+        graph
+            .images
+            .iter()
+            .map(|img| {
+                let repo = self
+                    .target
+                    .repository(&img.repository, img.target.as_deref())?;
+                Ok(match &img.tag {
+                    Some(t) => format!("{}/{repo}:{t}", self.target.host),
+                    None => format!("{}/{repo}@{}", self.target.host, img.digest),
+                })
+            })
+            .collect()
+    }
+
+    fn plan(&self, graph: &Graph) -> Result<Plan> {
+        let graphs = graph.walk(&self.name())?;
+        let mut images = Vec::new();
+        let mut blob_repos: BTreeMap<Digest, Vec<String>> = BTreeMap::new();
+        for g in graphs {
+            let repo = self
+                .target
+                .repository(&g.entry.repository, g.entry.target.as_deref())?;
+            for b in &g.blobs {
+                let repos = blob_repos.entry(b.clone()).or_default();
+                if !repos.contains(&repo) {
+                    repos.push(repo.clone());
+                }
+            }
+            images.push(Placed { graph: g, repo });
+        }
+        Ok(Plan { images, blob_repos })
+    }
+
+    fn registry(&self) -> Result<&Arc<Registry>> {
+        self.reg
+            .as_ref()
+            .ok_or_else(|| Error::Target("the registry sink was not prepared".into()))
+    }
+}
+
+/// Every tag the copy would set, with the digest it would point to.
+fn planned_tags(plan: &Plan) -> Vec<(String, String, Digest)> {
+    let mut out = Vec::new();
+    for p in &plan.images {
+        for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
+            if let Some(t) = &m.tag {
+                out.push((p.repo.clone(), t.clone(), m.digest.clone()));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Check every tag before the first byte is pushed.
+async fn preflight(
+    reg: &Registry,
+    plan: &Plan,
+    on_existing_tag: OnExistingTag,
+) -> Result<HashSet<(String, String)>> {
+    let mut conflicts = Vec::new();
+    let mut skip = HashSet::new();
+    for (repo, tag, digest) in planned_tags(plan) {
+        if let Some(existing) = reg.head_manifest(&repo, &tag).await? {
+            if existing != digest {
+                match on_existing_tag {
+                    OnExistingTag::Refuse => conflicts.push(format!(
+                        "{}/{repo}:{tag} points to {existing}, the bundle has {digest}",
+                        reg.host()
+                    )),
+                    OnExistingTag::Skip => {
+                        skip.insert((repo, tag));
+                    }
+                    OnExistingTag::Overwrite => {}
+                }
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(Error::TagConflicts(conflicts));
+    }
+    Ok(skip)
+}
+
+/// Blobs already in every repository that needs them.
+async fn present_everywhere(reg: &Registry, graph: &Graph, plan: &Plan) -> Result<HashSet<Digest>> {
+    let mut present = HashSet::new();
+    for (d, repos) in &plan.blob_repos {
+        let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+        let desc = Descriptor::blob(d.clone(), size);
+        let mut everywhere = true;
+        for r in repos {
+            if !reg.blob_exists(r, &desc).await? {
+                everywhere = false;
+                break;
+            }
+        }
+        if everywhere {
+            present.insert(d.clone());
+        }
+    }
+    Ok(present)
+}
+
+impl Sink for RegistrySink<'_> {
+    fn name(&self) -> String {
+        format!("{}/{}", self.target.host, self.target.template)
+    }
+
+    fn prepare<'b>(&'b mut self, graph: &'b Graph) -> BoxFuture<'b, Result<Prepared>> {
+        Box::pin(async move {
+            let plan = self.plan(graph)?;
+            let reg = self.registries.get(&self.target.host).await?;
+            self.skip_tags = preflight(&reg, &plan, self.on_existing_tag).await?;
+            let present = present_everywhere(&reg, graph, &plan).await?;
+            let unwanted = graph
+                .blobs
+                .iter()
+                .filter(|b| !plan.blob_repos.contains_key(&b.digest))
+                .map(|b| b.digest.clone())
+                .collect();
+            self.reg = Some(reg);
+            self.plan = Some(plan);
+            Ok(Prepared {
+                present,
+                unwanted,
+                order: None,
+            })
+        })
+    }
+
+    fn put_blob<'b>(&'b self, blob: &'b BlobInfo, data: Blob) -> BoxFuture<'b, Result<Vec<Put>>> {
+        Box::pin(async move {
+            let reg = self.registry()?;
+            let repos = self
+                .plan
+                .as_ref()
+                .and_then(|p| p.blob_repos.get(&blob.digest))
+                .cloned()
+                .unwrap_or_default();
+            let desc = Descriptor::blob(blob.digest.clone(), blob.size);
+            let mut outcomes = Vec::new();
+            let mut have: Option<String> = None;
+            for repo in &repos {
+                let outcome = reg
+                    .push_blob(repo, &desc, have.as_deref(), || {
+                        let data = data.clone();
+                        let progress = self.progress.clone();
+                        let digest = blob.digest.clone();
+                        async move {
+                            let body = tokio::task::spawn_blocking(move || data.open())
+                                .await
+                                .map_err(|e| crate::registry::RegistryError::Protocol {
+                                    what: "blob reader".into(),
+                                    detail: e.to_string(),
+                                })?
+                                .map_err(|e| crate::registry::RegistryError::Io {
+                                    what: format!("source of blob {digest}"),
+                                    source: e,
+                                })?;
+                            Ok(upload_body(body, progress))
+                        }
+                    })
+                    .await?;
+                outcomes.push(match outcome {
+                    PushOutcome::Uploaded => Put::Stored,
+                    PushOutcome::Mounted => Put::Mounted,
+                    PushOutcome::Exists => Put::Present,
+                });
+                have.get_or_insert_with(|| repo.clone());
+            }
+            Ok(outcomes)
+        })
+    }
+
+    fn commit<'b>(&'b mut self, graph: &'b Graph) -> BoxFuture<'b, Result<SinkReport>> {
+        Box::pin(async move {
+            let reg = self.registry()?.clone();
+            let plan = self
+                .plan
+                .take()
+                .ok_or_else(|| Error::Target("the registry sink was not prepared".into()))?;
+            let mut report = SinkReport::default();
+            push_manifests(&reg, &plan, graph, &self.skip_tags, &mut report).await?;
+            read_back(&reg, &plan, &self.skip_tags).await?;
+            report.destinations = plan
+                .images
+                .iter()
+                .map(|p| match &p.graph.entry.tag {
+                    Some(t) => format!("{}/{}:{t}", reg.host(), p.repo),
+                    None => format!("{}/{}@{}", reg.host(), p.repo, p.graph.entry.digest),
+                })
+                .collect();
+            Ok(report)
+        })
+    }
+}
+
+async fn push_one(reg: &Registry, repo: &str, m: &ManifestPush, graph: &Graph) -> Result<bool> {
+    let raw = graph
+        .manifests
+        .get(&m.digest)
+        .ok_or_else(|| Error::Target(format!("manifest {} is not in the graph", m.digest)))?;
+    let present = reg.head_manifest(repo, &m.digest.to_string()).await? == Some(m.digest.clone());
+    if !present {
+        reg.put_manifest(repo, &m.digest.to_string(), &raw.bytes, &m.media_type)
+            .await?;
+    }
+    Ok(present)
+}
+
+/// Platform manifests and indexes by digest first, tags only once all
+/// exist; then the artifacts the same way.
+async fn push_manifests(
+    reg: &Registry,
+    plan: &Plan,
+    graph: &Graph,
+    skip_tags: &HashSet<(String, String)>,
+    report: &mut SinkReport,
+) -> Result<()> {
+    for artifacts in [false, true] {
+        for p in &plan.images {
+            let list = if artifacts {
+                &p.graph.artifacts
+            } else {
+                &p.graph.manifests
+            };
+            for m in list {
+                if push_one(reg, &p.repo, m, graph).await? {
+                    report.manifests_present += 1;
+                } else {
+                    report.manifests_written += 1;
+                }
+            }
+            for m in list {
+                let Some(tag) = &m.tag else { continue };
+                if skip_tags.contains(&(p.repo.clone(), tag.clone())) {
+                    report
+                        .tags_skipped
+                        .push(format!("{}/{}:{tag}", reg.host(), p.repo));
+                    continue;
+                }
+                if reg.head_manifest(&p.repo, tag).await? != Some(m.digest.clone()) {
+                    if let Some(raw) = graph.manifests.get(&m.digest) {
+                        reg.put_manifest(&p.repo, tag, &raw.bytes, &m.media_type)
+                            .await?;
+                    }
+                }
+                report.tags_set += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Read back every tag and manifest digest we are responsible for.
+async fn read_back(
+    reg: &Registry,
+    plan: &Plan,
+    skip_tags: &HashSet<(String, String)>,
+) -> Result<()> {
+    for p in &plan.images {
+        for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
+            let mut refs = vec![m.digest.to_string()];
+            if let Some(t) = &m.tag {
+                if !skip_tags.contains(&(p.repo.clone(), t.clone())) {
+                    refs.push(t.clone());
+                }
+            }
+            for r in refs {
+                let got = reg.get_manifest(&p.repo, &r).await?;
+                if got.digest != m.digest {
+                    return Err(Error::ReadBack(format!(
+                        "{}/{}:{r} reads back as {}, expected {}",
+                        reg.host(),
+                        p.repo,
+                        got.digest,
+                        m.digest
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,371 @@
+//! `airlock copy` between registries, layout directories and pipes: raw
+//! manifest bytes and cosign signatures carried, names mapped as the
+//! destination says, tag conflicts refused.
+
+mod common;
+
+use airlock::fixtures::FixtureImage;
+use airlock::registry::Registry;
+use common::*;
+use std::process::Stdio;
+
+const OTHER_PUB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/other-test.pub");
+
+/// `repo:tag` at `d` is `img` byte for byte, with its platform manifests and
+/// every artifact tag (signatures, attestations, referrers index) of the source.
+async fn assert_same_image(s: &Registry, d: &Registry, img: &FixtureImage, repo: &str, tag: &str) {
+    let want = s.get_manifest(&img.repository, &img.tag).await.unwrap();
+    let got = d
+        .get_manifest(repo, tag)
+        .await
+        .unwrap_or_else(|e| panic!("{repo}:{tag} at the destination: {e}"));
+    assert_eq!(got.digest, img.digest, "{repo}:{tag} digest");
+    assert_eq!(got.bytes, want.bytes, "{repo}:{tag} raw bytes");
+    for (platform, pd) in &img.platforms {
+        let a = s
+            .get_manifest(&img.repository, &pd.to_string())
+            .await
+            .unwrap();
+        let b = d
+            .get_manifest(repo, &pd.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{repo}@{pd} ({platform}): {e}"));
+        assert_eq!(a.bytes, b.bytes, "{repo}@{pd} ({platform}) raw bytes");
+    }
+    for (atag, digest) in &img.artifact_tags {
+        assert_eq!(
+            d.head_manifest(repo, atag).await.unwrap().as_ref(),
+            Some(digest),
+            "{repo}:{atag} (artifact of {}:{})",
+            img.repository,
+            img.tag
+        );
+    }
+}
+
+fn image<'a>(images: &'a [FixtureImage], repo: &str, tag: &str) -> &'a FixtureImage {
+    images
+        .iter()
+        .find(|i| i.repository == repo && i.tag == tag)
+        .unwrap()
+}
+
+fn docker(host: &str, img: &FixtureImage) -> String {
+    format!("docker://{host}/{}:{}", img.repository, img.tag)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_to_registry_keeps_bytes_and_signatures() {
+    let (src, images) = seeded_source().await;
+    let dst = TestRegistry::start();
+    let s = client(&src, test_config()).await;
+    let d = client(&dst, test_config()).await;
+    let op10 = image(&images, "vendor/operator", "1.0.0");
+    let op11 = image(&images, "vendor/operator", "1.1.0");
+    let agent = image(&images, "vendor/agent", "2.0.0");
+    let gateway = image(&images, "vendor/gateway", "3.0.0");
+
+    // Exactly the repository and tag given (signatures, platform signatures,
+    // the attestation and its signature go along).
+    let out = airlock_ok(&[
+        "copy",
+        "--json",
+        &docker(&src.host, op11),
+        &format!("docker://{}/mirror/x:1.1.0", dst.host),
+    ]);
+    serde_json::from_str::<serde_json::Value>(&out)
+        .unwrap_or_else(|e| panic!("copy --json prints JSON on stdout ({e}): {out}"));
+    assert_same_image(&s, &d, op11, "mirror/x", "1.1.0").await;
+    assert_eq!(dst.catalog().await, vec!["mirror/x".to_string()]);
+
+    // A repository without a tag: the source's tag.
+    airlock_ok(&[
+        "copy",
+        &docker(&src.host, op10),
+        &format!("docker://{}/mirror/y", dst.host),
+    ]);
+    assert_same_image(&s, &d, op10, "mirror/y", "1.0.0").await;
+
+    // A source by digest, to a new tag (the SBOM referrer and the keyless
+    // signature and attestation come along).
+    airlock_ok(&[
+        "copy",
+        &format!("docker://{}/vendor/agent@{}", src.host, agent.digest),
+        &format!("docker://{}/mirror/pinned:v2", dst.host),
+    ]);
+    assert_same_image(&s, &d, agent, "mirror/pinned", "v2").await;
+
+    // Templates: {repo} is the source path, {name} its last component, a
+    // bare host keeps the path.
+    for img in [agent, gateway] {
+        airlock_ok(&[
+            "copy",
+            &docker(&src.host, img),
+            &format!("docker://{}/m/{{repo}}", dst.host),
+        ]);
+        assert_same_image(&s, &d, img, &format!("m/{}", img.repository), &img.tag).await;
+    }
+    airlock_ok(&[
+        "copy",
+        &docker(&src.host, op10),
+        &format!("docker://{}/n/{{name}}", dst.host),
+    ]);
+    assert_same_image(&s, &d, op10, "n/operator", "1.0.0").await;
+    airlock_ok(&[
+        "copy",
+        &docker(&src.host, gateway),
+        &format!("docker://{}", dst.host),
+    ]);
+    assert_same_image(&s, &d, gateway, "vendor/gateway", "3.0.0").await;
+
+    // A bare HOST/REPO:TAG source keeps working.
+    airlock_ok(&[
+        "copy",
+        &format!("{}/vendor/gateway:3.0.0", src.host),
+        &format!("docker://{}/bare/gw:3.0.0", dst.host),
+    ]);
+    assert_same_image(&s, &d, gateway, "bare/gw", "3.0.0").await;
+
+    let mut repos = dst.catalog().await;
+    repos.sort();
+    assert_eq!(
+        repos,
+        vec![
+            "bare/gw",
+            "m/vendor/agent",
+            "m/vendor/gateway",
+            "mirror/pinned",
+            "mirror/x",
+            "mirror/y",
+            "n/operator",
+            "vendor/gateway"
+        ],
+        "every copy went to exactly the repository named"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_to_layout_to_registry_round_trip() {
+    let (src, images) = seeded_source().await;
+    let dst = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+    for img in &images {
+        airlock_ok(&["copy", &docker(&src.host, img), &oci(&dir, None)]);
+    }
+    assert_valid_layout(&dir);
+
+    // Signatures read back from the layout verify with the vendor key.
+    airlock_ok(&[
+        "copy",
+        "--key",
+        COSIGN_TEST_PUB,
+        &oci(&dir, None),
+        &format!("docker://{}/rt/{{repo}}", dst.host),
+    ]);
+    let s = client(&src, test_config()).await;
+    let d = client(&dst, test_config()).await;
+    for img in &images {
+        assert_same_image(&s, &d, img, &format!("rt/{}", img.repository), &img.tag).await;
+    }
+
+    // One image by its ref name, to a given repository and tag.
+    let agent = image(&images, "vendor/agent", "2.0.0");
+    airlock_ok(&[
+        "copy",
+        &oci(&dir, Some("vendor/agent:2.0.0")),
+        &format!("docker://{}/one/agent:2.0.0", dst.host),
+    ]);
+    assert_same_image(&s, &d, agent, "one/agent", "2.0.0").await;
+
+    // A key that signed nothing: refused before anything is written.
+    let (code, _, err) = airlock(&[
+        "copy",
+        "--key",
+        OTHER_PUB,
+        &oci(&dir, None),
+        &format!("docker://{}/neg/{{repo}}", dst.host),
+    ]);
+    assert_ne!(code, 0, "copy with a key that signed nothing succeeded");
+    assert!(!err.contains("panicked"), "{err}");
+    let leaked: Vec<_> = dst
+        .catalog()
+        .await
+        .into_iter()
+        .filter(|r| r.starts_with("neg/"))
+        .collect();
+    assert!(leaked.is_empty(), "refused copy wrote {leaked:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_to_stdout_piped_into_import() {
+    let (src, images) = seeded_source().await;
+    let dst = TestRegistry::start();
+    let work = tempfile::tempdir().unwrap();
+    let all = refs(&src, &images);
+
+    let mut export = airlock_cmd()
+        .args(["export", "-o", "-"])
+        .args(&all)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = airlock_cmd()
+        .args(["import", "-", "--to", &dst.host])
+        .stdin(Stdio::from(export.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let importing = std::thread::spawn(move || import.wait_with_output().unwrap());
+    let exported = export.wait_with_output().unwrap();
+    let imported = importing.join().unwrap();
+    assert!(
+        exported.status.success(),
+        "export -o -: {}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    assert!(
+        imported.status.success(),
+        "import -: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    let s = client(&src, test_config()).await;
+    let d = client(&dst, test_config()).await;
+    for img in &images {
+        assert_same_image(&s, &d, img, &img.repository, &img.tag).await;
+    }
+
+    // stdout is exactly the bundle: the same bytes as the same export to a
+    // file, and it verifies; the report (here --json) goes to stderr.
+    let piped = work.path().join("stdout.tar.zst");
+    let out = airlock_cmd()
+        .env("SOURCE_DATE_EPOCH", "1767225600")
+        .args(["export", "--json", "-o", "-"])
+        .args(&all)
+        .stdout(std::fs::File::create(&piped).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let file = work.path().join("file.tar.zst");
+    let mut cmd = airlock_cmd();
+    cmd.env("SOURCE_DATE_EPOCH", "1767225600")
+        .args(["export", "-q", "-o", file.to_str().unwrap()])
+        .args(&all);
+    run_ok(&mut cmd);
+    let (a, b) = (
+        std::fs::read(&piped).unwrap(),
+        std::fs::read(&file).unwrap(),
+    );
+    assert!(
+        a == b,
+        "export -o - wrote {} bytes on stdout, export -o FILE {} bytes: they differ",
+        a.len(),
+        b.len()
+    );
+    let (code, _, err) = airlock(&["verify", piped.to_str().unwrap()]);
+    assert_eq!(code, 0, "verify of the bundle from stdout: {err}");
+    let shown: serde_json::Value =
+        serde_json::from_str(&airlock_ok(&["inspect", "--json", file.to_str().unwrap()])).unwrap();
+    let digest = shown["bundleDigest"].as_str().unwrap();
+    assert!(
+        stderr.contains(digest),
+        "the bundle digest {digest} is reported on stderr: {stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_conflict_is_refused_unless_asked() {
+    let (src, images) = seeded_source().await;
+    let dst = TestRegistry::start();
+    let d = client(&dst, test_config()).await;
+    let old = image(&images, "vendor/operator", "1.0.0");
+    let new = image(&images, "vendor/operator", "1.1.0");
+    let to = format!("docker://{}/mirror/op:1.0", dst.host);
+    airlock_ok(&["copy", &docker(&src.host, old), &to]);
+    let tags_before = d.list_tags("mirror/op").await.unwrap();
+
+    let (code, _, err) = airlock(&["copy", &docker(&src.host, new), &to]);
+    assert_ne!(code, 0, "a different image was copied over an existing tag");
+    assert!(err.contains("--on-existing-tag"), "{err}");
+    assert_eq!(
+        d.head_manifest("mirror/op", "1.0").await.unwrap(),
+        Some(old.digest.clone())
+    );
+    assert_eq!(
+        d.head_manifest("mirror/op", &new.digest.to_string())
+            .await
+            .unwrap(),
+        None,
+        "nothing pushed on refusal"
+    );
+    assert_eq!(d.list_tags("mirror/op").await.unwrap(), tags_before);
+
+    airlock_ok(&[
+        "copy",
+        "--on-existing-tag",
+        "skip",
+        &docker(&src.host, new),
+        &to,
+    ]);
+    assert_eq!(
+        d.head_manifest("mirror/op", "1.0").await.unwrap(),
+        Some(old.digest.clone()),
+        "skip leaves the tag"
+    );
+    airlock_ok(&[
+        "copy",
+        "--on-existing-tag",
+        "overwrite",
+        &docker(&src.host, new),
+        &to,
+    ]);
+    assert_eq!(
+        d.head_manifest("mirror/op", "1.0").await.unwrap(),
+        Some(new.digest.clone()),
+        "overwrite moves the tag"
+    );
+
+    // The same for a ref name in a layout directory.
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+    let to = oci(&dir, Some("op:1.0"));
+    airlock_ok(&["copy", &docker(&src.host, old), &to]);
+    assert_eq!(layout_ref(&dir, "op:1.0"), Some(old.digest.to_string()));
+    let index_before = std::fs::read(dir.join("index.json")).unwrap();
+    let blobs_before: Vec<_> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let (code, _, err) = airlock(&["copy", &docker(&src.host, new), &to]);
+    assert_ne!(
+        code, 0,
+        "a different image was copied over a layout ref name"
+    );
+    assert!(err.contains("--on-existing-tag"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.join("index.json")).unwrap(),
+        index_before,
+        "index.json unchanged"
+    );
+    let blobs_after: Vec<_> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(blobs_after, blobs_before, "no blob written on refusal");
+    airlock_ok(&[
+        "copy",
+        "--on-existing-tag",
+        "overwrite",
+        &docker(&src.host, new),
+        &to,
+    ]);
+    assert_eq!(layout_ref(&dir, "op:1.0"), Some(new.digest.to_string()));
+    assert_valid_layout(&dir);
+}

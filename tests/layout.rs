@@ -1,0 +1,420 @@
+//! OCI image layout directories as copy endpoints: skopeo writes a layout
+//! airlock reads, airlock writes layouts skopeo reads, `import --to oci:DIR`
+//! writes a layout, and hostile layouts are refused with nothing written.
+
+mod common;
+
+use airlock::digest::Digest;
+use airlock::oci::{DOCKER_LIST, OCI_INDEX};
+use common::*;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn skopeo_raw_digest(reference: &str) -> Digest {
+    Digest::of(sh(Command::new("skopeo").args(["inspect", "--raw", reference])).as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_layout_to_registry_and_to_a_bundle() {
+    let (src, images) = seeded_source().await;
+    // vendor/operator:1.0.0: an OCI index, its index and platforms cosign-signed.
+    let img = &images[0];
+    assert_eq!(img.media_type, OCI_INDEX);
+    assert!(img.artifact_tags.len() >= 3);
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+
+    // skopeo writes the layout: the image as vendor/app:1.0, and its cosign
+    // signatures under the same repository, as airlock's own layouts name them.
+    skopeo_copy(
+        &format!("docker://{}/{}:{}", src.host, img.repository, img.tag),
+        &oci(&dir, Some("vendor/app:1.0")),
+    );
+    for (tag, _) in &img.artifact_tags {
+        skopeo_copy(
+            &format!("docker://{}/{}:{tag}", src.host, img.repository),
+            &oci(&dir, Some(&format!("vendor/app:{tag}"))),
+        );
+    }
+    assert_eq!(
+        layout_ref(&dir, "vendor/app:1.0"),
+        Some(img.digest.to_string()),
+        "skopeo kept the digest"
+    );
+
+    // airlock reads it into a registry.
+    let dst = TestRegistry::start();
+    airlock_ok(&[
+        "copy",
+        &oci(&dir, Some("vendor/app:1.0")),
+        &format!("docker://{}/vendor/app:1.0", dst.host),
+    ]);
+    let s = client(&src, test_config()).await;
+    let d = client(&dst, test_config()).await;
+    let want = s.get_manifest(&img.repository, &img.tag).await.unwrap();
+    let got = d.get_manifest("vendor/app", "1.0").await.unwrap();
+    assert_eq!(got.digest, img.digest, "digest at the destination");
+    assert_eq!(got.bytes, want.bytes, "raw index bytes");
+    for (platform, pd) in &img.platforms {
+        let a = s
+            .get_manifest(&img.repository, &pd.to_string())
+            .await
+            .unwrap();
+        let b = d
+            .get_manifest("vendor/app", &pd.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{platform} manifest {pd} missing at the destination: {e}"));
+        assert_eq!(a.bytes, b.bytes, "{platform} manifest bytes");
+    }
+    for (tag, digest) in &img.artifact_tags {
+        assert_eq!(
+            d.head_manifest("vendor/app", tag).await.unwrap().as_ref(),
+            Some(digest),
+            "signature vendor/app:{tag} carried from the layout"
+        );
+    }
+    assert_eq!(dst.catalog().await, vec!["vendor/app".to_string()]);
+
+    // And into a bundle, which verifies (with the vendor key too).
+    let bundle = work.path().join("b.tar.zst");
+    airlock_ok(&[
+        "export",
+        "-o",
+        bundle.to_str().unwrap(),
+        &oci(&dir, Some("vendor/app:1.0")),
+    ]);
+    airlock_ok(&["verify", bundle.to_str().unwrap()]);
+    airlock_ok(&["verify", bundle.to_str().unwrap(), "--key", COSIGN_TEST_PUB]);
+    let shown: serde_json::Value = serde_json::from_str(&airlock_ok(&[
+        "inspect",
+        "--json",
+        bundle.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let bundled = shown["index"]["images"].as_array().unwrap();
+    assert_eq!(bundled.len(), 1, "{shown}");
+    assert_eq!(bundled[0]["digest"], img.digest.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlock_layout_is_read_by_skopeo_and_by_airlock() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("layout");
+    for img in &images {
+        airlock_ok(&[
+            "copy",
+            &format!("docker://{}/{}:{}", src.host, img.repository, img.tag),
+            &oci(&dir, None),
+        ]);
+    }
+    assert_valid_layout(&dir);
+    let entries = layout_entries(&dir);
+    for img in &images {
+        let name = format!("{}:{}", img.repository, img.tag);
+        let hit = entries
+            .iter()
+            .find(|(n, _, _)| n.as_deref() == Some(name.as_str()))
+            .unwrap_or_else(|| panic!("{name} not named in index.json: {entries:?}"));
+        assert_eq!(hit.1, img.digest.to_string(), "{name}");
+        assert_eq!(hit.2, img.media_type, "{name} media type in index.json");
+        let sigs: Vec<_> = img
+            .artifact_tags
+            .iter()
+            .filter(|(t, _)| t.ends_with(".sig"))
+            .collect();
+        assert!(!sigs.is_empty());
+        for (tag, digest) in sigs {
+            assert_eq!(
+                layout_ref(&dir, &format!("{}:{tag}", img.repository)),
+                Some(digest.to_string()),
+                "signature {}:{tag} in index.json",
+                img.repository
+            );
+        }
+    }
+
+    // skopeo reads it (OCI types; skopeo 1.9 does not select Docker lists
+    // in a layout, see tests/interop.rs).
+    let dst = TestRegistry::start();
+    let d = client(&dst, test_config()).await;
+    let mut through_skopeo = 0;
+    for img in images.iter().filter(|i| i.media_type != DOCKER_LIST) {
+        let r = oci(&dir, Some(&format!("{}:{}", img.repository, img.tag)));
+        assert_eq!(skopeo_raw_digest(&r), img.digest, "{r}");
+        skopeo_copy(
+            &r,
+            &format!("docker://{}/{}:{}", dst.host, img.repository, img.tag),
+        );
+        assert_eq!(
+            d.head_manifest(&img.repository, &img.tag).await.unwrap(),
+            Some(img.digest.clone()),
+            "skopeo copy of {r}"
+        );
+        through_skopeo += 1;
+    }
+    assert_eq!(through_skopeo, 3);
+
+    // airlock reads the whole layout (every named image) into a registry.
+    let dst2 = TestRegistry::start();
+    airlock_ok(&["copy", &oci(&dir, None), &format!("docker://{}", dst2.host)]);
+    let d2 = client(&dst2, test_config()).await;
+    for img in &images {
+        assert_eq!(
+            d2.head_manifest(&img.repository, &img.tag).await.unwrap(),
+            Some(img.digest.clone()),
+            "{}:{} at the second destination",
+            img.repository,
+            img.tag
+        );
+        for (tag, digest) in img
+            .artifact_tags
+            .iter()
+            .filter(|(t, _)| t.ends_with(".sig"))
+        {
+            assert_eq!(
+                d2.head_manifest(&img.repository, tag)
+                    .await
+                    .unwrap()
+                    .as_ref(),
+                Some(digest),
+                "{}:{tag} at the second destination",
+                img.repository
+            );
+        }
+    }
+    let mut repos = dst2.catalog().await;
+    repos.sort();
+    assert_eq!(
+        repos,
+        vec!["vendor/agent", "vendor/gateway", "vendor/operator"],
+        "the sha256-… artifact tags are not images of their own"
+    );
+}
+
+/// `DIR/blobs/sha256/*` file names.
+fn blob_names(dir: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn named(dir: &Path) -> BTreeSet<(String, String)> {
+    layout_entries(dir)
+        .into_iter()
+        .filter_map(|(n, d, _)| n.map(|n| (n, d)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_into_a_layout_directory() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("b.tar.zst");
+    cli_export(&src, &images, &bundle);
+    // The bundle's own layout, for comparison.
+    let extracted = work.path().join("extracted");
+    std::fs::create_dir(&extracted).unwrap();
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "zstd -dc '{}' | tar -C '{}' -x",
+        bundle.display(),
+        extracted.display()
+    )));
+
+    let dir = work.path().join("imported");
+    airlock_ok(&["import", bundle.to_str().unwrap(), "--to", &oci(&dir, None)]);
+    assert_valid_layout(&dir);
+    assert_eq!(
+        named(&dir),
+        named(&extracted),
+        "ref names and digests as in the bundle's index.json"
+    );
+    assert_eq!(
+        blob_names(&dir),
+        blob_names(&extracted),
+        "every blob of the bundle, and nothing else"
+    );
+    for img in &images {
+        assert_eq!(
+            layout_ref(&dir, &format!("{}:{}", img.repository, img.tag)),
+            Some(img.digest.to_string())
+        );
+        for (tag, digest) in img
+            .artifact_tags
+            .iter()
+            .filter(|(t, _)| t.ends_with(".sig"))
+        {
+            assert_eq!(
+                layout_ref(&dir, &format!("{}:{tag}", img.repository)),
+                Some(digest.to_string()),
+                "{}:{tag}",
+                img.repository
+            );
+        }
+    }
+    let agent = images
+        .iter()
+        .find(|i| i.repository == "vendor/agent")
+        .unwrap();
+    assert_eq!(
+        skopeo_raw_digest(&oci(&dir, Some("vendor/agent:2.0.0"))),
+        agent.digest
+    );
+    // The referrers fallback index of the SBOM (tag `sha256-<hex>`) came along too.
+    let (_, sbom_index) = agent
+        .artifact_tags
+        .iter()
+        .find(|(t, _)| *t == agent.digest.tag_stem())
+        .unwrap();
+    assert!(
+        layout_blob_path(&dir, sbom_index).exists(),
+        "referrers index of the agent"
+    );
+
+    // A second import changes nothing and succeeds.
+    let before = layout_entries(&dir);
+    let (code, _, err) = airlock(&["import", bundle.to_str().unwrap(), "--to", &oci(&dir, None)]);
+    assert_eq!(code, 0, "re-import into the same layout: {err}");
+    let after = layout_entries(&dir);
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "no duplicate entries in index.json"
+    );
+    assert_eq!(
+        after.iter().collect::<BTreeSet<_>>(),
+        before.iter().collect::<BTreeSet<_>>()
+    );
+    assert_valid_layout(&dir);
+}
+
+fn cp_r(from: &Path, to: &Path) {
+    sh(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+fn json_blob(dir: &Path, digest: &str) -> serde_json::Value {
+    let d: Digest = digest.parse().unwrap();
+    serde_json::from_slice(&std::fs::read(layout_blob_path(dir, &d)).unwrap()).unwrap()
+}
+
+/// Every way of reading `bad` must fail, name `expect`, and write nothing.
+async fn assert_refused(case: &str, bad: &Path, expect: &str, dst: &TestRegistry, work: &Path) {
+    let sources = [oci(bad, Some("vendor/operator:1.0.0")), oci(bad, None)];
+    for (n, from) in sources.iter().enumerate() {
+        let (code, out, err) = airlock(&[
+            "copy",
+            from,
+            &format!("docker://{}/hostile/{case}{n}:1", dst.host),
+        ]);
+        assert_ne!(
+            code, 0,
+            "{case}: copy {from} to a registry succeeded: {out}"
+        );
+        assert!(!err.contains("panicked"), "{case}: {err}");
+        assert!(
+            err.contains(expect),
+            "{case}: expected {expect:?} in the error of copy {from}: {err}"
+        );
+        assert!(
+            dst.catalog().await.is_empty(),
+            "{case}: nothing may reach the registry: {:?}",
+            dst.catalog().await
+        );
+
+        let out_dir = work.join(format!("out-{case}-{n}"));
+        let (code, _, err) = airlock(&["copy", from, &oci(&out_dir, None)]);
+        assert_ne!(code, 0, "{case}: copy {from} to a layout succeeded");
+        assert!(
+            err.contains(expect),
+            "{case}: expected {expect:?} in: {err}"
+        );
+        assert!(
+            !out_dir.join("index.json").exists(),
+            "{case}: a destination layout was written"
+        );
+
+        let bundle = work.join(format!("out-{case}-{n}.tar.zst"));
+        let (code, _, err) = airlock(&["export", "-o", bundle.to_str().unwrap(), from]);
+        assert_ne!(code, 0, "{case}: export of {from} succeeded");
+        assert!(
+            err.contains(expect),
+            "{case}: expected {expect:?} in: {err}"
+        );
+        assert!(!bundle.exists(), "{case}: a bundle was written");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_layouts_are_refused_with_nothing_written() {
+    let (src, images) = seeded_source().await;
+    let img = &images[0];
+    let work = tempfile::tempdir().unwrap();
+    let good = work.path().join("good");
+    airlock_ok(&[
+        "copy",
+        &format!("docker://{}/{}:{}", src.host, img.repository, img.tag),
+        &oci(&good, None),
+    ]);
+    assert_valid_layout(&good);
+    let index_digest = layout_ref(&good, "vendor/operator:1.0.0").unwrap();
+    assert_eq!(index_digest, img.digest.to_string());
+    let index = json_blob(&good, &index_digest);
+    let manifest = json_blob(&good, index["manifests"][0]["digest"].as_str().unwrap());
+    let layer: Digest = manifest["layers"][2]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let layer_rel = PathBuf::from(layer.layout_path());
+
+    // The good layout goes through (so the refusals below are about the damage).
+    let check = TestRegistry::start();
+    airlock_ok(&[
+        "copy",
+        &oci(&good, Some("vendor/operator:1.0.0")),
+        &format!("docker://{}/ok:1", check.host),
+    ]);
+    drop(check);
+
+    let dst = TestRegistry::start();
+
+    // (a) A layer blob replaced by a symlink to a file outside the directory,
+    // with the same name and the very same bytes.
+    let bad = work.path().join("symlink");
+    cp_r(&good, &bad);
+    let outside = work.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let outside_file = outside.join(layer.hex());
+    std::fs::copy(good.join(&layer_rel), &outside_file).unwrap();
+    std::fs::remove_file(bad.join(&layer_rel)).unwrap();
+    std::os::unix::fs::symlink(&outside_file, bad.join(&layer_rel)).unwrap();
+    assert_refused("symlink", &bad, &layer.hex(), &dst, work.path()).await;
+
+    // (b) A byte of a layer flipped: its content no longer matches its name.
+    let bad = work.path().join("flipped");
+    cp_r(&good, &bad);
+    let mut data = std::fs::read(bad.join(&layer_rel)).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(bad.join(&layer_rel), &data).unwrap();
+    assert_refused("flipped", &bad, &layer.hex(), &dst, work.path()).await;
+
+    // (c) index.json names a manifest that has no blob file.
+    let bad = work.path().join("missing");
+    cp_r(&good, &bad);
+    let index_d: Digest = index_digest.parse().unwrap();
+    std::fs::remove_file(layout_blob_path(&bad, &index_d)).unwrap();
+    assert_refused("missing", &bad, &index_d.hex(), &dst, work.path()).await;
+
+    // (d) The whole blobs/sha256 directory is a symlink to an identical copy
+    // outside: still a symlink out of the layout.
+    let bad = work.path().join("dirlink");
+    cp_r(&good, &bad);
+    let outside_blobs = work.path().join("outside-blobs");
+    cp_r(&good.join("blobs/sha256"), &outside_blobs);
+    std::fs::remove_dir_all(bad.join("blobs/sha256")).unwrap();
+    std::os::unix::fs::symlink(&outside_blobs, bad.join("blobs/sha256")).unwrap();
+    assert_refused("dirlink", &bad, "blobs/sha256", &dst, work.path()).await;
+}
