@@ -40,6 +40,9 @@ pub enum Error {
     /// What to copy, or where to, cannot be understood or selects nothing.
     #[error("{0}")]
     Selection(String),
+    /// Arguments that cannot work together (a directory given for a file).
+    #[error("{0}")]
+    Usage(String),
     /// The destination refuses: an output that exists, unsigned images under
     /// --require-signatures, a name selected twice.
     #[error("{0}")]
@@ -84,7 +87,7 @@ impl Error {
             Error::Policy { .. } | Error::BundleSignature(_) | Error::NotTrusted(_) => {
                 ErrorKind::Policy
             }
-            Error::Selection(_) | Error::Target(_) => ErrorKind::Usage,
+            Error::Usage(_) => ErrorKind::Usage,
             _ => ErrorKind::Other,
         }
     }

@@ -616,7 +616,7 @@ async fn import_cmd(
     } else {
         let path = std::path::Path::new(bundle);
         if path.is_dir() {
-            bail!(airlock::Error::Selection(format!(
+            bail!(airlock::Error::Usage(format!(
                 "{bundle} is a directory; give the bundle file (for a layout directory use airlock copy oci:{bundle} …)"
             )));
         }
@@ -688,7 +688,7 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
 
 fn inspect_cmd(bundle: &std::path::Path, json: bool) -> Result<()> {
     if bundle.is_dir() {
-        bail!(airlock::Error::Selection(format!(
+        bail!(airlock::Error::Usage(format!(
             "{} is a directory, not a bundle file",
             bundle.display()
         )));

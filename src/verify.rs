@@ -99,7 +99,7 @@ pub async fn verify_bundle(
         Some(r) => r,
         None => {
             if path.is_dir() {
-                return Err(Error::Selection(format!(
+                return Err(Error::Usage(format!(
                     "{name} is a directory, not a bundle file"
                 )));
             }

@@ -299,68 +299,135 @@ fn json_blob(dir: &Path, digest: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(layout_blob_path(dir, &d)).unwrap()).unwrap()
 }
 
-/// Every way of reading `bad` must fail, name `expect`, and write nothing.
-async fn assert_refused(case: &str, bad: &Path, expect: &str, dst: &TestRegistry, work: &Path) {
-    let sources = [oci(bad, Some("vendor/operator:1.0.0")), oci(bad, None)];
-    for (n, from) in sources.iter().enumerate() {
-        let (code, out, err) = airlock(&[
-            "copy",
-            from,
-            &format!("docker://{}/hostile/{case}{n}:1", dst.host),
-        ]);
-        assert_ne!(
-            code, 0,
-            "{case}: copy {from} to a registry succeeded: {out}"
-        );
-        assert!(!err.contains("panicked"), "{case}: {err}");
-        assert!(
-            err.contains(expect),
+/// What went wrong in the hostile cases: every case runs, then all are shown.
+type Problems = Vec<String>;
+
+/// Copying `from` to the registry must fail, name `expect`, and push nothing.
+async fn refused_to_registry(
+    p: &mut Problems,
+    case: &str,
+    from: &str,
+    expect: &str,
+    dst: &TestRegistry,
+) {
+    let prefix = format!("hostile/{case}/");
+    let (code, out, err) = airlock(&[
+        "copy",
+        from,
+        &format!("docker://{}/{prefix}{{repo}}", dst.host),
+    ]);
+    if code == 0 {
+        p.push(format!(
+            "{case}: copy {from} to a registry succeeded: {out}{err}"
+        ));
+    }
+    if err.contains("panicked") {
+        p.push(format!("{case}: copy {from} panicked: {err}"));
+    }
+    if code != 0 && !err.contains(expect) {
+        p.push(format!(
             "{case}: expected {expect:?} in the error of copy {from}: {err}"
-        );
-        assert!(
-            dst.catalog().await.is_empty(),
-            "{case}: nothing may reach the registry: {:?}",
-            dst.catalog().await
-        );
+        ));
+    }
+    let written: Vec<_> = dst
+        .catalog()
+        .await
+        .into_iter()
+        .filter(|r| r.starts_with(&prefix))
+        .collect();
+    if !written.is_empty() {
+        p.push(format!(
+            "{case}: copy {from} (exit {code}) wrote to the registry: {written:?}"
+        ));
+    }
+}
+
+/// Every way of reading `bad` (by `reference`, and whole) must fail, name
+/// `expect`, and write nothing: no repository at the registry, no
+/// destination `index.json`, no bundle.
+async fn refused(
+    p: &mut Problems,
+    case: &str,
+    bad: &Path,
+    reference: &str,
+    expect: &str,
+    dst: &TestRegistry,
+    work: &Path,
+) {
+    let sources = [oci(bad, Some(reference)), oci(bad, None)];
+    for (n, from) in sources.iter().enumerate() {
+        refused_to_registry(p, &format!("{case}{n}"), from, expect, dst).await;
 
         let out_dir = work.join(format!("out-{case}-{n}"));
         let (code, _, err) = airlock(&["copy", from, &oci(&out_dir, None)]);
-        assert_ne!(code, 0, "{case}: copy {from} to a layout succeeded");
-        assert!(
-            err.contains(expect),
-            "{case}: expected {expect:?} in: {err}"
-        );
-        assert!(
-            !out_dir.join("index.json").exists(),
-            "{case}: a destination layout was written"
-        );
+        if code == 0 {
+            p.push(format!("{case}: copy {from} to a layout succeeded"));
+        } else if !err.contains(expect) {
+            p.push(format!(
+                "{case}: expected {expect:?} in the error of copy {from} to a layout: {err}"
+            ));
+        }
+        if out_dir.join("index.json").exists() {
+            p.push(format!(
+                "{case}: copy {from} wrote a destination index.json"
+            ));
+        }
 
         let bundle = work.join(format!("out-{case}-{n}.tar.zst"));
         let (code, _, err) = airlock(&["export", "-o", bundle.to_str().unwrap(), from]);
-        assert_ne!(code, 0, "{case}: export of {from} succeeded");
-        assert!(
-            err.contains(expect),
-            "{case}: expected {expect:?} in: {err}"
-        );
-        assert!(!bundle.exists(), "{case}: a bundle was written");
+        if code == 0 {
+            p.push(format!("{case}: export of {from} succeeded"));
+        } else if !err.contains(expect) {
+            p.push(format!(
+                "{case}: expected {expect:?} in the error of export {from}: {err}"
+            ));
+        }
+        if bundle.exists() {
+            p.push(format!("{case}: export of {from} wrote a bundle"));
+        }
     }
+}
+
+fn flip_a_byte(file: &Path) {
+    let mut data = std::fs::read(file).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(file, &data).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_layouts_are_refused_with_nothing_written() {
     let (src, images) = seeded_source().await;
-    let img = &images[0];
+    let operator = &images[0];
+    let agent = images
+        .iter()
+        .find(|i| i.repository == "vendor/agent")
+        .unwrap();
     let work = tempfile::tempdir().unwrap();
     let good = work.path().join("good");
-    airlock_ok(&[
-        "copy",
-        &format!("docker://{}/{}:{}", src.host, img.repository, img.tag),
-        &oci(&good, None),
-    ]);
+    for img in [operator, agent] {
+        airlock_ok(&[
+            "copy",
+            &format!("docker://{}/{}:{}", src.host, img.repository, img.tag),
+            &oci(&good, None),
+        ]);
+    }
     assert_valid_layout(&good);
-    let index_digest = layout_ref(&good, "vendor/operator:1.0.0").unwrap();
-    assert_eq!(index_digest, img.digest.to_string());
+    const OP: &str = "vendor/operator:1.0.0";
+    let index_digest = layout_ref(&good, OP).unwrap();
+    assert_eq!(index_digest, operator.digest.to_string());
+    // Every config and layer of the operator's platform manifests.
     let index = json_blob(&good, &index_digest);
+    let mut blobs: Vec<Digest> = Vec::new();
+    for m in index["manifests"].as_array().unwrap() {
+        let manifest = json_blob(&good, m["digest"].as_str().unwrap());
+        for desc in std::iter::once(&manifest["config"])
+            .chain(manifest["layers"].as_array().unwrap().iter())
+        {
+            blobs.push(desc["digest"].as_str().unwrap().parse().unwrap());
+        }
+    }
+    assert_eq!(blobs.len(), 8);
     let manifest = json_blob(&good, index["manifests"][0]["digest"].as_str().unwrap());
     let layer: Digest = manifest["layers"][2]["digest"]
         .as_str()
@@ -373,12 +440,13 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
     let check = TestRegistry::start();
     airlock_ok(&[
         "copy",
-        &oci(&good, Some("vendor/operator:1.0.0")),
-        &format!("docker://{}/ok:1", check.host),
+        &oci(&good, None),
+        &format!("docker://{}/ok/{{repo}}", check.host),
     ]);
     drop(check);
 
     let dst = TestRegistry::start();
+    let mut p = Problems::new();
 
     // (a) A layer blob replaced by a symlink to a file outside the directory,
     // with the same name and the very same bytes.
@@ -390,23 +458,38 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
     std::fs::copy(good.join(&layer_rel), &outside_file).unwrap();
     std::fs::remove_file(bad.join(&layer_rel)).unwrap();
     std::os::unix::fs::symlink(&outside_file, bad.join(&layer_rel)).unwrap();
-    assert_refused("symlink", &bad, &layer.hex(), &dst, work.path()).await;
+    refused(&mut p, "symlink", &bad, OP, &layer.hex(), &dst, work.path()).await;
 
     // (b) A byte of a layer flipped: its content no longer matches its name.
     let bad = work.path().join("flipped");
     cp_r(&good, &bad);
-    let mut data = std::fs::read(bad.join(&layer_rel)).unwrap();
-    let mid = data.len() / 2;
-    data[mid] ^= 0xff;
-    std::fs::write(bad.join(&layer_rel), &data).unwrap();
-    assert_refused("flipped", &bad, &layer.hex(), &dst, work.path()).await;
+    flip_a_byte(&bad.join(&layer_rel));
+    refused(&mut p, "flipped", &bad, OP, &layer.hex(), &dst, work.path()).await;
+    // The same for every config and layer: whichever blob the copy reaches
+    // first or last, nothing reaches the registry.
+    for (i, blob) in blobs.iter().enumerate() {
+        let bad = work.path().join(format!("flipped-{i}"));
+        cp_r(&good, &bad);
+        flip_a_byte(&layout_blob_path(&bad, blob));
+        let case = format!("flipped-blob-{i}");
+        refused_to_registry(&mut p, &case, &oci(&bad, Some(OP)), &blob.hex(), &dst).await;
+    }
 
     // (c) index.json names a manifest that has no blob file.
     let bad = work.path().join("missing");
     cp_r(&good, &bad);
     let index_d: Digest = index_digest.parse().unwrap();
     std::fs::remove_file(layout_blob_path(&bad, &index_d)).unwrap();
-    assert_refused("missing", &bad, &index_d.hex(), &dst, work.path()).await;
+    refused(
+        &mut p,
+        "missing",
+        &bad,
+        OP,
+        &index_d.hex(),
+        &dst,
+        work.path(),
+    )
+    .await;
 
     // (d) The whole blobs/sha256 directory is a symlink to an identical copy
     // outside: still a symlink out of the layout.
@@ -416,5 +499,48 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
     cp_r(&good.join("blobs/sha256"), &outside_blobs);
     std::fs::remove_dir_all(bad.join("blobs/sha256")).unwrap();
     std::os::unix::fs::symlink(&outside_blobs, bad.join("blobs/sha256")).unwrap();
-    assert_refused("dirlink", &bad, "blobs/sha256", &dst, work.path()).await;
+    refused(
+        &mut p,
+        "dirlink",
+        &bad,
+        OP,
+        "blobs/sha256",
+        &dst,
+        work.path(),
+    )
+    .await;
+
+    // (e) The agent's SBOM referrer (listed in index.json without a ref
+    // name) and (f) its referrers fallback index (ref name
+    // `vendor/agent:sha256-<hex>`) no longer match their names.
+    const AGENT: &str = "vendor/agent:2.0.0";
+    let (_, fallback) = agent
+        .artifact_tags
+        .iter()
+        .find(|(t, _)| *t == agent.digest.tag_stem())
+        .unwrap();
+    let fallback_index = json_blob(&good, &fallback.to_string());
+    let referrer: Digest = fallback_index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        layout_entries(&good)
+            .iter()
+            .any(|(n, d, _)| n.is_none() && *d == referrer.to_string()),
+        "the referrer is listed in index.json"
+    );
+    for (case, digest) in [("referrer", &referrer), ("fallback", fallback)] {
+        let bad = work.path().join(case);
+        cp_r(&good, &bad);
+        flip_a_byte(&layout_blob_path(&bad, digest));
+        refused(&mut p, case, &bad, AGENT, &digest.hex(), &dst, work.path()).await;
+    }
+    assert!(
+        p.is_empty(),
+        "hostile layouts, {} problems:\n{}",
+        p.len(),
+        p.join("\n")
+    );
 }
