@@ -325,7 +325,7 @@ async fn resolve_selection(
         }
         tags.extend(matched);
     }
-    tags.dedup();
+    crate::selection::dedup_tags(&mut tags);
     let mut out = Vec::new();
     for tag in tags {
         let root = registry
