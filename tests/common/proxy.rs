@@ -105,6 +105,16 @@ async fn handle(
     rules: Arc<Mutex<Vec<Rule>>>,
     injected: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
+    // The client tries TLS first on loopback: pass a TLS handshake through
+    // to the plain registry, which refuses it at once as it would directly,
+    // rather than wait for an HTTP head that never comes (20 s, the client's
+    // connect timeout).
+    let mut first = [0u8; 1];
+    if client.peek(&mut first).await? == 1 && first[0] == 0x16 {
+        let mut up = TcpStream::connect(upstream).await?;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        return Ok(());
+    }
     let Some((head, rest)) = read_head(&mut client).await? else {
         return Ok(());
     };
