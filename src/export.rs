@@ -264,6 +264,9 @@ async fn resolve_root(
             discovery.discover(&p.digest, MAX_DEPTH).await?;
         }
     }
+    for line in &discovery.skipped {
+        progress::note(&format!("warning: {line}"));
+    }
     let mut artifacts: Vec<Artifact> = Vec::new();
     for (a, m) in discovery.found {
         if let Ok(v) = ManifestView::parse(&m.bytes, Some(&m.media_type)) {

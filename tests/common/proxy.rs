@@ -1,8 +1,8 @@
 //! A fault-injecting HTTP/1.1 proxy in front of a real registry. Each
 //! request gets its own upstream connection (`Connection: close`), so every
 //! request can be matched against the rules: answer with a status (5xx,
-//! 429 with Retry-After), drop the connection, or forward the request and
-//! cut the response body in half.
+//! 429 with Retry-After), drop the connection, forward the request and
+//! cut the response body in half, or answer 200 with a body of its own.
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,6 +13,8 @@ pub enum Fault {
     Status(u16, Option<u64>),
     Drop,
     Truncate,
+    /// 200 with this content type and body, in place of the registry's answer.
+    Respond(&'static str, Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -151,6 +153,16 @@ async fn handle(
                 "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{ra}Connection: close\r\n\r\n"
             );
             client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        Some(Fault::Respond(content_type, ref body)) => {
+            let head = format!(
+                "HTTP/1.1 200 Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            client.write_all(head.as_bytes()).await?;
+            client.write_all(body).await?;
             let _ = client.shutdown().await;
             return Ok(());
         }
