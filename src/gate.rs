@@ -59,6 +59,9 @@ impl Gate<'_> {
     /// Check `graph` (read from `source`); notes go to `events`.
     pub fn check(&self, graph: &Graph, source: &str, events: &dyn Events) -> Result<Passed> {
         let graphs = graph.walk(source)?;
+        for line in &graph.skipped {
+            events.note(&format!("warning: {line}"));
+        }
         if self.names_unique {
             crate::store::resolve::check_ref_names(graph)?;
         }

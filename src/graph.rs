@@ -44,6 +44,8 @@ pub struct Graph {
     pub trusted_root: Option<Digest>,
     /// Small blobs read for the policy (signature payloads), verified.
     pub payloads: HashMap<Digest, Bytes>,
+    /// Artifacts the source has but the copy leaves out, each named with why.
+    pub skipped: Vec<String>,
 }
 
 impl Graph {

@@ -6,6 +6,7 @@ use crate::digest::Digest;
 use crate::oci::Platform;
 use crate::reference::{is_valid_repository, Reference};
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::path::Path;
 
 /// One entry of a selection file.
@@ -111,7 +112,7 @@ impl ImageSelection {
                 return Err(err(format!("target {t:?} is not a valid repository path")));
             }
         }
-        tags.dedup();
+        dedup_tags(&mut tags);
         Ok(ImageSelection {
             repo: Reference {
                 tag: None,
@@ -208,9 +209,7 @@ pub fn from_layout_dir(
         detail: x.to_string(),
     })?;
     let mut repos: Vec<String> = reader.named_images().into_iter().map(|(r, _)| r).collect();
-    repos.dedup();
-    let mut seen = std::collections::HashSet::new();
-    repos.retain(|r| seen.insert(r.clone()));
+    dedup_tags(&mut repos);
     repos
         .iter()
         .map(|repo| {
@@ -234,6 +233,13 @@ pub fn from_layout_dir(
             Ok(sel)
         })
         .collect()
+}
+
+/// Drop repeated tags, keeping each where it first appears (the list is not
+/// sorted: a `ref:` tag comes after `tags:`, tag-pattern matches after both).
+pub(crate) fn dedup_tags(tags: &mut Vec<String>) {
+    let mut seen = HashSet::new();
+    tags.retain(|t| seen.insert(t.clone()));
 }
 
 /// Parse a selection file.
@@ -307,6 +313,21 @@ images:
         assert_eq!(sel[0].platforms.len(), 2);
         assert!(sel[1].tag_pattern.as_ref().unwrap().is_match("1.2.0"));
         assert!(!sel[1].tag_pattern.as_ref().unwrap().is_match("1.2.0-rc"));
+    }
+
+    #[test]
+    fn a_tag_given_twice_is_selected_once() {
+        let sel = parse_selection(
+            "images:\n  - ref: a/b:1.0\n    tags: [\"1.0\", \"2.0\"]\n    tagPattern: \"[0-9.]+\"\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(sel[0].tags, vec!["1.0", "2.0"]);
+        // What export adds for the tag pattern, in sorted order, after them.
+        let mut tags = sel[0].tags.clone();
+        tags.extend(["1.0", "1.5", "2.0"].map(String::from));
+        dedup_tags(&mut tags);
+        assert_eq!(tags, vec!["1.0", "2.0", "1.5"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use crate::bundle::{Artifact, ArtifactKind};
 use crate::digest::Digest;
-use crate::oci::ManifestView;
+use crate::oci::{ManifestError, ManifestView};
 use crate::registry::{RawManifest, RegistryError};
 use crate::store::Resolver;
 use std::collections::HashSet;
@@ -29,7 +29,23 @@ pub struct Discovery<'a> {
     pub repo: &'a str,
     pub tags: &'a HashSet<String>,
     pub found: Vec<(Artifact, RawManifest)>,
+    /// Artifacts left out because their manifest is of a media type the
+    /// client refuses (e.g. an OCI 1.1-rc artifact manifest), one line each:
+    /// repository, subject, artifact (tag or digest) and why.
+    pub skipped: Vec<String>,
     seen: HashSet<Digest>,
+}
+
+/// The media type of a manifest the client refused for its type alone:
+/// such an artifact is skipped; every other error stays fatal.
+fn refused_media_type(e: &RegistryError) -> Option<&str> {
+    match e {
+        RegistryError::Manifest {
+            source: ManifestError::UnsupportedMediaType { media_type, .. },
+            ..
+        } => Some(media_type),
+        _ => None,
+    }
 }
 
 impl<'a> Discovery<'a> {
@@ -39,6 +55,7 @@ impl<'a> Discovery<'a> {
             repo,
             tags,
             found: Vec::new(),
+            skipped: Vec::new(),
             seen: HashSet::new(),
         }
     }
@@ -77,41 +94,81 @@ impl<'a> Discovery<'a> {
         Some(digest)
     }
 
+    /// The manifest of an artifact, or `None` when it was skipped for its
+    /// media type (and noted in `skipped`).
+    async fn fetch(
+        &mut self,
+        subject: &Digest,
+        reference: &str,
+    ) -> Result<Option<RawManifest>, RegistryError> {
+        match self.registry.get_manifest(self.repo, reference).await {
+            Ok(m) => Ok(Some(m)),
+            Err(e) => match refused_media_type(&e) {
+                Some(media_type) => {
+                    self.skipped.push(format!(
+                        "{}/{}: artifact {reference} of {subject} skipped: its manifest is of media type {media_type}, which airlock does not carry (only OCI and Docker v2 image indexes and manifests)",
+                        self.registry.location(),
+                        self.repo,
+                    ));
+                    Ok(None)
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    /// The `sha256-<hex>` referrers fallback index, recorded, and what it lists.
+    async fn fallback_index(
+        &mut self,
+        subject: &Digest,
+    ) -> Result<Option<Vec<crate::oci::Descriptor>>, RegistryError> {
+        let stem = subject.tag_stem();
+        if !self.tags.contains(&stem) {
+            return Ok(None);
+        }
+        let idx = self.registry.get_manifest(self.repo, &stem).await?;
+        let view = ManifestView::parse(&idx.bytes, Some(&idx.media_type)).map_err(|source| {
+            RegistryError::Manifest {
+                what: format!("referrers fallback tag {stem} in {}", self.repo),
+                source,
+            }
+        })?;
+        self.record(ArtifactKind::ReferrersIndex, subject, Some(stem), idx);
+        Ok(Some(view.manifests))
+    }
+
     /// Everything attached to `subject`, recursively up to `depth` levels.
+    /// An artifact whose manifest media type the client refuses is skipped
+    /// (see `skipped`); any other error fails the whole discovery.
     pub async fn discover(&mut self, subject: &Digest, depth: usize) -> Result<(), RegistryError> {
         let mut next = Vec::new();
         for (suffix, kind) in COSIGN_SUFFIXES {
             let tag = cosign_tag(subject, suffix);
             if self.tags.contains(&tag) {
-                let m = self.registry.get_manifest(self.repo, &tag).await?;
-                next.extend(self.record(kind, subject, Some(tag), m));
-            }
-        }
-        let referrers = match self.registry.referrers(self.repo, subject).await? {
-            Some(list) => list,
-            None => {
-                let stem = subject.tag_stem();
-                if self.tags.contains(&stem) {
-                    let idx = self.registry.get_manifest(self.repo, &stem).await?;
-                    let view = ManifestView::parse(&idx.bytes, Some(&idx.media_type)).map_err(
-                        |source| RegistryError::Manifest {
-                            what: format!("referrers fallback tag {stem} in {}", self.repo),
-                            source,
-                        },
-                    )?;
-                    self.record(ArtifactKind::ReferrersIndex, subject, Some(stem), idx);
-                    view.manifests
-                } else {
-                    Vec::new()
+                if let Some(m) = self.fetch(subject, &tag).await? {
+                    next.extend(self.record(kind, subject, Some(tag), m));
                 }
             }
+        }
+        // The tag-schema fallback index is carried whenever it is there (a
+        // layout directory or a registry may have both it and a referrers
+        // API); its referrers are read from it when there is no API.
+        let fallback = self.fallback_index(subject).await?;
+        let referrers = match self.registry.referrers(self.repo, subject).await? {
+            Some(mut list) => {
+                for d in fallback.unwrap_or_default() {
+                    if !list.iter().any(|x| x.digest == d.digest) {
+                        list.push(d);
+                    }
+                }
+                list
+            }
+            None => fallback.unwrap_or_default(),
         };
         for d in referrers {
-            let m = self
-                .registry
-                .get_manifest(self.repo, &d.digest.to_string())
-                .await?;
-            next.extend(self.record(ArtifactKind::Referrer, subject, None, m));
+            if let Some(m) = self.fetch(subject, &d.digest.to_string()).await? {
+                next.extend(self.record(ArtifactKind::Referrer, subject, None, m));
+            }
         }
         if depth > 0 {
             for d in next {
@@ -119,5 +176,63 @@ impl<'a> Discovery<'a> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An OCI 1.1-rc artifact manifest (as ORAS and cosign experiments
+    /// pushed them) is refused by `get_manifest` for its media type alone:
+    /// discovery skips it. Errors of any other kind stay fatal.
+    #[test]
+    fn only_a_refused_media_type_is_skipped() {
+        let artifact = br#"{"mediaType":"application/vnd.oci.artifact.manifest.v1+json","artifactType":"application/vnd.example.sbom","blobs":[],"subject":{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":2}}"#;
+        // What get_manifest does with the body it received.
+        let refused = ManifestView::parse(artifact, None)
+            .map(|_| ())
+            .map_err(|source| RegistryError::Manifest {
+                what: "manifest r/a:x".into(),
+                source,
+            })
+            .unwrap_err();
+        assert_eq!(
+            refused_media_type(&refused),
+            Some("application/vnd.oci.artifact.manifest.v1+json")
+        );
+
+        let not_json = RegistryError::Manifest {
+            what: "manifest r/a:x".into(),
+            source: ManifestView::parse(b"{", None).unwrap_err(),
+        };
+        let fatal = [
+            not_json,
+            RegistryError::NotFound {
+                what: "manifest r/a@sha256:00".into(),
+            },
+            RegistryError::Connect {
+                host: "r".into(),
+                detail: "connection refused".into(),
+            },
+            RegistryError::Auth {
+                host: "r".into(),
+                scope: "repository:a:pull".into(),
+                detail: "401".into(),
+            },
+            RegistryError::Status {
+                what: "manifest r/a:x".into(),
+                status: 500,
+                body: String::new(),
+            },
+            RegistryError::DigestMismatch {
+                what: "manifest r/a:x".into(),
+                expected: Digest::of(b"a"),
+                actual: Digest::of(b"b"),
+            },
+        ];
+        for e in &fatal {
+            assert_eq!(refused_media_type(e), None, "{e}");
+        }
     }
 }

@@ -255,6 +255,74 @@ async fn import_survives_injected_faults() {
     }
 }
 
+/// A cosign tag whose manifest is of a media type the client refuses (an
+/// OCI 1.1-rc artifact manifest, served by the proxy in place of the
+/// registry's `.sig`) is skipped with a warning naming it, and the export
+/// goes on without it. A tag that is listed but not found stays fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_skips_an_artifact_of_a_refused_media_type() {
+    const ARTIFACT_MANIFEST: &str = "application/vnd.oci.artifact.manifest.v1+json";
+    let (src, images) = seeded_source().await;
+    let (img, sig) = images
+        .iter()
+        .find_map(|i| {
+            let sig = airlock::signatures::cosign_tag(&i.digest, "sig");
+            i.artifact_tags
+                .iter()
+                .any(|(t, _)| *t == sig)
+                .then_some((i, sig))
+        })
+        .expect("a fixture image signed at its top digest");
+    let body = format!(
+        r#"{{"mediaType":"{ARTIFACT_MANIFEST}","artifactType":"application/vnd.example.sig","blobs":[],"subject":{{"mediaType":"{}","digest":"{}","size":1}}}}"#,
+        img.media_type, img.digest
+    );
+    let proxy = Proxy::start(
+        &src.host,
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/manifests/{sig}"),
+            fault: Fault::Respond(ARTIFACT_MANIFEST, body.into_bytes()),
+            times: usize::MAX,
+        }],
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("b.tar.zst");
+    let image = format!("{}/{}:{}", proxy.host, img.repository, img.tag);
+    let args = ["export", "-o", out.to_str().unwrap(), &image];
+    // The proxy runs on this runtime: block only this worker.
+    let (code, _, err) = tokio::task::block_in_place(|| airlock(&args));
+    assert_eq!(code, 0, "{err}");
+    assert!(!proxy.injected().is_empty());
+    for needle in [
+        format!(
+            "warning: {}/{}: artifact {sig} of {} skipped",
+            proxy.host, img.repository, img.digest
+        ),
+        ARTIFACT_MANIFEST.to_string(),
+        format!("has no signature for {}", img.digest),
+    ] {
+        assert!(err.contains(&needle), "{needle:?} not in: {err}");
+    }
+
+    proxy.set_rules(vec![Rule {
+        method: "GET",
+        path_contains: format!("/manifests/{sig}"),
+        fault: Fault::Status(404, None),
+        times: usize::MAX,
+    }]);
+    let out2 = work.path().join("c.tar.zst");
+    let args = ["export", "-q", "-o", out2.to_str().unwrap(), &image];
+    let (code, _, err) = tokio::task::block_in_place(|| airlock(&args));
+    assert_ne!(
+        code, 0,
+        "a listed tag that is not found must fail the export"
+    );
+    assert!(err.contains(&format!("{sig} not found")), "{err}");
+    assert!(!out2.exists());
+}
+
 /// The command fails (exit 1) with every needle in its error message.
 fn fails_with(args: &[&str], needles: &[&str]) {
     let (code, _, err) = airlock(args);

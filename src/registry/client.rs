@@ -122,9 +122,25 @@ pub struct Registry {
     chunk_size: Option<usize>,
 }
 
+/// `host[:port]` names this machine: `localhost`, or a loopback address
+/// (`127.0.0.0/8`, `[::1]`). Addresses are parsed, so a DNS name such as
+/// `127.mirror.corp` is not loopback.
 fn is_loopback(host: &str) -> bool {
-    let h = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
-    matches!(h, "localhost" | "127.0.0.1" | "[::1]") || h.starts_with("127.")
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        match rest.split_once(']') {
+            Some((ip, tail)) if tail.is_empty() || tail.starts_with(':') => ip,
+            _ => return false,
+        }
+    } else if host.parse::<std::net::IpAddr>().is_ok() {
+        host // a bare IPv6 address: its colons are not a port
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
@@ -1194,6 +1210,30 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(next_link(&h).as_deref(), Some("/v2/a/tags/list?n=2&last=b"));
+    }
+
+    #[test]
+    fn loopback_hosts_are_parsed_addresses() {
+        for (host, loopback) in [
+            ("127.0.0.1:5000", true),
+            ("127.0.0.1", true),
+            ("127.1.2.3:5000", true),
+            ("127.mirror.corp:5000", false),
+            ("127.mirror.corp", false),
+            ("[::1]:5000", true),
+            ("[::1]", true),
+            ("::1", true),
+            ("[::2]:5000", false),
+            ("[::1", false),
+            ("localhost:5000", true),
+            ("localhost", true),
+            ("localhost.corp:5000", false),
+            ("10.0.0.1", false),
+            ("10.0.0.1:5000", false),
+            ("registry.example.com:443", false),
+        ] {
+            assert_eq!(is_loopback(host), loopback, "{host}");
+        }
     }
 
     #[test]

@@ -422,6 +422,9 @@ fn layout_err(e: LayoutError) -> RegistryError {
 }
 
 impl Resolver for LayoutReader {
+    fn location(&self) -> String {
+        self.name.clone()
+    }
     fn get_manifest<'a>(
         &'a self,
         repo: &'a str,

@@ -131,6 +131,8 @@ pub trait Sink: Send + Sync {
 /// the platform filter, signatures and referrers) is written once, in
 /// [`resolve`], over this trait.
 pub trait Resolver: Send + Sync {
+    /// Where it is, for messages: a registry host, `oci:DIR`.
+    fn location(&self) -> String;
     /// A manifest by tag or digest, its digest checked.
     fn get_manifest<'a>(
         &'a self,
@@ -161,6 +163,9 @@ pub trait Resolver: Send + Sync {
 }
 
 impl Resolver for crate::registry::Registry {
+    fn location(&self) -> String {
+        self.host().to_string()
+    }
     fn get_manifest<'a>(
         &'a self,
         repo: &'a str,

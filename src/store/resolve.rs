@@ -51,8 +51,7 @@ fn selected_tags(sel: &ImageSelection, all_tags: &[String]) -> Result<Vec<String
         }
         tags.extend(matched);
     }
-    let mut seen = HashSet::new();
-    tags.retain(|t| seen.insert(t.clone()));
+    crate::selection::dedup_tags(&mut tags);
     Ok(tags)
 }
 
@@ -227,6 +226,7 @@ async fn resolve_root(
             discovery.discover(&p.digest, MAX_DEPTH).await?;
         }
     }
+    let skipped = std::mem::take(&mut discovery.skipped);
     let mut artifacts: Vec<Artifact> = Vec::new();
     for (a, m) in discovery.found {
         if let Ok(v) = m.view() {
@@ -263,7 +263,7 @@ async fn resolve_root(
         entry,
         manifests,
         blobs,
-        skipped: vec![],
+        skipped,
     })
 }
 
@@ -274,6 +274,7 @@ pub fn into_graph(resolved: Vec<Resolved>) -> Graph {
     for r in resolved {
         let image = g.images.len();
         g.images.push(r.entry);
+        g.skipped.extend(r.skipped);
         for m in r.manifests {
             g.add_manifest(m);
         }

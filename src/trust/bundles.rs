@@ -22,14 +22,41 @@ pub enum Signed<'a> {
     Digest(&'a Digest),
 }
 
-pub fn load_trusted_root(path: &std::path::Path) -> Result<TrustedRoot, String> {
-    TrustedRoot::from_file(path)
-        .map_err(|e| format!("not a usable sigstore trusted_root.json: {e}"))
+/// A trusted root sigstore-verify cannot use.
+#[derive(Debug, thiserror::Error)]
+#[error("not a usable sigstore trusted_root.json: {0}")]
+pub struct TrustedRootError(pub sigstore_verify::trust_root::Error);
+
+/// Why a sigstore bundle does not count.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SigstoreBundleError {
+    #[error("not a sigstore bundle: {0}")]
+    NotABundle(sigstore_verify::types::Error),
+    #[error("trusted root: {0}")]
+    TrustedRoot(sigstore_verify::Error),
+    /// The subject digest is not hex (cannot happen for a parsed `Digest`).
+    #[error("{0}")]
+    Digest(hex::FromHexError),
+    #[error("no trusted key given for a key-signed bundle")]
+    NoTrustedKey,
+    /// sigstore-verify refused it (for a key-signed bundle: with the last key tried).
+    #[error("{0}")]
+    Verify(sigstore_verify::Error),
+    #[error("the certificate names no identity")]
+    NoIdentity,
+    #[error("the certificate names no OIDC issuer")]
+    NoIssuer,
+    #[error("signed by {subject} ({issuer}), which no rule trusts")]
+    Untrusted { subject: String, issuer: String },
 }
 
-pub fn parse_trusted_root(json: &str) -> Result<TrustedRoot, String> {
-    TrustedRoot::from_json(json)
-        .map_err(|e| format!("not a usable sigstore trusted_root.json: {e}"))
+pub fn load_trusted_root(path: &std::path::Path) -> Result<TrustedRoot, TrustedRootError> {
+    TrustedRoot::from_file(path).map_err(TrustedRootError)
+}
+
+pub fn parse_trusted_root(json: &str) -> Result<TrustedRoot, TrustedRootError> {
+    TrustedRoot::from_json(json).map_err(TrustedRootError)
 }
 
 /// Verify one bundle; keyless bundles must match an identity rule, keyed
@@ -41,15 +68,15 @@ pub fn verify(
     root: &TrustedRoot,
     identities: &[IdentityRule],
     keys: &[(String, String)],
-) -> Result<Signer, String> {
+) -> Result<Signer, SigstoreBundleError> {
     let bundle = sigstore_verify::types::Bundle::from_json(bundle_json)
-        .map_err(|e| format!("not a sigstore bundle: {e}"))?;
-    let verifier = Verifier::new(root).map_err(|e| format!("trusted root: {e}"))?;
+        .map_err(SigstoreBundleError::NotABundle)?;
+    let verifier = Verifier::new(root).map_err(SigstoreBundleError::TrustedRoot)?;
     let artifact: sigstore_verify::types::Artifact = match signed {
         Signed::Bytes(b) => sigstore_verify::types::Artifact::from_blob(b),
         Signed::Digest(d) => {
             let mut raw = [0u8; 32];
-            hex::decode_to_slice(d.hex(), &mut raw).map_err(|e| e.to_string())?;
+            hex::decode_to_slice(d.hex(), &mut raw).map_err(SigstoreBundleError::Digest)?;
             sigstore_verify::types::Artifact::from_digest(sigstore_verify::types::Sha256Hash::new(
                 raw,
             ))
@@ -60,7 +87,7 @@ pub fn verify(
         sigstore_verify::types::bundle::VerificationMaterialContent::PublicKey { .. }
     );
     if keyed {
-        let mut last = "no trusted key given for a key-signed bundle".to_string();
+        let mut last = SigstoreBundleError::NoTrustedKey;
         for (name, pem) in keys {
             let Ok(key) = sigstore_verify::types::DerPublicKey::from_pem(pem) else {
                 continue;
@@ -77,29 +104,27 @@ pub fn verify(
                         signed_at: r.integrated_time().map(|t| t.as_second()).unwrap_or(0),
                     })
                 }
-                Err(e) => last = e.to_string(),
+                Err(e) => last = SigstoreBundleError::Verify(e),
             }
         }
         return Err(last);
     }
     let result = verifier
         .verify(artifact, &bundle, &VerificationPolicy::any_identity())
-        .map_err(|e| e.to_string())?;
+        .map_err(SigstoreBundleError::Verify)?;
     let subject = result
         .identity()
         .map(|s| s.as_str().to_string())
-        .ok_or("the certificate names no identity")?;
+        .ok_or(SigstoreBundleError::NoIdentity)?;
     let issuer = result
         .issuer()
         .map(str::to_string)
-        .ok_or("the certificate names no OIDC issuer")?;
+        .ok_or(SigstoreBundleError::NoIssuer)?;
     if !identities
         .iter()
         .any(|r| r.subject.matches(&subject) && r.issuer.matches(&issuer))
     {
-        return Err(format!(
-            "signed by {subject} ({issuer}), which no rule trusts"
-        ));
+        return Err(SigstoreBundleError::Untrusted { subject, issuer });
     }
     let signed_at = result
         .integrated_time()

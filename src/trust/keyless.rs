@@ -16,7 +16,7 @@
 //! anchor. Rekor inclusion proofs are not part of these legacy formats: the
 //! SET is the offline proof cosign itself checks.
 
-use super::tlog::{RekorKey, ANNOTATION_BUNDLE};
+use super::tlog::{RekorKey, TlogError, ANNOTATION_BUNDLE};
 use crate::digest::Digest;
 use der::{Decode, Encode, Tagged};
 use serde::Deserialize;
@@ -61,11 +61,137 @@ impl Matcher {
             Matcher::Regex(r) => r.is_match(s),
         }
     }
-    pub fn regex(pattern: &str) -> Result<Matcher, String> {
-        regex::Regex::new(&format!("^(?:{pattern})$"))
-            .map(Matcher::Regex)
-            .map_err(|e| e.to_string())
+    pub fn regex(pattern: &str) -> Result<Matcher, regex::Error> {
+        regex::Regex::new(&format!("^(?:{pattern})$")).map(Matcher::Regex)
     }
+}
+
+/// Keyless trust material (a trusted root, Fulcio CA and Rekor key files, the
+/// CA files of a private PKI) that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RootsError {
+    /// A trusted_root.json could not be read (the message is the I/O error's).
+    #[error("{0}")]
+    Read(std::io::Error),
+    #[error("not a sigstore trusted_root.json: {0}")]
+    Json(serde_json::Error),
+    #[error("a CA certificate is not base64")]
+    CaBase64,
+    #[error("a CA certificate does not parse: {0}")]
+    CaParse(der::Error),
+    #[error("a tlog key is not base64")]
+    TlogKeyBase64,
+    #[error("a CT log key is not base64")]
+    CtLogKeyBase64,
+    #[error("the trusted root has no Fulcio CA and no ECDSA Rekor key")]
+    Empty,
+    #[error("{path}: {error}")]
+    ReadFile { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Pem { path: String, error: der::Error },
+    #[error("{path}: no PEM certificate")]
+    NoCertificate { path: String },
+    #[error("{path}: not an ECDSA P-256 public key (PEM)")]
+    NotRekorKey { path: String },
+}
+
+/// What a certificate chain is checked against: Fulcio CAs at the signing
+/// time Rekor logged, or the CAs of the site's private PKI at verification time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Anchors {
+    Fulcio,
+    SitePki,
+}
+
+impl Anchors {
+    fn ca(self) -> &'static str {
+        match self {
+            Anchors::Fulcio => "Fulcio CA",
+            Anchors::SitePki => "CA of the site's PKI",
+        }
+    }
+    fn time(self) -> &'static str {
+        match self {
+            Anchors::Fulcio => "the signing time",
+            Anchors::SitePki => "verification time",
+        }
+    }
+}
+
+/// Why a certificate does not chain to a trusted CA.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    #[error("the certificate was not valid at {} {}", .anchors.time(), crate::bundle::rfc3339(*.at))]
+    LeafNotValid { anchors: Anchors, at: i64 },
+    #[error("the issuing {} was not valid at {}", .anchors.ca(), .anchors.time())]
+    CaNotValid { anchors: Anchors },
+    #[error("the certificate does not chain to a trusted {}", .anchors.ca())]
+    Untrusted { anchors: Anchors },
+    #[error("certificate chain too long")]
+    TooLong,
+}
+
+/// Why a Fulcio certificate's embedded SCT does not count.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SctError {
+    #[error("the trusted root lists no CT log to check the certificate's SCT with")]
+    NoCtLog,
+    #[error("the certificate carries no SCT (signed certificate timestamp)")]
+    Missing,
+    #[error("the SCT extension does not parse")]
+    ExtensionParse,
+    #[error("the SCT list does not parse")]
+    ListParse,
+    #[error("precertificate: {0}")]
+    Precertificate(der::Error),
+    /// The issuer's public key could not be encoded.
+    #[error("{0}")]
+    IssuerKey(der::Error),
+    #[error("the certificate's SCT does not verify with the trusted CT log key")]
+    BadSignature,
+    #[error("the certificate's SCT is from no CT log the site trusts")]
+    UnknownLog,
+}
+
+/// Why a certificate-based signature or attestation (Fulcio or private PKI)
+/// does not count.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeylessError {
+    #[error("no certificate")]
+    NoCertificate,
+    #[error("the certificate does not parse: {0}")]
+    CertificateParse(der::Error),
+    #[error("no base64 signature annotation")]
+    NoSignature,
+    #[error("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")]
+    NoSet,
+    #[error(transparent)]
+    Tlog(#[from] TlogError),
+    /// The certificate's public key could not be encoded.
+    #[error("{0}")]
+    Spki(der::Error),
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    #[error(transparent)]
+    Sct(#[from] SctError),
+    #[error("the certificate names no identity (SAN)")]
+    NoIdentity,
+    #[error("the certificate names no OIDC issuer")]
+    NoIssuer,
+    #[error("signed by {subject} ({issuer}), which no rule trusts")]
+    Untrusted { subject: String, issuer: String },
+    /// A private-PKI certificate none of whose SANs a rule trusts.
+    #[error("certificate for {}, which no rule trusts", .names.join(", "))]
+    UntrustedNames { names: Vec<String> },
+    #[error("the certificate's key does not verify the signature")]
+    BadSignature,
+    #[error("the certificate's key does not verify the envelope")]
+    BadEnvelope,
 }
 
 use super::b64;
@@ -76,12 +202,12 @@ fn log_id(spki_der: &[u8]) -> String {
 
 impl KeylessRoots {
     /// A sigstore `trusted_root.json` (certificate authorities and tlogs).
-    pub fn from_trusted_root(path: &Path) -> Result<KeylessRoots, String> {
-        let text = std::fs::read(path).map_err(|e| e.to_string())?;
+    pub fn from_trusted_root(path: &Path) -> Result<KeylessRoots, RootsError> {
+        let text = std::fs::read(path).map_err(RootsError::Read)?;
         KeylessRoots::from_trusted_root_json(&text)
     }
 
-    pub fn from_trusted_root_json(text: &[u8]) -> Result<KeylessRoots, String> {
+    pub fn from_trusted_root_json(text: &[u8]) -> Result<KeylessRoots, RootsError> {
         #[derive(Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct Root {
@@ -112,27 +238,23 @@ impl KeylessRoots {
             public_key: Raw,
         }
 
-        let root: Root = serde_json::from_slice(text)
-            .map_err(|e| format!("not a sigstore trusted_root.json: {e}"))?;
+        let root: Root = serde_json::from_slice(text).map_err(RootsError::Json)?;
         let mut cas = Vec::new();
         for ca in root.certificate_authorities {
             for c in ca.cert_chain.certificates {
-                let der = b64(&c.raw_bytes).ok_or("a CA certificate is not base64")?;
-                cas.push(
-                    Certificate::from_der(&der)
-                        .map_err(|e| format!("a CA certificate does not parse: {e}"))?,
-                );
+                let der = b64(&c.raw_bytes).ok_or(RootsError::CaBase64)?;
+                cas.push(Certificate::from_der(&der).map_err(RootsError::CaParse)?);
             }
         }
         let mut rekor = Vec::new();
         for t in root.tlogs {
-            let der = b64(&t.public_key.raw_bytes).ok_or("a tlog key is not base64")?;
+            let der = b64(&t.public_key.raw_bytes).ok_or(RootsError::TlogKeyBase64)?;
             // Only ECDSA P-256 logs sign SETs of this kind; others are skipped.
             rekor.extend(RekorKey::from_der(&der));
         }
         let mut ctlogs = Vec::new();
         for t in root.ctlogs {
-            let der = b64(&t.public_key.raw_bytes).ok_or("a CT log key is not base64")?;
+            let der = b64(&t.public_key.raw_bytes).ok_or(RootsError::CtLogKeyBase64)?;
             if let Ok(k) =
                 <p256::ecdsa::VerifyingKey as p256::pkcs8::DecodePublicKey>::from_public_key_der(
                     &der,
@@ -142,7 +264,7 @@ impl KeylessRoots {
             }
         }
         if cas.is_empty() && rekor.is_empty() {
-            return Err("the trusted root has no Fulcio CA and no ECDSA Rekor key".into());
+            return Err(RootsError::Empty);
         }
         Ok(KeylessRoots {
             cas,
@@ -154,10 +276,16 @@ impl KeylessRoots {
 
     /// A Fulcio CA bundle (PEM) and a Rekor public key (PEM). No CT log
     /// keys come this way, so SCTs are not checked (see `check_sct`).
-    pub fn from_pem(fulcio: &Path, rekor: &Path) -> Result<KeylessRoots, String> {
-        let pem = std::fs::read(fulcio).map_err(|e| format!("{}: {e}", fulcio.display()))?;
-        let cas =
-            Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", fulcio.display()))?;
+    pub fn from_pem(fulcio: &Path, rekor: &Path) -> Result<KeylessRoots, RootsError> {
+        let path = || fulcio.display().to_string();
+        let pem = std::fs::read(fulcio).map_err(|error| RootsError::ReadFile {
+            path: path(),
+            error,
+        })?;
+        let cas = Certificate::load_pem_chain(&pem).map_err(|error| RootsError::Pem {
+            path: path(),
+            error,
+        })?;
         let k = rekor_key_file(rekor)?;
         Ok(KeylessRoots {
             cas,
@@ -183,10 +311,14 @@ impl KeylessRoots {
 }
 
 /// A Rekor public key file (PEM, ECDSA P-256).
-pub fn rekor_key_file(path: &Path) -> Result<RekorKey, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    RekorKey::from_pem(&text)
-        .ok_or_else(|| format!("{}: not an ECDSA P-256 public key (PEM)", path.display()))
+pub fn rekor_key_file(path: &Path) -> Result<RekorKey, RootsError> {
+    let text = std::fs::read_to_string(path).map_err(|error| RootsError::ReadFile {
+        path: path.display().to_string(),
+        error,
+    })?;
+    RekorKey::from_pem(&text).ok_or_else(|| RootsError::NotRekorKey {
+        path: path.display().to_string(),
+    })
 }
 
 /// What a verified keyless signature says about its signer.
@@ -290,37 +422,45 @@ fn valid_at(cert: &Certificate, t: i64) -> bool {
     nb <= t && t <= na
 }
 
-/// Walk from the leaf to a trusted CA, each link valid at `t`.
+/// Walk from the leaf to a trusted Fulcio CA, each link valid at `t`.
 /// Returns the certificate that issued the leaf (for the SCT check).
 fn chains_to_trusted(
     leaf: &Certificate,
     untrusted: &[Certificate],
     roots: &KeylessRoots,
     t: i64,
-) -> Result<Certificate, String> {
+) -> Result<Certificate, ChainError> {
+    chain_to(leaf, untrusted, &roots.cas, Anchors::Fulcio, t)
+}
+
+/// Walk from the leaf to one of `cas`, each link valid at `t`.
+fn chain_to(
+    leaf: &Certificate,
+    untrusted: &[Certificate],
+    cas: &[Certificate],
+    anchors: Anchors,
+    t: i64,
+) -> Result<Certificate, ChainError> {
     if !valid_at(leaf, t) {
-        return Err(format!(
-            "the certificate was not valid at the signing time {}",
-            crate::bundle::rfc3339(t)
-        ));
+        return Err(ChainError::LeafNotValid { anchors, at: t });
     }
     let mut cur = leaf.clone();
     let mut leaf_issuer = None;
     for _ in 0..6 {
-        if let Some(ca) = roots.cas.iter().find(|ca| issued_by(&cur, ca)) {
+        if let Some(ca) = cas.iter().find(|ca| issued_by(&cur, ca)) {
             if !valid_at(ca, t) {
-                return Err("the issuing Fulcio CA was not valid at the signing time".into());
+                return Err(ChainError::CaNotValid { anchors });
             }
             return Ok(leaf_issuer.unwrap_or_else(|| ca.clone()));
         }
         let next = untrusted
             .iter()
             .find(|c| **c != cur && issued_by(&cur, c) && valid_at(c, t))
-            .ok_or("the certificate does not chain to a trusted Fulcio CA")?;
+            .ok_or(ChainError::Untrusted { anchors })?;
         leaf_issuer.get_or_insert_with(|| next.clone());
         cur = next.clone();
     }
-    Err("certificate chain too long".into())
+    Err(ChainError::TooLong)
 }
 
 fn identity(cert: &Certificate) -> (Option<String>, Option<String>) {
@@ -363,12 +503,12 @@ fn identity(cert: &Certificate) -> (Option<String>, Option<String>) {
 /// The signing certificate and the untrusted chain carried beside it.
 fn carried_certificates(
     annotations: &BTreeMap<String, String>,
-) -> Result<(Certificate, Vec<Certificate>), String> {
+) -> Result<(Certificate, Vec<Certificate>), KeylessError> {
     let cert_pem = annotations
         .get(super::ANNOTATION_CERTIFICATE)
-        .ok_or("no certificate")?;
+        .ok_or(KeylessError::NoCertificate)?;
     let leaf = <Certificate as der::DecodePem>::from_pem(cert_pem.as_bytes())
-        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+        .map_err(KeylessError::CertificateParse)?;
     let untrusted = annotations
         .get(ANNOTATION_CHAIN)
         .map(|c| Certificate::load_pem_chain(c.as_bytes()).unwrap_or_default())
@@ -379,18 +519,15 @@ fn carried_certificates(
 fn logged_entry(
     annotations: &BTreeMap<String, String>,
     roots: &KeylessRoots,
-) -> Result<super::tlog::LoggedEntry, String> {
+) -> Result<super::tlog::LoggedEntry, KeylessError> {
     let set = annotations
         .get(ANNOTATION_BUNDLE)
-        .ok_or("no Rekor SET (dev.sigstore.cosign/bundle): cannot tell when it was signed")?;
-    super::tlog::verify_set(set, &roots.rekor)
+        .ok_or(KeylessError::NoSet)?;
+    Ok(super::tlog::verify_set(set, &roots.rekor)?)
 }
 
-fn spki(cert: &Certificate) -> Result<Vec<u8>, String> {
-    cert.tbs_certificate()
-        .subject_public_key_info()
-        .to_der()
-        .map_err(|e| e.to_string())
+fn spki(cert: &Certificate) -> Result<Vec<u8>, der::Error> {
+    cert.tbs_certificate().subject_public_key_info().to_der()
 }
 
 /// Chain, SCT and identity of a Fulcio certificate used at time `t`.
@@ -400,19 +537,17 @@ fn check_certificate(
     roots: &KeylessRoots,
     t: i64,
     rules: &[IdentityRule],
-) -> Result<Signer, String> {
+) -> Result<Signer, KeylessError> {
     let issuer_cert = chains_to_trusted(leaf, untrusted, roots, t)?;
     check_sct(leaf, &issuer_cert, roots)?;
     let (subject, issuer) = identity(leaf);
-    let subject = subject.ok_or("the certificate names no identity (SAN)")?;
-    let issuer = issuer.ok_or("the certificate names no OIDC issuer")?;
+    let subject = subject.ok_or(KeylessError::NoIdentity)?;
+    let issuer = issuer.ok_or(KeylessError::NoIssuer)?;
     if !rules
         .iter()
         .any(|r| r.subject.matches(&subject) && r.issuer.matches(&issuer))
     {
-        return Err(format!(
-            "signed by {subject} ({issuer}), which no rule trusts"
-        ));
+        return Err(KeylessError::Untrusted { subject, issuer });
     }
     Ok(Signer {
         subject,
@@ -427,19 +562,20 @@ pub fn verify(
     payload: &[u8],
     roots: &KeylessRoots,
     rules: &[IdentityRule],
-) -> Result<Signer, String> {
+) -> Result<Signer, KeylessError> {
     let (leaf, untrusted) = carried_certificates(annotations)?;
     let sig = annotations
         .get(super::ANNOTATION_SIGNATURE)
         .and_then(|s| b64(s))
-        .ok_or("no base64 signature annotation")?;
+        .ok_or(KeylessError::NoSignature)?;
     // 1-2. The SET, and the logged entry is this payload, signature, certificate.
     let entry = logged_entry(annotations, roots)?;
-    entry.check_names(&["hashedrekord"], payload, Some(&sig), &spki(&leaf)?)?;
+    let leaf_key = spki(&leaf).map_err(KeylessError::Spki)?;
+    entry.check_names(&["hashedrekord"], payload, Some(&sig), &leaf_key)?;
     // 3-5. Chain and SCT at the logged time, the signature, who signed.
     let signer = check_certificate(&leaf, &untrusted, roots, entry.integrated_time, rules)?;
     if !verify_with_cert_key(&leaf, Hash::Sha256, payload, &sig) {
-        return Err("the certificate's key does not verify the signature".into());
+        return Err(KeylessError::BadSignature);
     }
     Ok(signer)
 }
@@ -455,17 +591,18 @@ pub fn verify_attestation(
     signatures: &[Vec<u8>],
     roots: &KeylessRoots,
     rules: &[IdentityRule],
-) -> Result<Signer, String> {
+) -> Result<Signer, KeylessError> {
     let (leaf, untrusted) = carried_certificates(annotations)?;
     let entry = logged_entry(annotations, roots)?;
-    entry.check_names(&["intoto", "dsse"], envelope, None, &spki(&leaf)?)?;
+    let leaf_key = spki(&leaf).map_err(KeylessError::Spki)?;
+    entry.check_names(&["intoto", "dsse"], envelope, None, &leaf_key)?;
     let signer = check_certificate(&leaf, &untrusted, roots, entry.integrated_time, rules)?;
     let pae = super::dsse_pae(payload_type, payload);
     if !signatures
         .iter()
         .any(|sig| verify_with_cert_key(&leaf, Hash::Sha256, &pae, sig))
     {
-        return Err("the certificate's key does not verify the envelope".into());
+        return Err(KeylessError::BadEnvelope);
     }
     Ok(signer)
 }
@@ -480,12 +617,18 @@ pub struct PkiTrust {
     pub subjects: Vec<Matcher>,
 }
 
-fn pem_certificates(path: &Path) -> Result<Vec<Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let certs =
-        Certificate::load_pem_chain(&pem).map_err(|e| format!("{}: {e}", path.display()))?;
+fn pem_certificates(path: &Path) -> Result<Vec<Certificate>, RootsError> {
+    let name = || path.display().to_string();
+    let pem = std::fs::read(path).map_err(|error| RootsError::ReadFile {
+        path: name(),
+        error,
+    })?;
+    let certs = Certificate::load_pem_chain(&pem).map_err(|error| RootsError::Pem {
+        path: name(),
+        error,
+    })?;
     if certs.is_empty() {
-        return Err(format!("{}: no PEM certificate", path.display()));
+        return Err(RootsError::NoCertificate { path: name() });
     }
     Ok(certs)
 }
@@ -495,7 +638,7 @@ impl PkiTrust {
         roots: &Path,
         intermediates: Option<&Path>,
         subjects: Vec<Matcher>,
-    ) -> Result<PkiTrust, String> {
+    ) -> Result<PkiTrust, RootsError> {
         Ok(PkiTrust {
             roots: pem_certificates(roots)?,
             intermediates: intermediates
@@ -538,33 +681,27 @@ pub fn verify_pki(
     signatures: &[Vec<u8>],
     pki: &PkiTrust,
     now: i64,
-) -> Result<Signer, String> {
+) -> Result<Signer, KeylessError> {
     let (leaf, carried) = carried_certificates(annotations)?;
     let mut untrusted = pki.intermediates.clone();
     untrusted.extend(carried);
-    let anchors = KeylessRoots {
-        cas: pki.roots.clone(),
-        rekor: vec![],
-        ctlogs: vec![],
-        require_sct: false,
-    };
-    chains_to_trusted(&leaf, &untrusted, &anchors, now).map_err(|e| {
-        e.replace("Fulcio CA", "CA of the site's PKI")
-            .replace("the signing time", "verification time")
-    })?;
+    chain_to(&leaf, &untrusted, &pki.roots, Anchors::SitePki, now)?;
     if !signatures
         .iter()
         .any(|sig| verify_with_cert_key(&leaf, Hash::Sha256, msg, sig))
     {
-        return Err("the certificate's key does not verify the signature".into());
+        return Err(KeylessError::BadSignature);
     }
     let names = subject_names(&leaf);
-    let subject = names
+    let Some(subject) = names
         .iter()
         .find(|n| pki.subjects.iter().any(|m| m.matches(n)))
-        .ok_or_else(|| format!("certificate for {}, which no rule trusts", names.join(", ")))?;
+        .cloned()
+    else {
+        return Err(KeylessError::UntrustedNames { names });
+    };
     Ok(Signer {
-        subject: subject.clone(),
+        subject,
         issuer: leaf.tbs_certificate().issuer().to_string(),
         signed_at: 0,
     })
@@ -577,20 +714,23 @@ const OID_CT_PRECERT_SCTS: &str = "1.3.6.1.4.1.11129.2.4.2";
 /// a trusted_root.json; PEM roots (Fulcio CA + Rekor key files) carry no CT
 /// log key, so then it is not checked. Written here because sigstore-verify
 /// keeps its SCT code private.
-fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> Result<(), String> {
+fn check_sct(
+    leaf: &Certificate,
+    issuer: &Certificate,
+    roots: &KeylessRoots,
+) -> Result<(), SctError> {
     if !roots.require_sct {
         return Ok(());
     }
     if roots.ctlogs.is_empty() {
-        return Err("the trusted root lists no CT log to check the certificate's SCT with".into());
+        return Err(SctError::NoCtLog);
     }
-    let ext = extension(leaf, OID_CT_PRECERT_SCTS)
-        .ok_or("the certificate carries no SCT (signed certificate timestamp)")?;
+    let ext = extension(leaf, OID_CT_PRECERT_SCTS).ok_or(SctError::Missing)?;
     let list = der::asn1::OctetString::from_der(ext.extn_value.as_bytes())
-        .map_err(|_| "the SCT extension does not parse")?;
-    let scts = parse_sct_list(list.as_bytes()).ok_or("the SCT list does not parse")?;
-    let precert_tbs = tbs_without_scts(leaf).map_err(|e| format!("precertificate: {e}"))?;
-    let issuer_key_hash = Digest::of(&spki(issuer)?);
+        .map_err(|_| SctError::ExtensionParse)?;
+    let scts = parse_sct_list(list.as_bytes()).ok_or(SctError::ListParse)?;
+    let precert_tbs = tbs_without_scts(leaf).map_err(SctError::Precertificate)?;
+    let issuer_key_hash = Digest::of(&spki(issuer).map_err(SctError::IssuerKey)?);
     for sct in &scts {
         let Some((_, key)) = roots
             .ctlogs
@@ -614,9 +754,9 @@ fn check_sct(leaf: &Certificate, issuer: &Certificate, roots: &KeylessRoots) -> 
         if ok {
             return Ok(());
         }
-        return Err("the certificate's SCT does not verify with the trusted CT log key".into());
+        return Err(SctError::BadSignature);
     }
-    Err("the certificate's SCT is from no CT log the site trusts".into())
+    Err(SctError::UnknownLog)
 }
 
 fn extension<'a>(cert: &'a Certificate, oid: &str) -> Option<&'a x509_cert::ext::Extension> {
@@ -715,9 +855,13 @@ mod tests {
             .to_unix_duration()
             .as_secs() as i64;
         chains_to_trusted(&leaf, &chain, &roots, nb + 60).unwrap();
-        let e = chains_to_trusted(&leaf, &chain, &roots, na + 1).unwrap_err();
+        let e = chains_to_trusted(&leaf, &chain, &roots, na + 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid at the signing time"), "{e}");
-        let e = chains_to_trusted(&leaf, &chain, &roots, nb - 1).unwrap_err();
+        let e = chains_to_trusted(&leaf, &chain, &roots, nb - 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not valid at the signing time"), "{e}");
         // The carried chain alone is no anchor.
         let pem_only = KeylessRoots::rekor_only(roots.rekor.clone());
@@ -763,7 +907,7 @@ mod tests {
 
         // Wrong issuer key hash (the root instead of the intermediate).
         let root = chain.last().unwrap();
-        let e = check_sct(&leaf, root, &roots).unwrap_err();
+        let e = check_sct(&leaf, root, &roots).unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
 
         // One byte of the SCT's signature changed (the certificate still parses).
@@ -780,7 +924,7 @@ mod tests {
         let last = at + ext.len() - 3;
         der[last] ^= 0x01;
         let edited = Certificate::from_der(&der).unwrap();
-        let e = check_sct(&edited, &issuer, &roots).unwrap_err();
+        let e = check_sct(&edited, &issuer, &roots).unwrap_err().to_string();
         assert!(e.contains("does not verify"), "{e}");
 
         // The staging root's CT logs did not log this certificate.
@@ -789,7 +933,7 @@ mod tests {
             KeylessRoots::from_trusted_root(Path::new(&format!("{dir}/staging_trusted_root.json")))
                 .unwrap();
         staging.cas = roots.cas.clone();
-        let e = check_sct(&leaf, &issuer, &staging).unwrap_err();
+        let e = check_sct(&leaf, &issuer, &staging).unwrap_err().to_string();
         assert!(e.contains("no CT log the site trusts"), "{e}");
     }
 

@@ -9,6 +9,12 @@
 //! (Fulcio certificate, SCT, Rekor SET; `keyless`); sigstore bundles attached
 //! as referrers (`bundles`, through sigstore-verify). All verification code
 //! sits behind this module, so a crate swap stays a local change.
+//!
+//! Errors are typed (`thiserror`), one enum per step (`tlog::TlogError`,
+//! `keyless::KeylessError`, `bundles::SigstoreBundleError`, …); callers match
+//! on variants, never on message text. An inner error (I/O, JSON, DER,
+//! sigstore-verify) is shown in the message and not returned by `source()`,
+//! so a printer of the error chain does not repeat it.
 
 pub mod bundles;
 pub mod keyless;
@@ -25,11 +31,38 @@ pub const ANNOTATION_SIGNATURE: &str = "dev.cosignproject.cosign/signature";
 pub const ANNOTATION_CERTIFICATE: &str = "dev.sigstore.cosign/certificate";
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrustError {
     #[error("key file {path}: {detail}")]
     Key { path: String, detail: String },
     #[error("policy file {path}: {detail}")]
     Policy { path: String, detail: String },
+}
+
+/// A public key of a type that cannot verify cosign signatures.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error(
+        "not a PEM public key (SubjectPublicKeyInfo) of type ECDSA P-256/P-384, RSA or Ed25519"
+    )]
+    Unsupported,
+}
+
+/// An identity rule (keyless signer, or SAN of a private-PKI certificate)
+/// that cannot be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// `what` is `identity` or `issuer`.
+    #[error("{what} regexp: {error}")]
+    Regexp {
+        what: &'static str,
+        error: regex::Error,
+    },
+    /// Neither or both of the exact and the regexp form were given.
+    #[error("give exactly one of {what} and {what}Regexp")]
+    NotExactlyOne { what: &'static str },
 }
 
 enum KeyKind {
@@ -56,10 +89,10 @@ impl TrustedKey {
             detail,
         };
         let pem = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        TrustedKey::from_pem(&path.display().to_string(), &pem).map_err(err)
+        TrustedKey::from_pem(&path.display().to_string(), &pem).map_err(|e| err(e.to_string()))
     }
 
-    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, String> {
+    pub fn from_pem(name: &str, pem: &str) -> Result<TrustedKey, KeyError> {
         use p256::pkcs8::DecodePublicKey;
         let kind = if let Ok(k) = p256::ecdsa::VerifyingKey::from_public_key_pem(pem) {
             KeyKind::P256(k)
@@ -70,7 +103,7 @@ impl TrustedKey {
         } else if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_pem(pem) {
             KeyKind::Ed25519(k)
         } else {
-            return Err("not a PEM public key (SubjectPublicKeyInfo) of type ECDSA P-256/P-384, RSA or Ed25519".into());
+            return Err(KeyError::Unsupported);
         };
         Ok(TrustedKey {
             name: name.to_string(),
@@ -287,19 +320,19 @@ fn check_keyed_tlog(
 ) {
     let logs = trust.roots.map(|r| &r.rekor[..]).unwrap_or_default();
     let result = match annotations.get(tlog::ANNOTATION_BUNDLE) {
-        Some(set) if !logs.is_empty() => tlog::verify_set(set, logs).and_then(|entry| {
-            let kinds: &[&str] = if sig.is_some() {
-                &["hashedrekord"]
-            } else {
-                &["intoto", "dsse"]
-            };
-            entry.check_names(kinds, content, sig, &key.spki)?;
-            Ok(Some(entry.integrated_time))
-        }),
-        Some(_) if trust.require_tlog => {
-            Err("no Rekor key given to check its SET (--rekor-key or a trusted root)".into())
-        }
-        None if trust.require_tlog => Err("no Rekor SET, and the rule requires one".into()),
+        Some(set) if !logs.is_empty() => tlog::verify_set(set, logs)
+            .and_then(|entry| {
+                let kinds: &[&str] = if sig.is_some() {
+                    &["hashedrekord"]
+                } else {
+                    &["intoto", "dsse"]
+                };
+                entry.check_names(kinds, content, sig, &key.spki)?;
+                Ok(Some(entry.integrated_time))
+            })
+            .map_err(RekorError::Tlog),
+        Some(_) if trust.require_tlog => Err(RekorError::NoKey),
+        None if trust.require_tlog => Err(RekorError::NoSet),
         _ => Ok(None),
     };
     match result {
@@ -309,6 +342,17 @@ fn check_keyed_tlog(
             f.problem = Some(format!("Rekor: {e}"));
         }
     }
+}
+
+/// Why the Rekor SET of a key-based signature does not count.
+#[derive(Debug, thiserror::Error)]
+enum RekorError {
+    #[error("no Rekor key given to check its SET (--rekor-key or a trusted root)")]
+    NoKey,
+    #[error("no Rekor SET, and the rule requires one")]
+    NoSet,
+    #[error(transparent)]
+    Tlog(#[from] tlog::TlogError),
 }
 
 /// What one rule trusts: keys, keyless identities, and the roots for those.
@@ -437,7 +481,25 @@ fn check_dsse(
     }
 }
 
-const NO_KEYLESS_TRUST: &str = "keyless: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer; or --ca-roots for a private PKI)";
+/// Why a certificate-based signature was not admitted.
+#[derive(Debug, thiserror::Error)]
+enum CertError {
+    /// The rule gives nothing to check a certificate with.
+    #[error("keyless: no trusted root and certificate identity given (--trusted-root, --certificate-identity, --certificate-oidc-issuer; or --ca-roots for a private PKI)")]
+    NoTrust,
+    /// Every way the rule gives failed, each for its reason.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Failed(Vec<CertAttempt>),
+}
+
+/// One way of checking a certificate that failed.
+#[derive(Debug, thiserror::Error)]
+enum CertAttempt {
+    #[error(transparent)]
+    Fulcio(keyless::KeylessError),
+    #[error("site PKI: {0}")]
+    SitePki(keyless::KeylessError),
+}
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -450,9 +512,9 @@ fn now() -> i64 {
 /// the trusted root) or a certificate of the site's own PKI; the label names which.
 fn certificate_signer(
     trust: &Trust,
-    fulcio: impl FnOnce(&keyless::KeylessRoots) -> Result<keyless::Signer, String>,
-    pki: impl FnOnce(&keyless::PkiTrust) -> Result<keyless::Signer, String>,
-) -> Result<(String, Option<i64>), String> {
+    fulcio: impl FnOnce(&keyless::KeylessRoots) -> Result<keyless::Signer, keyless::KeylessError>,
+    pki: impl FnOnce(&keyless::PkiTrust) -> Result<keyless::Signer, keyless::KeylessError>,
+) -> Result<(String, Option<i64>), CertError> {
     let mut tried = Vec::new();
     if let Some(roots) = trust.roots.filter(|r| r.has_fulcio()) {
         if !trust.identities.is_empty() {
@@ -463,7 +525,7 @@ fn certificate_signer(
                         Some(s.signed_at),
                     ))
                 }
-                Err(e) => tried.push(e),
+                Err(e) => tried.push(CertAttempt::Fulcio(e)),
             }
         }
     }
@@ -475,18 +537,18 @@ fn certificate_signer(
                     None,
                 ))
             }
-            Err(e) => tried.push(format!("site PKI: {e}")),
+            Err(e) => tried.push(CertAttempt::SitePki(e)),
         }
     }
     if tried.is_empty() {
-        Err(NO_KEYLESS_TRUST.into())
+        Err(CertError::NoTrust)
     } else {
-        Err(tried.join("; "))
+        Err(CertError::Failed(tried))
     }
 }
 
 fn record_certificate_signer(
-    result: Result<(String, Option<i64>), String>,
+    result: Result<(String, Option<i64>), CertError>,
     what: &str,
     f: &mut Finding,
 ) {
@@ -495,8 +557,8 @@ fn record_certificate_signer(
             f.key = Some(label);
             f.signed_at = t.map(crate::bundle::rfc3339);
         }
-        Err(e) if e.starts_with("keyless:") => f.problem = Some(e),
-        Err(e) => f.problem = Some(format!("keyless {what}: {e}")),
+        Err(e @ CertError::NoTrust) => f.problem = Some(e.to_string()),
+        Err(e @ CertError::Failed(_)) => f.problem = Some(format!("keyless {what}: {e}")),
     }
 }
 
@@ -587,11 +649,13 @@ pub fn identity_rule(
     identity_regexp: Option<&str>,
     issuer: Option<&str>,
     issuer_regexp: Option<&str>,
-) -> Result<keyless::IdentityRule, String> {
-    let pick = |exact: Option<&str>, re: Option<&str>, what: &str| match (exact, re) {
+) -> Result<keyless::IdentityRule, IdentityError> {
+    let pick = |exact: Option<&str>, re: Option<&str>, what: &'static str| match (exact, re) {
         (Some(e), None) => Ok(keyless::Matcher::Exact(e.to_string())),
-        (None, Some(r)) => keyless::Matcher::regex(r).map_err(|e| format!("{what} regexp: {e}")),
-        _ => Err(format!("give exactly one of {what} and {what}Regexp")),
+        (None, Some(r)) => {
+            keyless::Matcher::regex(r).map_err(|error| IdentityError::Regexp { what, error })
+        }
+        _ => Err(IdentityError::NotExactlyOne { what }),
     };
     Ok(keyless::IdentityRule {
         subject: pick(identity, identity_regexp, "identity")?,
@@ -638,11 +702,14 @@ struct PkiFile {
 pub fn subject_matcher(
     identity: Option<&str>,
     identity_regexp: Option<&str>,
-) -> Result<keyless::Matcher, String> {
+) -> Result<keyless::Matcher, IdentityError> {
+    let what = "identity";
     match (identity, identity_regexp) {
         (Some(e), None) => Ok(keyless::Matcher::Exact(e.to_string())),
-        (None, Some(r)) => keyless::Matcher::regex(r).map_err(|e| format!("identity regexp: {e}")),
-        _ => Err("give exactly one of identity and identityRegexp".into()),
+        (None, Some(r)) => {
+            keyless::Matcher::regex(r).map_err(|error| IdentityError::Regexp { what, error })
+        }
+        _ => Err(IdentityError::NotExactlyOne { what }),
     }
 }
 
@@ -683,7 +750,7 @@ fn rekor_keys(paths: &[PathBuf]) -> Result<Vec<tlog::RekorKey>, TrustError> {
         .map(|p| {
             keyless::rekor_key_file(p).map_err(|e| TrustError::Key {
                 path: p.display().to_string(),
-                detail: e,
+                detail: e.to_string(),
             })
         })
         .collect()
@@ -698,7 +765,7 @@ fn load_all_roots(
         Some(p) => {
             let (mut k, s) = load_roots(p).map_err(|e| TrustError::Key {
                 path: p.display().to_string(),
-                detail: e,
+                detail: e.to_string(),
             })?;
             k.rekor.extend(rekor);
             Ok(LoadedRoots {
@@ -746,21 +813,35 @@ impl RootSource {
     }
 }
 
+/// A trusted root (a file the site gives, or the copy a bundle carries) that
+/// cannot be used.
+#[derive(Debug, thiserror::Error)]
+enum RootError {
+    #[error("the pinned trusted root {0} is not in this bundle (export --carry-trusted-root)")]
+    NotCarried(Digest),
+    #[error("the bundle's trusted root is not {0}")]
+    OtherDigest(Digest),
+    #[error("the carried trusted root is not UTF-8")]
+    NotUtf8,
+    #[error(transparent)]
+    Keyless(#[from] keyless::RootsError),
+    #[error(transparent)]
+    Sigstore(#[from] bundles::TrustedRootError),
+}
+
 /// The trusted root a bundle carries, accepted only under the pinned digest.
 fn carried_roots(
     pinned: &Digest,
     store: &dyn ArtifactStore,
     extra_rekor: &[tlog::RekorKey],
-) -> Result<LoadedRoots, String> {
-    let bytes = store.blob(pinned).ok_or_else(|| {
-        format!(
-            "the pinned trusted root {pinned} is not in this bundle (export --carry-trusted-root)"
-        )
-    })?;
+) -> Result<LoadedRoots, RootError> {
+    let bytes = store
+        .blob(pinned)
+        .ok_or_else(|| RootError::NotCarried(pinned.clone()))?;
     if Digest::of(&bytes) != *pinned {
-        return Err(format!("the bundle's trusted root is not {pinned}"));
+        return Err(RootError::OtherDigest(pinned.clone()));
     }
-    let text = std::str::from_utf8(&bytes).map_err(|_| "the carried trusted root is not UTF-8")?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| RootError::NotUtf8)?;
     let mut k = keyless::KeylessRoots::from_trusted_root_json(&bytes)?;
     k.rekor.extend(extra_rekor.iter().cloned());
     Ok(LoadedRoots {
@@ -776,7 +857,7 @@ impl LoadedRoots {
 }
 
 /// One `trusted_root.json`, read for both keyless paths (legacy `.sig` and bundles).
-fn load_roots(path: &Path) -> Result<(keyless::KeylessRoots, bundles::TrustedRoot), String> {
+fn load_roots(path: &Path) -> Result<(keyless::KeylessRoots, bundles::TrustedRoot), RootError> {
     Ok((
         keyless::KeylessRoots::from_trusted_root(path)?,
         bundles::load_trusted_root(path)?,
@@ -811,7 +892,7 @@ pub struct Policy {
     pinned_root: Option<Digest>,
     /// Rekor keys given beside a pinned root.
     extra_rekor: Vec<tlog::RekorKey>,
-    carried: std::sync::OnceLock<Result<LoadedRoots, String>>,
+    carried: std::sync::OnceLock<Result<LoadedRoots, RootError>>,
 }
 
 fn glob_set(
@@ -911,20 +992,23 @@ impl Policy {
                     "rules[{i}] names no keys, no keyless signers and no certificates"
                 )));
             }
-            let pki = r
-                .certificates
-                .as_ref()
-                .map(|c| {
+            let pki = match &r.certificates {
+                None => None,
+                Some(c) => {
+                    let at =
+                        |e: &dyn std::fmt::Display| err(format!("rules[{i}].certificates: {e}"));
                     let subject =
-                        subject_matcher(c.identity.as_deref(), c.identity_regexp.as_deref())?;
-                    keyless::PkiTrust::from_files(
+                        subject_matcher(c.identity.as_deref(), c.identity_regexp.as_deref())
+                            .map_err(|e| at(&e))?;
+                    let pki = keyless::PkiTrust::from_files(
                         &base.join(&c.roots),
                         c.intermediates.as_ref().map(|p| base.join(p)).as_deref(),
                         vec![subject],
                     )
-                })
-                .transpose()
-                .map_err(|e| err(format!("rules[{i}].certificates: {e}")))?;
+                    .map_err(|e| at(&e))?;
+                    Some(pki)
+                }
+            };
             if !r.keyless.is_empty() && pinned_root.is_none() && !roots.has_fulcio() {
                 return Err(err(format!(
                     "rules[{i}] has keyless signers but the policy has no trustedRoot"
@@ -981,14 +1065,13 @@ impl Policy {
         self.pinned_root.as_ref()
     }
 
-    fn roots_for(&self, store: &dyn ArtifactStore) -> Result<&LoadedRoots, String> {
+    fn roots_for(&self, store: &dyn ArtifactStore) -> Result<&LoadedRoots, &RootError> {
         match &self.pinned_root {
             None => Ok(&self.roots),
             Some(d) => self
                 .carried
                 .get_or_init(|| carried_roots(d, store, &self.extra_rekor))
-                .as_ref()
-                .map_err(|e| e.clone()),
+                .as_ref(),
         }
     }
 
@@ -1009,7 +1092,7 @@ impl Policy {
         };
         let roots = match self.roots_for(store) {
             Ok(r) => r,
-            Err(e) => return refused(Some(rule), e),
+            Err(e) => return refused(Some(rule), e.to_string()),
         };
         let trust = Trust {
             keys: &rule.keys,

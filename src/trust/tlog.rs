@@ -73,19 +73,44 @@ pub struct LoggedEntry {
 
 use super::b64;
 
+/// Why a Rekor SET or the entry it vouches for does not count.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlogError {
+    #[error("the Rekor SET does not parse: {0}")]
+    SetParse(serde_json::Error),
+    #[error("Rekor log {log_id} is not one the site trusts")]
+    UntrustedLog { log_id: String },
+    /// The canonical JSON the SET covers could not be written.
+    #[error("{0}")]
+    Canonical(serde_json::Error),
+    #[error("the SET signature is not base64 DER")]
+    SetSignatureEncoding,
+    #[error("the Rekor SET does not verify with the trusted Rekor key")]
+    SetSignature,
+    #[error("the Rekor entry body does not parse")]
+    BodyParse,
+    #[error("Rekor entry kind {kind} is not one of {}", .expected.join(", "))]
+    WrongKind { kind: String, expected: Vec<String> },
+    #[error("the Rekor entry is for other content than this signature")]
+    OtherContent,
+    #[error("the Rekor entry holds another signature")]
+    OtherSignature,
+    #[error("the Rekor entry names no readable key or certificate")]
+    NoSigner,
+    #[error("the Rekor entry names another signer")]
+    OtherSigner,
+}
+
 /// Check the SET in a `dev.sigstore.cosign/bundle` annotation with a trusted
 /// Rekor key, and return the entry it vouches for.
-pub fn verify_set(annotation: &str, logs: &[RekorKey]) -> Result<LoggedEntry, String> {
-    let set: SetBundle = serde_json::from_str(annotation)
-        .map_err(|e| format!("the Rekor SET does not parse: {e}"))?;
+pub fn verify_set(annotation: &str, logs: &[RekorKey]) -> Result<LoggedEntry, TlogError> {
+    let set: SetBundle = serde_json::from_str(annotation).map_err(TlogError::SetParse)?;
     let log = logs
         .iter()
         .find(|l| l.log_id == set.payload.log_id)
-        .ok_or_else(|| {
-            format!(
-                "Rekor log {} is not one the site trusts",
-                set.payload.log_id
-            )
+        .ok_or_else(|| TlogError::UntrustedLog {
+            log_id: set.payload.log_id.clone(),
         })?;
     // The SET covers the RFC 8785 canonical JSON of these four fields; with
     // only ASCII strings and integers that is sorted keys, compact output.
@@ -95,15 +120,15 @@ pub fn verify_set(annotation: &str, logs: &[RekorKey]) -> Result<LoggedEntry, St
         "logID": set.payload.log_id,
         "logIndex": set.payload.log_index,
     }))
-    .map_err(|e| e.to_string())?;
+    .map_err(TlogError::Canonical)?;
     let sig = b64(&set.set)
         .and_then(|d| p256::ecdsa::DerSignature::try_from(d.as_slice()).ok())
-        .ok_or("the SET signature is not base64 DER")?;
+        .ok_or(TlogError::SetSignatureEncoding)?;
     {
         use p256::ecdsa::signature::Verifier;
         log.key
             .verify(&canonical, &sig)
-            .map_err(|_| "the Rekor SET does not verify with the trusted Rekor key")?;
+            .map_err(|_| TlogError::SetSignature)?;
     }
     #[derive(Deserialize)]
     struct Body {
@@ -114,7 +139,7 @@ pub fn verify_set(annotation: &str, logs: &[RekorKey]) -> Result<LoggedEntry, St
     }
     let body: Body = b64(&set.payload.body)
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or("the Rekor entry body does not parse")?;
+        .ok_or(TlogError::BodyParse)?;
     Ok(LoggedEntry {
         kind: body.kind,
         api_version: body.api_version,
@@ -158,29 +183,28 @@ impl LoggedEntry {
         content: &[u8],
         sig: Option<&[u8]>,
         signer_spki: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), TlogError> {
         if !expected_kinds.contains(&self.kind.as_str()) {
-            return Err(format!(
-                "Rekor entry kind {} is not one of {}",
-                self.kind,
-                expected_kinds.join(", ")
-            ));
+            return Err(TlogError::WrongKind {
+                kind: self.kind.clone(),
+                expected: expected_kinds.iter().map(|k| k.to_string()).collect(),
+            });
         }
         if self.content_hash() != Some(Digest::of(content).hex().as_str()) {
-            return Err("the Rekor entry is for other content than this signature".into());
+            return Err(TlogError::OtherContent);
         }
         if let Some(sig) = sig {
             let logged = self.spec["signature"]["content"].as_str().and_then(b64);
             if logged.as_deref() != Some(sig) {
-                return Err("the Rekor entry holds another signature".into());
+                return Err(TlogError::OtherSignature);
             }
         }
         let logged = self
             .signer_pem()
             .and_then(|pem| spki_of_pem(&pem))
-            .ok_or("the Rekor entry names no readable key or certificate")?;
+            .ok_or(TlogError::NoSigner)?;
         if logged != signer_spki {
-            return Err("the Rekor entry names another signer".into());
+            return Err(TlogError::OtherSigner);
         }
         Ok(())
     }
@@ -266,11 +290,13 @@ mod tests {
 
         let e = entry
             .check_names(&["hashedrekord"], b"other payload", Some(&sig), &key)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("other content"), "{e}");
         let e = entry
             .check_names(&["hashedrekord"], &payload, Some(b"other"), &key)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another signature"), "{e}");
         let other = spki_of_pem(
             &std::fs::read(concat!(
@@ -282,17 +308,19 @@ mod tests {
         .unwrap();
         let e = entry
             .check_names(&["hashedrekord"], &payload, Some(&sig), &other)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("another signer"), "{e}");
         let e = entry
             .check_names(&["intoto"], &payload, Some(&sig), &key)
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("kind hashedrekord"), "{e}");
 
         // An edited integrated time breaks the SET.
         let mut v: serde_json::Value = serde_json::from_str(set).unwrap();
         v["Payload"]["integratedTime"] = serde_json::json!(1);
-        let e = verify_set(&v.to_string(), &logs).err().unwrap();
+        let e = verify_set(&v.to_string(), &logs).err().unwrap().to_string();
         assert!(e.contains("does not verify"), "{e}");
         // Another log's key.
         let other_log = RekorKey::from_pem(
@@ -306,7 +334,7 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        let e = verify_set(set, &[other_log]).err().unwrap();
+        let e = verify_set(set, &[other_log]).err().unwrap().to_string();
         assert!(e.contains("not one the site trusts"), "{e}");
     }
 }

@@ -1,8 +1,8 @@
 //! A fault-injecting HTTP/1.1 proxy in front of a real registry. Each
 //! request gets its own upstream connection (`Connection: close`), so every
 //! request can be matched against the rules: answer with a status (5xx,
-//! 429 with Retry-After), drop the connection, or forward the request and
-//! cut the response body in half.
+//! 429 with Retry-After), drop the connection, forward the request and
+//! cut the response body in half, or answer 200 with a body of its own.
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -13,6 +13,8 @@ pub enum Fault {
     Status(u16, Option<u64>),
     Drop,
     Truncate,
+    /// 200 with this content type and body, in place of the registry's answer.
+    Respond(&'static str, Vec<u8>),
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +107,16 @@ async fn handle(
     rules: Arc<Mutex<Vec<Rule>>>,
     injected: Arc<Mutex<Vec<String>>>,
 ) -> std::io::Result<()> {
+    // The client tries TLS first on loopback: pass a TLS handshake through
+    // to the plain registry, which refuses it at once as it would directly,
+    // rather than wait for an HTTP head that never comes (20 s, the client's
+    // connect timeout).
+    let mut first = [0u8; 1];
+    if client.peek(&mut first).await? == 1 && first[0] == 0x16 {
+        let mut up = TcpStream::connect(upstream).await?;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut up).await;
+        return Ok(());
+    }
     let Some((head, rest)) = read_head(&mut client).await? else {
         return Ok(());
     };
@@ -141,6 +153,16 @@ async fn handle(
                 "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\n{ra}Connection: close\r\n\r\n"
             );
             client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        Some(Fault::Respond(content_type, ref body)) => {
+            let head = format!(
+                "HTTP/1.1 200 Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            client.write_all(head.as_bytes()).await?;
+            client.write_all(body).await?;
             let _ = client.shutdown().await;
             return Ok(());
         }
