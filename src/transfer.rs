@@ -175,20 +175,14 @@ pub async fn transfer(
         ),
     };
     let passed = gate.check(&graph, &name, events)?;
-    if let From::Bundle(b) = &mut from {
-        if b.is_seekable() {
-            let mut null = NullSink::new(&name);
-            copy(
-                b.as_mut(),
-                &graph,
-                &mut null,
-                &CopyOptions {
-                    jobs: opts.jobs,
-                    label: "verify",
-                },
-            )
-            .await?;
-        }
+    if from.source().rereadable() {
+        // Local blobs: check every one before the first reaches the destination.
+        let mut null = NullSink::new(&name);
+        let check = CopyOptions {
+            jobs: opts.jobs,
+            label: "verify",
+        };
+        copy(from.source(), &graph, &mut null, &check).await?;
     }
     let copy_opts = CopyOptions {
         jobs: opts.jobs,

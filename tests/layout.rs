@@ -443,7 +443,6 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
         &oci(&good, None),
         &format!("docker://{}/ok/{{repo}}", check.host),
     ]);
-    drop(check);
 
     let dst = TestRegistry::start();
     let mut p = Problems::new();
@@ -537,6 +536,38 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
         flip_a_byte(&layout_blob_path(&bad, digest));
         refused(&mut p, case, &bad, AGENT, &digest.hex(), &dst, work.path()).await;
     }
+
+    // (g) The same referrer, damaged, in a layout that lists it only in
+    // index.json (no fallback index: as other tools write referrers).
+    let only_listed = work.path().join("only-listed");
+    cp_r(&good, &only_listed);
+    let index_path = only_listed.join("index.json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+    let fallback_name = format!("vendor/agent:{}", agent.digest.tag_stem());
+    v["manifests"].as_array_mut().unwrap().retain(|m| {
+        m["annotations"]["org.opencontainers.image.ref.name"] != fallback_name.as_str()
+    });
+    std::fs::write(&index_path, serde_json::to_vec(&v).unwrap()).unwrap();
+    assert_eq!(layout_ref(&only_listed, &fallback_name), None);
+    // Undamaged, it goes through.
+    airlock_ok(&[
+        "copy",
+        &oci(&only_listed, Some(AGENT)),
+        &format!("docker://{}/only-listed/{{repo}}", check.host),
+    ]);
+    flip_a_byte(&layout_blob_path(&only_listed, &referrer));
+    refused(
+        &mut p,
+        "only-listed",
+        &only_listed,
+        AGENT,
+        &referrer.hex(),
+        &dst,
+        work.path(),
+    )
+    .await;
+
     assert!(
         p.is_empty(),
         "hostile layouts, {} problems:\n{}",

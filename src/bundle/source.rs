@@ -197,6 +197,10 @@ impl Source for BundleSource {
         matches!(self.kind, Kind::Stream(_))
     }
 
+    fn rereadable(&self) -> bool {
+        self.is_seekable()
+    }
+
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             match &self.kind {

@@ -155,14 +155,17 @@ pub fn default_repository(dir: &Path) -> String {
     }
 }
 
+type Subjects = HashMap<Digest, Vec<Descriptor>>;
+
 /// A layout directory opened for reading.
 pub struct LayoutReader {
     dir: PathBuf,
     name: String,
     default_repo: String,
     index: Vec<LayoutDescriptor>,
-    /// subject digest → descriptors of the manifests that name it.
-    subjects: OnceLock<HashMap<Digest, Vec<Descriptor>>>,
+    /// subject digest → descriptors of the manifests that name it; or the
+    /// first manifest of index.json that could not be read.
+    subjects: OnceLock<std::result::Result<Subjects, (Digest, String)>>,
 }
 
 impl LayoutReader {
@@ -365,21 +368,34 @@ impl LayoutReader {
     }
 
     /// Manifests of index.json that name a subject (the referrers "API").
-    fn subjects(&self) -> &HashMap<Digest, Vec<Descriptor>> {
-        self.subjects.get_or_init(|| {
-            let mut out: HashMap<Digest, Vec<Descriptor>> = HashMap::new();
+    /// Every manifest index.json names must be readable and intact: a
+    /// damaged one is an error, never a referrer silently left out.
+    fn subjects(&self) -> std::result::Result<&Subjects, LayoutError> {
+        let computed = self.subjects.get_or_init(|| {
+            let mut out: Subjects = HashMap::new();
+            let mut seen = HashSet::new();
             for d in &self.index {
-                let Ok(m) = self.read_manifest(&d.digest, Some(&d.media_type)) else {
-                    continue; // named but unreadable: reported when it is asked for
-                };
+                if !seen.insert(&d.digest) {
+                    continue;
+                }
+                let m = self
+                    .read_manifest(&d.digest, Some(&d.media_type))
+                    .map_err(|e| (d.digest.clone(), e.to_string()))?;
                 if let Ok(Some(subject)) = m.view().map(|v| v.subject) {
                     let mut desc = Descriptor::blob(d.digest.clone(), d.size);
                     desc.media_type = d.media_type.clone();
                     out.entry(subject.digest).or_default().push(desc);
                 }
             }
-            out
-        })
+            Ok(out)
+        });
+        computed
+            .as_ref()
+            .map_err(|(digest, detail)| LayoutError::Mismatch {
+                dir: self.dir.display().to_string(),
+                digest: digest.clone(),
+                detail: format!("named in index.json but unreadable: {detail}"),
+            })
     }
 
     /// Copy a blob into `out`, verified; `out` is left truncated on failure.
@@ -462,9 +478,8 @@ impl Resolver for LayoutReader {
         subject: &'a Digest,
     ) -> BoxFuture<'a, std::result::Result<Option<Vec<Descriptor>>, RegistryError>> {
         Box::pin(async move {
-            Ok(Some(
-                self.subjects().get(subject).cloned().unwrap_or_default(),
-            ))
+            let subjects = self.subjects().map_err(layout_err)?;
+            Ok(Some(subjects.get(subject).cloned().unwrap_or_default()))
         })
     }
 

@@ -49,6 +49,13 @@ pub trait Source: Send + Sync {
         false
     }
 
+    /// True when every blob is local and can be read twice cheaply (a bundle
+    /// file, a layout directory): callers then check every blob before the
+    /// first one reaches a destination.
+    fn rereadable(&self) -> bool {
+        false
+    }
+
     /// Every image on offer, with every manifest's raw, digest-checked
     /// bytes and the list of blobs they need. Called once, before any blob.
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>>;

@@ -135,6 +135,10 @@ impl Source for RegistrySource<'_> {
         names.join(", ")
     }
 
+    fn rereadable(&self) -> bool {
+        self.selection.iter().all(|s| s.layout.is_some())
+    }
+
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             let mut resolved = Vec::new();
