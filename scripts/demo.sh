@@ -12,7 +12,7 @@ SCALE=${1:-1}
 WORK=$(mktemp -d -t airlock-demo.XXXXXX)
 trap 'stop_registries; rm -rf "$WORK"' EXIT
 
-cargo build --release --quiet
+cargo build --release --quiet --features fixtures
 AIRLOCK=$PWD/target/release/airlock
 
 start_registry src

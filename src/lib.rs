@@ -11,6 +11,7 @@ pub mod copy;
 pub mod digest;
 pub mod error;
 pub mod export;
+#[cfg(feature = "fixtures")]
 pub mod fixtures;
 pub mod gate;
 pub mod graph;

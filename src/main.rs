@@ -366,6 +366,7 @@ enum Command {
         bundle_key: BundleKeyArgs,
     },
     /// Test fixtures: push the deterministic signed image set to a registry.
+    #[cfg(feature = "fixtures")]
     #[command(hide = true)]
     Fixtures {
         /// HOST[/PREFIX], e.g. 127.0.0.1:5000/vendor
@@ -452,6 +453,7 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
             bundle_key,
         } => verify_cmd(&bundle, json, trust, bundle_key).await,
+        #[cfg(feature = "fixtures")]
         Command::Fixtures {
             to,
             write_trusted_root,
@@ -809,6 +811,7 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "fixtures")]
 async fn fixtures_cmd(
     to: Option<String>,
     write_trusted_root: Option<PathBuf>,

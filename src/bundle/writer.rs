@@ -50,7 +50,7 @@ impl<W: Write> BundleWriter<W> {
 
     /// Raw tar bytes (a header and padded data), for tests that forge
     /// hostile archives; never used to write a real bundle.
-    #[doc(hidden)]
+    #[cfg(feature = "test-util")]
     pub fn append_raw_for_tests(&mut self, raw: &[u8]) -> io::Result<()> {
         self.out.write_all(raw)?;
         self.out.cut()

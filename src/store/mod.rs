@@ -19,6 +19,8 @@
 
 pub mod dir;
 pub mod endpoint;
+#[cfg(feature = "test-util")]
+pub mod memory;
 pub mod null;
 pub mod registry;
 pub mod resolve;
