@@ -28,6 +28,8 @@ pub struct CopyOptions {
     pub jobs: usize,
     /// Label of the progress line (`export`, `import`, `verify`, `copy`).
     pub label: &'static str,
+    /// Where progress goes (default: nowhere).
+    pub events: crate::progress::EventsHandle,
 }
 
 impl Default for CopyOptions {
@@ -35,6 +37,17 @@ impl Default for CopyOptions {
         CopyOptions {
             jobs: 6,
             label: "copy",
+            events: Default::default(),
+        }
+    }
+}
+
+impl CopyOptions {
+    pub fn new(jobs: usize, label: &'static str, events: crate::progress::EventsHandle) -> Self {
+        CopyOptions {
+            jobs,
+            label,
+            events,
         }
     }
 }
@@ -95,7 +108,10 @@ pub async fn copy(
     if let Some(order) = &prepared.order {
         todo = in_sink_order(graph, &todo, order, source.sequential(), &source.name())?;
     }
-    let progress = Progress::start(opts.label, todo.iter().map(|b| b.size).sum());
+    let progress = opts
+        .events
+        .0
+        .progress(opts.label, todo.iter().map(|b| b.size).sum());
     let jobs = opts.jobs.max(1);
     let moved = match (source.sequential(), ordered) {
         (false, false) => random_any_order(&*source, graph, &*sink, &todo, jobs, &progress).await,

@@ -8,7 +8,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::graph::{BlobClass, BlobInfo, Graph};
-use crate::progress::{Events, NoEvents};
+use crate::progress::{Events, EventsHandle, NoEvents};
 use crate::registry::Registries;
 use crate::selection::ImageSelection;
 use crate::store::registry::RegistrySource;
@@ -199,10 +199,7 @@ pub async fn export(
         names_unique: true,
     };
     let passed = gate.check(&graph, &source.name(), opts.events.as_ref())?;
-    let copy_opts = CopyOptions {
-        jobs: opts.jobs,
-        label: "export",
-    };
+    let copy_opts = CopyOptions::new(opts.jobs, "export", EventsHandle(opts.events.clone()));
     let copied = copy(&mut source, &graph, &mut sink, &copy_opts).await?;
     let index_bytes = sink.index_bytes().unwrap_or_default().to_vec();
     let signature = match (signer, &opts.bundle_output()) {

@@ -14,7 +14,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::graph::Graph;
-use crate::progress::{Events, NoEvents};
+use crate::progress::EventsHandle;
 use crate::registry::Registries;
 use crate::store::null::NullSink;
 use crate::store::registry::RegistrySink;
@@ -85,7 +85,7 @@ pub async fn import_file(
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
     let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag);
-    import_file_into(path, &mut sink, opts, &NoEvents).await
+    import_file_into(path, &mut sink, opts, &EventsHandle::default()).await
 }
 
 /// Import from a stream (`-` = stdin): one pass.
@@ -100,7 +100,7 @@ pub async fn import_stream(
         BundleSource::stream(input, name),
         &mut sink,
         opts,
-        &NoEvents,
+        &EventsHandle::default(),
     )
     .await
 }
@@ -111,13 +111,13 @@ pub async fn import_file_into(
     path: &Path,
     sink: &mut dyn Sink,
     opts: &ImportOptions,
-    events: &dyn Events,
+    events: &EventsHandle,
 ) -> Result<ImportReport> {
     let source = BundleSource::open_file(path)?;
     if source.is_seekable() {
         return import_into(source, sink, opts, events).await;
     }
-    events.note(&format!(
+    events.0.note(&format!(
         "{} has no seek table: verifying it whole, then reading it as a stream",
         path.display()
     ));
@@ -139,7 +139,7 @@ pub async fn import_into(
     mut source: BundleSource,
     sink: &mut dyn Sink,
     opts: &ImportOptions,
-    events: &dyn Events,
+    events: &EventsHandle,
 ) -> Result<ImportReport> {
     let started = std::time::Instant::now();
     let name = source.name();
@@ -157,24 +157,18 @@ pub async fn import_into(
         outcome: "nothing was pushed",
         names_unique: false,
     };
-    let passed = gate.check(&graph, &name, events)?;
+    let passed = gate.check(&graph, &name, events.0.as_ref())?;
     let mode = if source.is_seekable() {
         // Random access: re-hash every member in parallel before the first
         // push, so a corrupt member anywhere pushes nothing.
         let mut null = NullSink::new(&name);
-        let check = CopyOptions {
-            jobs: cores().min(opts.jobs.max(1)),
-            label: "verify",
-        };
+        let check = CopyOptions::new(cores().min(opts.jobs.max(1)), "verify", events.clone());
         copy(&mut source, &graph, &mut null, &check).await?;
         "seekable"
     } else {
         "stream"
     };
-    let copy_opts = CopyOptions {
-        jobs: opts.jobs,
-        label: "import",
-    };
+    let copy_opts = CopyOptions::new(opts.jobs, "import", events.clone());
     let copied = copy(&mut source, &graph, sink, &copy_opts).await?;
     Ok(report(
         &graph,

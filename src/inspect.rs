@@ -1,7 +1,7 @@
 //! `airlock inspect`: what a bundle holds, from its index alone (the
 //! first member; with the seek table nothing else is decompressed).
 
-use crate::bundle::{self, BundleError, BundleIndex, SeekableBundle, StreamEvent};
+use crate::bundle::{self, BundleError, BundleIndex, SeekableBundle};
 use crate::digest::Digest;
 use crate::progress::human_bytes;
 use std::fmt::Write as _;
@@ -17,25 +17,7 @@ pub fn read_index(path: &Path) -> Result<(BundleIndex, Digest), BundleError> {
         path: name.clone(),
         source,
     })?;
-    let mut found = None;
-    let stop = || BundleError::Corrupt {
-        bundle: String::new(),
-        detail: String::new(),
-    };
-    let r = bundle::read_stream(std::io::BufReader::new(file), &name, |ev| {
-        if let StreamEvent::Index { index, digest } = ev {
-            found = Some((index.clone(), digest.clone()));
-        }
-        Err(stop()) // the index is all we need
-    });
-    match (found, r) {
-        (Some(f), _) => Ok(f),
-        (None, Err(e)) => Err(e),
-        (None, Ok(_)) => Err(BundleError::Corrupt {
-            bundle: name,
-            detail: "no bundle index".into(),
-        }),
-    }
+    bundle::read_index_only(std::io::BufReader::new(file), &name)
 }
 
 /// A human summary of a bundle index.

@@ -93,64 +93,20 @@ struct TrustArgs {
 
 impl TrustArgs {
     fn load(&self) -> Result<Option<airlock::trust::Policy>> {
-        if let Some(p) = &self.policy {
-            return Ok(Some(airlock::trust::Policy::from_file(p)?));
-        }
-        let pki = match &self.ca_roots {
-            Some(roots) => {
-                let subject = airlock::trust::subject_matcher(
-                    self.certificate_identity.as_deref(),
-                    self.certificate_identity_regexp.as_deref(),
-                )
-                .map_err(|e| {
-                    anyhow::anyhow!("--ca-roots needs --certificate-identity[-regexp]: {e}")
-                })?;
-                Some(
-                    airlock::trust::keyless::PkiTrust::from_files(
-                        roots,
-                        self.ca_intermediates.as_deref(),
-                        vec![subject],
-                    )
-                    .map_err(|e| anyhow::anyhow!("--ca-roots: {e}"))?,
-                )
-            }
-            None => None,
-        };
-        // With only a private PKI, the identity flags are its SAN, not a Fulcio identity.
-        let keyless = (pki.is_none() || self.trusted_root.is_some())
-            && (self.certificate_identity.is_some()
-                || self.certificate_identity_regexp.is_some()
-                || self.certificate_oidc_issuer.is_some()
-                || self.certificate_oidc_issuer_regexp.is_some());
-        let identities = if keyless {
-            vec![airlock::trust::identity_rule(
-                self.certificate_identity.as_deref(),
-                self.certificate_identity_regexp.as_deref(),
-                self.certificate_oidc_issuer.as_deref(),
-                self.certificate_oidc_issuer_regexp.as_deref(),
-            )
-            .map_err(|e| {
-                anyhow::anyhow!("--certificate-identity/--certificate-oidc-issuer: {e}")
-            })?]
-        } else {
-            vec![]
-        };
-        if self.keys.is_empty() && identities.is_empty() && pki.is_none() {
-            return Ok(None);
-        }
-        let roots = airlock::trust::Roots {
-            trusted_root: self
-                .trusted_root
-                .as_deref()
-                .map(airlock::trust::RootSource::parse),
+        let flags = airlock::trust::PolicyFlags {
+            keys: self.keys.clone(),
+            policy: self.policy.clone(),
+            certificate_identity: self.certificate_identity.clone(),
+            certificate_identity_regexp: self.certificate_identity_regexp.clone(),
+            certificate_oidc_issuer: self.certificate_oidc_issuer.clone(),
+            certificate_oidc_issuer_regexp: self.certificate_oidc_issuer_regexp.clone(),
+            trusted_root: self.trusted_root.clone(),
             rekor_keys: self.rekor_keys.clone(),
+            ca_roots: self.ca_roots.clone(),
+            ca_intermediates: self.ca_intermediates.clone(),
             require_tlog: self.require_tlog,
         };
-        let policy = airlock::trust::Policy::from_flags(&self.keys, identities, &roots)?;
-        Ok(Some(match pki {
-            Some(p) => policy.with_pki(p),
-            None => policy,
-        }))
+        Ok(flags.load()?)
     }
 }
 
@@ -175,7 +131,7 @@ impl BundleKeyArgs {
             (None, "-") => {
                 bail!("--bundle-key with a bundle from stdin needs --bundle-signature FILE")
             }
-            (None, b) => PathBuf::from(format!("{b}.sig")),
+            (None, b) => airlock::bundle::signature_path(std::path::Path::new(b)),
         };
         let sig = std::fs::read_to_string(&sig_path)
             .with_context(|| format!("reading the bundle signature {}", sig_path.display()))?;
@@ -242,6 +198,7 @@ impl RegistryArgs {
             }
         }
         Ok(RegistryConfig {
+            events: stderr_events(),
             credentials,
             ca_files: self.ca_files.clone(),
             insecure_hosts: self.insecure.clone(),
@@ -380,6 +337,10 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+}
+
+fn stderr_events() -> airlock::progress::EventsHandle {
+    airlock::progress::EventsHandle(Arc::new(StderrEvents))
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
@@ -614,7 +575,7 @@ async fn import_cmd(
     };
     let report = if bundle == "-" {
         let source = airlock::bundle::BundleSource::stream(Box::new(std::io::stdin()), "stdin");
-        import::import_into(source, sink, &opts, &StderrEvents).await?
+        import::import_into(source, sink, &opts, &stderr_events()).await?
     } else {
         let path = std::path::Path::new(bundle);
         if path.is_dir() {
@@ -622,7 +583,7 @@ async fn import_cmd(
                 "{bundle} is a directory; give the bundle file (for a layout directory use airlock copy oci:{bundle} …)"
             )));
         }
-        import::import_file_into(path, sink, &opts, &StderrEvents).await?
+        import::import_file_into(path, sink, &opts, &stderr_events()).await?
     };
     print_import(&report, json)
 }
@@ -654,7 +615,7 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
     };
     let to_stdout = destination == Endpoint::Stdio;
     let report =
-        airlock::transfer::transfer(&registries, &source, &destination, &opts, &StderrEvents)
+        airlock::transfer::transfer(&registries, &source, &destination, &opts, &stderr_events())
             .await?;
     let mut out = report_out(to_stdout);
     if args.json {

@@ -24,27 +24,50 @@ pub fn note(msg: &str) {
     let _ = writeln!(err, "{msg}");
 }
 
-/// Where the library's notes go (unsigned-image warnings, policy verdict
-/// lines): the library never prints them itself; the CLI passes
-/// [`StderrEvents`], a library user whatever it wants.
+/// Where the library's notes and progress go (unsigned-image warnings,
+/// policy verdict lines, retries, transfer progress): the library never
+/// prints; the CLI passes [`StderrEvents`], a library user what it wants.
 pub trait Events: Send + Sync {
     fn note(&self, line: &str);
+    /// A counter for a long phase; drawn or not, as the renderer decides.
+    fn progress(&self, _label: &str, _total: u64) -> Progress {
+        Progress::hidden()
+    }
 }
 
-/// Notes on stderr (silenced by `--quiet`).
+/// Notes and a live progress line on stderr (silenced by `--quiet`).
 pub struct StderrEvents;
 
 impl Events for StderrEvents {
     fn note(&self, line: &str) {
         note(line)
     }
+    fn progress(&self, label: &str, total: u64) -> Progress {
+        Progress::start(label, total)
+    }
 }
 
-/// Notes dropped (the default for library calls).
+/// Nothing shown (the default for library calls).
 pub struct NoEvents;
 
 impl Events for NoEvents {
     fn note(&self, _line: &str) {}
+}
+
+/// An [`Events`] to keep in configuration structs (cloneable, printable).
+#[derive(Clone)]
+pub struct EventsHandle(pub Arc<dyn Events>);
+
+impl Default for EventsHandle {
+    fn default() -> Self {
+        EventsHandle(Arc::new(NoEvents))
+    }
+}
+
+impl std::fmt::Debug for EventsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventsHandle")
+    }
 }
 
 pub fn human_bytes(n: u64) -> String {

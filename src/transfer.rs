@@ -10,7 +10,7 @@ use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::graph::Graph;
-use crate::progress::Events;
+use crate::progress::EventsHandle;
 use crate::registry::Registries;
 use crate::store::dir::DirSink;
 use crate::store::endpoint::{registry_destination, Endpoint};
@@ -153,7 +153,7 @@ pub async fn transfer(
     source: &Endpoint,
     destination: &Endpoint,
     opts: &TransferOptions,
-    events: &dyn Events,
+    events: &EventsHandle,
 ) -> Result<TransferReport> {
     let started = std::time::Instant::now();
     let mut sink = open_sink(registries, destination, opts)?;
@@ -174,20 +174,14 @@ pub async fn transfer(
             Endpoint::Layout { .. } | Endpoint::Bundle(_) | Endpoint::Stdio
         ),
     };
-    let passed = gate.check(&graph, &name, events)?;
+    let passed = gate.check(&graph, &name, events.0.as_ref())?;
     if from.source().rereadable() {
         // Local blobs: check every one before the first reaches the destination.
         let mut null = NullSink::new(&name);
-        let check = CopyOptions {
-            jobs: opts.jobs,
-            label: "verify",
-        };
+        let check = CopyOptions::new(opts.jobs, "verify", events.clone());
         copy(from.source(), &graph, &mut null, &check).await?;
     }
-    let copy_opts = CopyOptions {
-        jobs: opts.jobs,
-        label: "copy",
-    };
+    let copy_opts = CopyOptions::new(opts.jobs, "copy", events.clone());
     let copied = copy(from.source(), &graph, sink.as_mut(), &copy_opts).await?;
     Ok(TransferReport {
         images: graph

@@ -61,7 +61,7 @@ pub struct Member {
 impl BundleIndex {
     pub fn to_bytes(&self) -> Vec<u8> {
         // Our own document: serialised once, then hashed as written.
-        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        let mut v = serde_json::to_vec_pretty(self).expect("plain structs always serialise");
         v.push(b'\n');
         v
     }

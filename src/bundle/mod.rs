@@ -17,7 +17,9 @@ mod source;
 mod writer;
 
 pub use index::*;
-pub use reader::{member_error, read_stream, read_whole, SeekableBundle, StreamEvent};
+pub use reader::{
+    member_error, read_index_only, read_stream, read_whole, SeekableBundle, StreamEvent,
+};
 pub use sink::{
     read_sidecar, sidecar_path, signature_path, write_atomically, BundleSink, Output, WriteOptions,
 };

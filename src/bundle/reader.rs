@@ -157,6 +157,50 @@ pub fn read_whole(
     Ok(b)
 }
 
+/// The bundle index from the first tar entry: its path, a size limit
+/// checked before reading, its digest (the bundle digest), its checks.
+fn index_member<R: Read>(
+    mut first: tar::Entry<'_, R>,
+    bundle: &str,
+) -> Result<(BundleIndex, Digest), BundleError> {
+    let path = first
+        .path()
+        .map_err(|e| corrupt(bundle, e))?
+        .to_string_lossy()
+        .into_owned();
+    if path != INDEX_PATH {
+        return Err(BundleError::UnexpectedMember {
+            bundle: bundle.into(),
+            member: path,
+            detail: format!("the first member must be {INDEX_PATH}"),
+        });
+    }
+    if first.size() > MAX_INDEX_BYTES {
+        return Err(corrupt(bundle, "bundle index is implausibly large"));
+    }
+    let mut bytes = Vec::new();
+    first
+        .read_to_end(&mut bytes)
+        .map_err(|e| corrupt(bundle, e))?;
+    let digest = Digest::of(&bytes);
+    Ok((parse_index(bundle, &bytes)?, digest))
+}
+
+/// Only the bundle index of a bundle read as a stream (nothing after it).
+pub fn read_index_only<R: Read>(
+    input: R,
+    bundle: &str,
+) -> Result<(BundleIndex, Digest), BundleError> {
+    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
+    let mut archive = tar::Archive::new(dec);
+    let mut entries = archive.entries().map_err(|e| corrupt(bundle, e))?;
+    let first = entries
+        .next()
+        .ok_or_else(|| corrupt(bundle, "empty archive"))?
+        .map_err(|e| corrupt(bundle, e))?;
+    index_member(first, bundle)
+}
+
 /// Read a whole bundle in one pass, checking every member in order.
 pub fn read_stream<R: Read>(
     input: R,
@@ -167,31 +211,11 @@ pub fn read_stream<R: Read>(
     let mut archive = tar::Archive::new(dec);
     let (index, digest) = {
         let mut entries = archive.entries().map_err(|e| corrupt(bundle, e))?;
-        let mut first = entries
+        let first = entries
             .next()
             .ok_or_else(|| corrupt(bundle, "empty archive"))?
             .map_err(|e| corrupt(bundle, e))?;
-        let path = first
-            .path()
-            .map_err(|e| corrupt(bundle, e))?
-            .to_string_lossy()
-            .into_owned();
-        if path != INDEX_PATH {
-            return Err(BundleError::UnexpectedMember {
-                bundle: bundle.into(),
-                member: path,
-                detail: format!("the first member must be {INDEX_PATH}"),
-            });
-        }
-        if first.size() > MAX_INDEX_BYTES {
-            return Err(corrupt(bundle, "bundle index is implausibly large"));
-        }
-        let mut bytes = Vec::new();
-        first
-            .read_to_end(&mut bytes)
-            .map_err(|e| corrupt(bundle, e))?;
-        let digest = Digest::of(&bytes);
-        let index = parse_index(bundle, &bytes)?;
+        let (index, digest) = index_member(first, bundle)?;
         visit(StreamEvent::Index {
             index: &index,
             digest: &digest,

@@ -69,6 +69,8 @@ pub struct RegistryConfig {
     pub retry: RetryPolicy,
     /// Upload blobs in PATCH chunks of this size instead of one streamed PUT.
     pub upload_chunk_size: Option<usize>,
+    /// Retry notes go here.
+    pub events: crate::progress::EventsHandle,
 }
 
 /// One client per registry host (TLS settings and tokens are per host).
@@ -120,6 +122,7 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, String>>,
     retry: RetryPolicy,
     chunk_size: Option<usize>,
+    events: crate::progress::EventsHandle,
 }
 
 /// `host[:port]` names this machine: `localhost`, or a loopback address
@@ -255,6 +258,7 @@ impl Registry {
             tokens: Mutex::new(HashMap::new()),
             retry: config.retry.clone(),
             chunk_size: config.upload_chunk_size,
+            events: config.events.clone(),
         };
         // Like docker: loopback and --insecure registries may speak plain
         // HTTP; try TLS first and fall back only when the server is not TLS.
@@ -535,7 +539,7 @@ impl Registry {
             return Err(e);
         }
         let d = self.retry.delay(*attempt - 1, retry_after);
-        note_retry(&e, *attempt, d);
+        note_retry(&self.events, &e, *attempt, d);
         tokio::time::sleep(d).await;
         Ok(())
     }
@@ -1188,8 +1192,13 @@ fn next_link(headers: &HeaderMap) -> Option<String> {
     })
 }
 
-fn note_retry(e: &RegistryError, attempt: u32, delay: Duration) {
-    crate::progress::note(&format!(
+fn note_retry(
+    events: &crate::progress::EventsHandle,
+    e: &RegistryError,
+    attempt: u32,
+    delay: Duration,
+) {
+    events.0.note(&format!(
         "retrying in {:.1}s (attempt {}): {e}",
         delay.as_secs_f64(),
         attempt + 1

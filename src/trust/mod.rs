@@ -17,8 +17,11 @@
 //! so a printer of the error chain does not repeat it.
 
 pub mod bundles;
+mod flags;
 pub mod keyless;
 pub mod tlog;
+
+pub use flags::{FlagsError, PolicyFlags};
 
 use crate::bundle::{ArtifactKind, ImageEntry};
 use crate::digest::Digest;
