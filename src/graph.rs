@@ -170,6 +170,13 @@ fn view(
     })
 }
 
+/// The distinct blobs an image needs, in the order first met.
+#[derive(Default)]
+struct Needed {
+    blobs: Vec<Digest>,
+    seen: HashSet<Digest>,
+}
+
 struct Walker<'a> {
     bundle: &'a str,
     manifests: &'a BTreeMap<Digest, Manifest>,
@@ -179,8 +186,7 @@ struct Walker<'a> {
 impl Walker<'_> {
     fn need_blob(
         &self,
-        out: &mut Vec<Digest>,
-        seen: &mut HashSet<Digest>,
+        need: &mut Needed,
         d: &crate::oci::Descriptor,
         what: &str,
     ) -> Result<(), BundleError> {
@@ -195,31 +201,30 @@ impl Walker<'_> {
                 ),
             }),
             Some(_) => {
-                if seen.insert(d.digest.clone()) {
-                    out.push(d.digest.clone());
+                if need.seen.insert(d.digest.clone()) {
+                    need.blobs.push(d.digest.clone());
                 }
                 Ok(())
             }
         }
     }
 
-    fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, BundleError> {
-        let name = &entry.source;
-        let root = view(self.bundle, self.manifests, &entry.digest, name)?;
-        let mut blobs = Vec::new();
-        let mut seen = HashSet::new();
-        let mut manifests = Vec::new();
-        let children: Vec<(Digest, String)> = if root.is_index() {
-            root.manifests
-                .iter()
-                .map(|d| (d.digest.clone(), d.media_type.clone()))
-                .collect()
-        } else {
-            vec![]
-        };
+    fn media_type(&self, d: &Digest) -> Result<String, BundleError> {
+        self.manifests
+            .get(d)
+            .map(|m| m.media_type.clone())
+            .ok_or_else(|| missing(self.bundle, "manifest".into(), d))
+    }
+
+    /// The platforms the bundle index lists are the root's own children.
+    fn check_platform_list(
+        &self,
+        entry: &ImageEntry,
+        root: &ManifestView,
+    ) -> Result<(), BundleError> {
         let listed: BTreeSet<&Digest> = entry.platforms.iter().map(|p| &p.digest).collect();
         let walked: BTreeSet<&Digest> = if root.is_index() {
-            children.iter().map(|(d, _)| d).collect()
+            root.manifests.iter().map(|d| &d.digest).collect()
         } else {
             [&entry.digest].into_iter().collect()
         };
@@ -227,34 +232,53 @@ impl Walker<'_> {
             return Err(BundleError::BadIndex {
                 bundle: self.bundle.into(),
                 detail: format!(
-                    "{name}: its platform list does not match the manifests of {}",
-                    entry.digest
+                    "{}: its platform list does not match the manifests of {}",
+                    entry.source, entry.digest
                 ),
             });
         }
-        if entry.source_digest != entry.digest {
-            // A platform-filtered index must be a true subset of the vendor's.
-            let original = view(
-                self.bundle,
-                self.manifests,
-                &entry.source_digest,
-                &format!("{name} original index"),
-            )?;
-            let claimed = root.annotations.get(ANNOTATION_ORIGINAL_INDEX);
-            let vendor: HashSet<&Digest> = original.manifests.iter().map(|d| &d.digest).collect();
-            if claimed != Some(&entry.source_digest.to_string())
-                || children.iter().any(|(d, _)| !vendor.contains(d))
-            {
-                return Err(BundleError::BadIndex {
-                    bundle: self.bundle.into(),
-                    detail: format!(
-                        "{name}: filtered index {} is not a subset of the original {}",
-                        entry.digest, entry.source_digest
-                    ),
-                });
-            }
+        Ok(())
+    }
+
+    /// A platform-filtered index must be a true subset of the vendor's.
+    fn check_filtered(&self, entry: &ImageEntry, root: &ManifestView) -> Result<(), BundleError> {
+        if entry.source_digest == entry.digest {
+            return Ok(());
         }
-        for (d, _) in &children {
+        let name = &entry.source;
+        let original = view(
+            self.bundle,
+            self.manifests,
+            &entry.source_digest,
+            &format!("{name} original index"),
+        )?;
+        let claimed = root.annotations.get(ANNOTATION_ORIGINAL_INDEX);
+        let vendor: HashSet<&Digest> = original.manifests.iter().map(|d| &d.digest).collect();
+        if claimed != Some(&entry.source_digest.to_string())
+            || root.manifests.iter().any(|d| !vendor.contains(&d.digest))
+        {
+            return Err(BundleError::BadIndex {
+                bundle: self.bundle.into(),
+                detail: format!(
+                    "{name}: filtered index {} is not a subset of the original {}",
+                    entry.digest, entry.source_digest
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Platform manifests (children first, the tagged root last) and their blobs.
+    fn platforms(
+        &self,
+        entry: &ImageEntry,
+        root: &ManifestView,
+        need: &mut Needed,
+    ) -> Result<Vec<ManifestPush>, BundleError> {
+        let name = &entry.source;
+        let mut manifests = Vec::new();
+        for child in &root.manifests {
+            let d = &child.digest;
             let v = view(self.bundle, self.manifests, d, &format!("{name} platform"))?;
             if v.is_index() {
                 return Err(BundleError::Corrupt {
@@ -263,23 +287,17 @@ impl Walker<'_> {
                 });
             }
             for b in v.blobs() {
-                self.need_blob(
-                    &mut blobs,
-                    &mut seen,
-                    b,
-                    &format!("blob of {name} platform {d}"),
-                )?;
+                self.need_blob(need, b, &format!("blob of {name} platform {d}"))?;
             }
-            let mt = &self.manifests[d].media_type;
             manifests.push(ManifestPush {
                 digest: d.clone(),
-                media_type: mt.clone(),
+                media_type: self.media_type(d)?,
                 tag: None,
             });
         }
         if !root.is_index() {
             for b in root.blobs() {
-                self.need_blob(&mut blobs, &mut seen, b, &format!("blob of {name}"))?;
+                self.need_blob(need, b, &format!("blob of {name}"))?;
             }
         }
         manifests.push(ManifestPush {
@@ -287,39 +305,39 @@ impl Walker<'_> {
             media_type: entry.media_type.clone(),
             tag: entry.tag.clone(),
         });
+        Ok(manifests)
+    }
 
+    /// Signature, attestation and referrer manifests; a fallback index
+    /// lists referrers, so it is pushed after them.
+    fn artifacts(
+        &self,
+        entry: &ImageEntry,
+        need: &mut Needed,
+    ) -> Result<Vec<ManifestPush>, BundleError> {
+        let name = &entry.source;
         let mut artifacts = Vec::new();
         let mut fallback = Vec::new();
         for a in &entry.artifacts {
-            let v = view(
-                self.bundle,
-                self.manifests,
-                &a.digest,
-                &format!("{name} {:?}", a.kind),
-            )?;
+            let what = format!("{name} {:?}", a.kind);
+            let v = view(self.bundle, self.manifests, &a.digest, &what)?;
             if a.kind == ArtifactKind::ReferrersIndex {
-                for c in &v.manifests {
-                    if !self.manifests.contains_key(&c.digest) {
-                        return Err(missing(
-                            self.bundle,
-                            format!("referrer listed by {name} {}", a.digest),
-                            &c.digest,
-                        ));
-                    }
+                if let Some(c) = v
+                    .manifests
+                    .iter()
+                    .find(|c| !self.manifests.contains_key(&c.digest))
+                {
+                    let what = format!("referrer listed by {name} {}", a.digest);
+                    return Err(missing(self.bundle, what, &c.digest));
                 }
             } else {
                 for b in v.blobs() {
-                    self.need_blob(
-                        &mut blobs,
-                        &mut seen,
-                        b,
-                        &format!("blob of {name} artifact {}", a.digest),
-                    )?;
+                    self.need_blob(need, b, &format!("blob of {name} artifact {}", a.digest))?;
                 }
             }
             let push = ManifestPush {
                 digest: a.digest.clone(),
-                media_type: self.manifests[&a.digest].media_type.clone(),
+                media_type: self.media_type(&a.digest)?,
                 tag: a.tag.clone(),
             };
             if a.kind == ArtifactKind::ReferrersIndex {
@@ -328,11 +346,20 @@ impl Walker<'_> {
                 artifacts.push(push);
             }
         }
-        // The fallback index lists referrers: they go first.
         artifacts.extend(fallback);
+        Ok(artifacts)
+    }
+
+    fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, BundleError> {
+        let root = view(self.bundle, self.manifests, &entry.digest, &entry.source)?;
+        self.check_platform_list(entry, &root)?;
+        self.check_filtered(entry, &root)?;
+        let mut need = Needed::default();
+        let manifests = self.platforms(entry, &root, &mut need)?;
+        let artifacts = self.artifacts(entry, &mut need)?;
         Ok(ImageGraph {
             entry: entry.clone(),
-            blobs,
+            blobs: need.blobs,
             manifests,
             artifacts,
         })

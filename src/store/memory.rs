@@ -257,9 +257,9 @@ pub struct MemorySource {
     pub graph: Graph,
     blobs: HashMap<Digest, Bytes>,
     pub sequential: bool,
-    /// The k-th fetch call waits this long times (number of graph blobs
-    /// - k): fetches under way at once finish in the reverse of the order
-    /// they were asked in.
+    /// The k-th fetch call waits this long, times the number of graph
+    /// blobs less k: fetches under way at once finish in the reverse of
+    /// the order they were asked in.
     pub fetch_delay: Option<Duration>,
     /// Every [`Source::fetch`] call, in order, including refused ones.
     pub fetches: Mutex<Vec<Digest>>,
@@ -470,7 +470,7 @@ pub struct MemorySink {
     stored: Mutex<HashMap<Digest, Bytes>>,
     /// Set by `prepare`: the order it answered, and how far puts got
     /// through it.
-    prepared: Mutex<Option<Option<(Vec<Digest>, usize)>>>,
+    prepared: Mutex<Option<Wanted>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     attempts: Mutex<HashMap<Digest, usize>>,
@@ -536,7 +536,11 @@ impl MemorySink {
         let Some(wanted) = prepared.as_mut() else {
             return Err(self.refuse(format!("blob {digest} put before prepare")));
         };
-        let Some((order, next)) = wanted.as_mut() else {
+        let Wanted {
+            order: Some(order),
+            next,
+        } = wanted
+        else {
             return Ok(());
         };
         let skip = |d: &Digest| self.present.contains(d) || self.unwanted.contains(d);
@@ -554,6 +558,12 @@ impl MemorySink {
         *next += 1;
         Ok(())
     }
+}
+
+/// What `prepare` answered: the order, if any, and how far puts got through it.
+struct Wanted {
+    order: Option<Vec<Digest>>,
+    next: usize,
 }
 
 /// Decrements the number of puts under way when a put ends or is dropped.
@@ -598,7 +608,10 @@ impl Sink for MemorySink {
                 SinkOrder::AsGraph => Some(all().collect()),
                 SinkOrder::Exactly(v) => Some(v.clone()),
             };
-            *lock(&self.prepared) = Some(order.clone().map(|o| (o, 0)));
+            *lock(&self.prepared) = Some(Wanted {
+                order: order.clone(),
+                next: 0,
+            });
             Ok(Prepared {
                 present: self.present.clone(),
                 unwanted: self.unwanted.clone(),
