@@ -4,8 +4,8 @@
 //! message text.
 
 use crate::bundle::BundleError;
+use crate::layout::LayoutError;
 use crate::registry::RegistryError;
-use crate::store::dir::LayoutError;
 use crate::trust::TrustError;
 
 /// What kind of failure: decides the exit code.
@@ -31,7 +31,16 @@ pub enum Error {
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
+    Graph(#[from] crate::graph::GraphError),
+    #[error(transparent)]
     Trust(#[from] TrustError),
+    /// A blob that failed its check (digest, size, its container's framing).
+    #[error("{origin}: {blob}: {detail}")]
+    Blob {
+        origin: String,
+        blob: String,
+        detail: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -80,7 +89,9 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Bundle(BundleError::Io { .. }) => ErrorKind::Other,
-            Error::Bundle(_) | Error::Sidecar { .. } => ErrorKind::Integrity,
+            Error::Bundle(_) | Error::Graph(_) | Error::Blob { .. } | Error::Sidecar { .. } => {
+                ErrorKind::Integrity
+            }
             Error::Layout(e) | Error::Registry(RegistryError::Layout(e)) if e.is_integrity() => {
                 ErrorKind::Integrity
             }

@@ -4,12 +4,32 @@
 //! manifests' own bytes (never claims in a bundle index alone), so it is
 //! also the completeness check of every copy: export, import, verify.
 
-use crate::bundle::BundleError;
 use crate::digest::Digest;
 pub use crate::image::{Artifact, ArtifactKind, ImageEntry, PlatformEntry};
 use crate::oci::{Manifest, ManifestView, ANNOTATION_ORIGINAL_INDEX};
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+/// A graph that is not whole or not consistent: an integrity failure of
+/// the source (a bundle, a layout directory), naming the object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    #[error("{origin}: {what} {digest} is referenced but not there")]
+    Missing {
+        origin: String,
+        what: String,
+        digest: Digest,
+    },
+    #[error("{origin}: member {member} does not match: {detail}")]
+    Mismatch {
+        origin: String,
+        member: String,
+        detail: String,
+    },
+    #[error("{origin}: {detail}")]
+    Inconsistent { origin: String, detail: String },
+}
 
 /// Whether a blob is small metadata (a config, a signature payload) or a
 /// layer; a bundle stores the first kind before the second.
@@ -73,7 +93,7 @@ impl Graph {
 
     /// Walk every image; fails on the first missing or inconsistent
     /// object, naming it (`name` names the source in the error).
-    pub fn walk(&self, name: &str) -> Result<Vec<ImageGraph>, BundleError> {
+    pub fn walk(&self, name: &str) -> Result<Vec<ImageGraph>, GraphError> {
         let mut blob_sizes: HashMap<&Digest, u64> =
             self.blobs.iter().map(|b| (&b.digest, b.size)).collect();
         for m in self.manifests.values() {
@@ -85,8 +105,8 @@ impl Graph {
             blob_sizes,
         };
         if self.images.is_empty() {
-            return Err(BundleError::BadIndex {
-                bundle: name.into(),
+            return Err(GraphError::Inconsistent {
+                origin: name.into(),
                 detail: "no images".into(),
             });
         }
@@ -147,9 +167,9 @@ pub struct ImageGraph {
     pub artifacts: Vec<ManifestPush>,
 }
 
-fn missing(bundle: &str, what: String, digest: &Digest) -> BundleError {
-    BundleError::Missing {
-        bundle: bundle.into(),
+fn missing(bundle: &str, what: String, digest: &Digest) -> GraphError {
+    GraphError::Missing {
+        origin: bundle.into(),
         what,
         digest: digest.clone(),
     }
@@ -160,12 +180,12 @@ fn view(
     manifests: &BTreeMap<Digest, Manifest>,
     digest: &Digest,
     what: &str,
-) -> Result<ManifestView, BundleError> {
+) -> Result<ManifestView, GraphError> {
     let m = manifests
         .get(digest)
         .ok_or_else(|| missing(bundle, format!("{what} manifest"), digest))?;
-    m.view().map_err(|e| BundleError::Corrupt {
-        bundle: bundle.into(),
+    m.view().map_err(|e| GraphError::Inconsistent {
+        origin: bundle.into(),
         detail: format!("{what}: {e}"),
     })
 }
@@ -189,11 +209,11 @@ impl Walker<'_> {
         need: &mut Needed,
         d: &crate::oci::Descriptor,
         what: &str,
-    ) -> Result<(), BundleError> {
+    ) -> Result<(), GraphError> {
         match self.blob_sizes.get(&d.digest) {
             None => Err(missing(self.bundle, what.to_string(), &d.digest)),
-            Some(size) if *size != d.size => Err(BundleError::MemberMismatch {
-                bundle: self.bundle.into(),
+            Some(size) if *size != d.size => Err(GraphError::Mismatch {
+                origin: self.bundle.into(),
                 member: d.digest.layout_path(),
                 detail: format!(
                     "{what} is referenced with size {}, bundle holds {size} bytes",
@@ -209,7 +229,7 @@ impl Walker<'_> {
         }
     }
 
-    fn media_type(&self, d: &Digest) -> Result<String, BundleError> {
+    fn media_type(&self, d: &Digest) -> Result<String, GraphError> {
         self.manifests
             .get(d)
             .map(|m| m.media_type.clone())
@@ -221,7 +241,7 @@ impl Walker<'_> {
         &self,
         entry: &ImageEntry,
         root: &ManifestView,
-    ) -> Result<(), BundleError> {
+    ) -> Result<(), GraphError> {
         let listed: BTreeSet<&Digest> = entry.platforms.iter().map(|p| &p.digest).collect();
         let walked: BTreeSet<&Digest> = if root.is_index() {
             root.manifests.iter().map(|d| &d.digest).collect()
@@ -229,8 +249,8 @@ impl Walker<'_> {
             [&entry.digest].into_iter().collect()
         };
         if listed != walked {
-            return Err(BundleError::BadIndex {
-                bundle: self.bundle.into(),
+            return Err(GraphError::Inconsistent {
+                origin: self.bundle.into(),
                 detail: format!(
                     "{}: its platform list does not match the manifests of {}",
                     entry.source, entry.digest
@@ -241,7 +261,7 @@ impl Walker<'_> {
     }
 
     /// A platform-filtered index must be a true subset of the vendor's.
-    fn check_filtered(&self, entry: &ImageEntry, root: &ManifestView) -> Result<(), BundleError> {
+    fn check_filtered(&self, entry: &ImageEntry, root: &ManifestView) -> Result<(), GraphError> {
         if entry.source_digest == entry.digest {
             return Ok(());
         }
@@ -257,8 +277,8 @@ impl Walker<'_> {
         if claimed != Some(&entry.source_digest.to_string())
             || root.manifests.iter().any(|d| !vendor.contains(&d.digest))
         {
-            return Err(BundleError::BadIndex {
-                bundle: self.bundle.into(),
+            return Err(GraphError::Inconsistent {
+                origin: self.bundle.into(),
                 detail: format!(
                     "{name}: filtered index {} is not a subset of the original {}",
                     entry.digest, entry.source_digest
@@ -274,15 +294,15 @@ impl Walker<'_> {
         entry: &ImageEntry,
         root: &ManifestView,
         need: &mut Needed,
-    ) -> Result<Vec<ManifestPush>, BundleError> {
+    ) -> Result<Vec<ManifestPush>, GraphError> {
         let name = &entry.source;
         let mut manifests = Vec::new();
         for child in &root.manifests {
             let d = &child.digest;
             let v = view(self.bundle, self.manifests, d, &format!("{name} platform"))?;
             if v.is_index() {
-                return Err(BundleError::Corrupt {
-                    bundle: self.bundle.into(),
+                return Err(GraphError::Inconsistent {
+                    origin: self.bundle.into(),
                     detail: format!("{name}: nested index {d} is not supported"),
                 });
             }
@@ -314,7 +334,7 @@ impl Walker<'_> {
         &self,
         entry: &ImageEntry,
         need: &mut Needed,
-    ) -> Result<Vec<ManifestPush>, BundleError> {
+    ) -> Result<Vec<ManifestPush>, GraphError> {
         let name = &entry.source;
         let mut artifacts = Vec::new();
         let mut fallback = Vec::new();
@@ -350,7 +370,7 @@ impl Walker<'_> {
         Ok(artifacts)
     }
 
-    fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, BundleError> {
+    fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, GraphError> {
         let root = view(self.bundle, self.manifests, &entry.digest, &entry.source)?;
         self.check_platform_list(entry, &root)?;
         self.check_filtered(entry, &root)?;

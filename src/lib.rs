@@ -24,7 +24,8 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod selection;
-pub mod signatures;
+/// Artifact discovery moved to [`store::discover`]; kept under its old name.
+pub use store::discover as signatures;
 pub mod store;
 pub mod time;
 pub mod transfer;

@@ -160,14 +160,14 @@ fn layout_selection(
         return Err(err("oci: needs a directory: oci:DIR[:REF]".into()));
     }
     let dir = std::path::PathBuf::from(dir);
-    let reader = crate::store::dir::LayoutReader::open(&dir).map_err(|x| err(x.to_string()))?;
+    let (default_repo, named) =
+        crate::layout::named_images(&dir).map_err(|x| err(x.to_string()))?;
     let (repository, tags) = match reference {
         Some(r) => {
-            let (repo, tag) = crate::store::dir::split_ref_name(r, reader.default_repo());
+            let (repo, tag) = crate::layout::split_ref_name(r, &default_repo);
             (repo, vec![tag])
         }
         None => {
-            let named = reader.named_images();
             let Some((first, _)) = named.first() else {
                 return Err(err(format!(
                     "{} names no image in its index.json",
@@ -204,11 +204,11 @@ pub fn from_layout_dir(
     dir: &Path,
     platforms: &[String],
 ) -> Result<Vec<ImageSelection>, SelectionError> {
-    let reader = crate::store::dir::LayoutReader::open(dir).map_err(|x| SelectionError::Entry {
+    let (_, named) = crate::layout::named_images(dir).map_err(|x| SelectionError::Entry {
         context: format!("oci:{}", dir.display()),
         detail: x.to_string(),
     })?;
-    let mut repos: Vec<String> = reader.named_images().into_iter().map(|(r, _)| r).collect();
+    let mut repos: Vec<String> = named.iter().map(|(r, _)| r.clone()).collect();
     dedup_tags(&mut repos);
     repos
         .iter()
@@ -222,11 +222,10 @@ pub fn from_layout_dir(
                 target: None,
             };
             let mut sel = layout_selection(&entry, &format!("{}:", dir.display()), &entry.r#ref)?;
-            let tags = reader
-                .named_images()
-                .into_iter()
+            let tags = named
+                .iter()
                 .filter(|(r, _)| r == repo)
-                .map(|(_, t)| t)
+                .map(|(_, t)| t.clone())
                 .collect();
             sel.repo.repository = repo.clone();
             sel.tags = tags;

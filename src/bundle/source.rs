@@ -149,7 +149,7 @@ impl OpenBlob for MemberBlob {
         self.bundle
             .open_member(self.i)
             .map(Verified::from_verifying)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            .map_err(|e| crate::digest::integrity_error(e.to_string()))
     }
 }
 

@@ -69,7 +69,7 @@ pub enum RegistryError {
     Credentials(#[from] auth::CredentialError),
     /// An OCI layout directory read as a store of manifests.
     #[error(transparent)]
-    Layout(#[from] crate::store::dir::LayoutError),
+    Layout(#[from] crate::layout::LayoutError),
 }
 
 impl RegistryError {

@@ -22,7 +22,7 @@ use crate::body::Blob;
 use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, Result};
 use crate::graph::{BlobInfo, Graph};
-use crate::layout::{self, LayoutDescriptor, LayoutIndex};
+use crate::layout::{self, LayoutDescriptor, LayoutIndex, MAX_INDEX_JSON};
 use crate::oci::{Descriptor, Manifest, MAX_MANIFEST_BYTES};
 use crate::registry::RegistryError;
 use futures_util::future::BoxFuture;
@@ -32,127 +32,13 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-/// `index.json` is read into memory; a hostile one may not be huge.
-const MAX_INDEX_JSON: u64 = 64 << 20;
-
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum LayoutError {
-    #[error("{dir} is not an OCI image layout: {detail}")]
-    NotALayout { dir: String, detail: String },
-    #[error("{path} is a symbolic link; a layout directory is read without following links")]
-    Symlink { path: String },
-    #[error("layout {dir}: {what} {digest} is not in the directory")]
-    Missing {
-        dir: String,
-        what: String,
-        digest: Digest,
-    },
-    #[error("layout {dir}: blob {digest} does not match its name: {detail}")]
-    Mismatch {
-        dir: String,
-        digest: Digest,
-        detail: String,
-    },
-    #[error("layout {dir}: {what} is {size} bytes, more than the {limit} allowed")]
-    TooLarge {
-        dir: String,
-        what: String,
-        size: u64,
-        limit: u64,
-    },
-    #[error("layout {dir}: no image named {name:?} in index.json (it has: {have})")]
-    NoSuchRef {
-        dir: String,
-        name: String,
-        have: String,
-    },
-    #[error("layout {dir}: names already point to other content, nothing was written (use --on-existing-tag=overwrite or skip):\n  {}", .conflicts.join("\n  "))]
-    Conflicts { dir: String, conflicts: Vec<String> },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-}
-
-impl LayoutError {
-    /// Corrupt or hostile content, as opposed to a missing name or a file error.
-    pub fn is_integrity(&self) -> bool {
-        matches!(
-            self,
-            LayoutError::Symlink { .. }
-                | LayoutError::Missing { .. }
-                | LayoutError::Mismatch { .. }
-                | LayoutError::TooLarge { .. }
-                | LayoutError::NotALayout { .. }
-        )
-    }
-}
+pub use crate::layout::{
+    check_no_symlinks, default_repository, open_nofollow, read_limited, split_ref_name, LayoutError,
+};
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LayoutError {
     let path = path.display().to_string();
     move |source| LayoutError::Io { path, source }
-}
-
-/// Refuse a path that is a symlink (or whose parents under `root` are).
-fn check_no_symlinks(root: &Path, rel: &[&str]) -> std::result::Result<PathBuf, LayoutError> {
-    let mut p = root.to_path_buf();
-    for part in rel {
-        p.push(part);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.file_type().is_symlink() => {
-                return Err(LayoutError::Symlink {
-                    path: p.display().to_string(),
-                })
-            }
-            _ => {}
-        }
-    }
-    Ok(p)
-}
-
-/// Open a regular file without following a symlink at its last component.
-fn open_nofollow(path: &Path) -> std::io::Result<File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.custom_flags(libc::O_NOFOLLOW);
-    }
-    o.open(path)
-}
-
-/// How a ref name maps to (repository, tag): `REPO:TAG` as airlock and
-/// `skopeo copy … oci:DIR:REPO:TAG` write it, or a bare `TAG` (then the
-/// repository is named after the directory).
-pub fn split_ref_name(name: &str, default_repo: &str) -> (String, String) {
-    if let Some((repo, tag)) = name.rsplit_once(':') {
-        if crate::reference::is_valid_repository(repo) && crate::reference::is_valid_tag(tag) {
-            return (repo.to_string(), tag.to_string());
-        }
-    }
-    (default_repo.to_string(), name.to_string())
-}
-
-/// A repository name for a directory's bare ref names: its base name, made valid.
-pub fn default_repository(dir: &Path) -> String {
-    let base = dir
-        .canonicalize()
-        .ok()
-        .and_then(|p| p.file_name().map(|f| f.to_string_lossy().to_lowercase()))
-        .unwrap_or_default();
-    let cleaned: String = base
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let cleaned = cleaned.trim_matches('-').to_string();
-    if crate::reference::is_valid_repository(&cleaned) {
-        cleaned
-    } else {
-        "image".into()
-    }
 }
 
 type Subjects = HashMap<Digest, Vec<Descriptor>>;
@@ -417,20 +303,6 @@ impl LayoutReader {
         }
         out.flush().map_err(io_err(&self.dir))
     }
-}
-
-fn read_limited(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let f = open_nofollow(path)?;
-    let len = f.metadata()?.len();
-    if len > limit {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} is {len} bytes, more than {limit}", path.display()),
-        ));
-    }
-    let mut out = Vec::with_capacity(len as usize);
-    f.take(limit).read_to_end(&mut out)?;
-    Ok(out)
 }
 
 fn layout_err(e: LayoutError) -> RegistryError {

@@ -18,6 +18,7 @@
 //! and one allocation per blob is nothing beside the I/O it starts.
 
 pub mod dir;
+pub mod discover;
 pub mod endpoint;
 #[cfg(feature = "test-util")]
 pub mod memory;

@@ -5,7 +5,6 @@
 
 use super::{Prepared, Put, Sink, SinkReport};
 use crate::body::Blob;
-use crate::bundle::BundleError;
 use crate::error::{Error, Result};
 use crate::graph::{BlobInfo, Graph};
 use futures_util::future::BoxFuture;
@@ -36,23 +35,15 @@ impl NullSink {
     }
 }
 
-/// An error opening or reading a source's blob: a digest mismatch or a
-/// damaged bundle member is an integrity failure naming the blob.
+/// An error opening or reading a source's blob: bytes that fail their
+/// digest, or a damaged container around them (a bundle member's header),
+/// are an integrity failure naming the blob.
 pub fn blob_error(source: &str, blob: &BlobInfo, e: std::io::Error) -> Error {
     if crate::digest::is_integrity_error(&e) {
-        return Error::Bundle(BundleError::MemberMismatch {
-            bundle: source.to_string(),
-            member: blob.digest.layout_path(),
+        return Error::Blob {
+            origin: source.to_string(),
+            blob: blob.digest.layout_path(),
             detail: e.to_string(),
-        });
-    }
-    if e.get_ref().is_some_and(|i| i.is::<BundleError>()) {
-        if let Some(Ok(b)) = e.into_inner().map(|i| i.downcast::<BundleError>()) {
-            return Error::Bundle(*b);
-        }
-        return Error::Io {
-            path: source.to_string(),
-            source: std::io::Error::other("unreadable blob"),
         };
     }
     Error::Io {

@@ -14,7 +14,7 @@ use crate::layout;
 use crate::oci::{self, Descriptor, Manifest, ManifestView};
 use crate::registry::RegistryError;
 use crate::selection::ImageSelection;
-use crate::signatures::{Discovery, MAX_DEPTH};
+use crate::store::discover::{Discovery, MAX_DEPTH};
 use std::collections::HashSet;
 
 /// One image resolved at its source, with everything it needs.

@@ -124,7 +124,7 @@ impl Anchors {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
-    #[error("the certificate was not valid at {} {}", .anchors.time(), crate::bundle::rfc3339(*.at))]
+    #[error("the certificate was not valid at {} {}", .anchors.time(), crate::time::rfc3339(*.at))]
     LeafNotValid { anchors: Anchors, at: i64 },
     #[error("the issuing {} was not valid at {}", .anchors.ca(), .anchors.time())]
     CaNotValid { anchors: Anchors },

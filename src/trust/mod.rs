@@ -23,8 +23,8 @@ pub mod tlog;
 
 pub use flags::{FlagsError, PolicyFlags};
 
-use crate::bundle::{ArtifactKind, ImageEntry};
 use crate::digest::Digest;
+use crate::image::{ArtifactKind, ImageEntry};
 use crate::oci::{ManifestView, COSIGN_SIMPLESIGNING, DSSE_ENVELOPE};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -339,7 +339,7 @@ fn check_keyed_tlog(
         _ => Ok(None),
     };
     match result {
-        Ok(t) => f.signed_at = t.map(crate::bundle::rfc3339),
+        Ok(t) => f.signed_at = t.map(crate::time::rfc3339),
         Err(e) => {
             f.key = None;
             f.problem = Some(format!("Rekor: {e}"));
@@ -413,7 +413,7 @@ fn check_sigstore_bundle(data: &[u8], subject: &Digest, trust: &Trust, f: &mut F
         Ok(s) if s.issuer.is_empty() => f.key = Some(s.subject),
         Ok(s) => {
             f.key = Some(format!("keyless: {} ({})", s.subject, s.issuer));
-            f.signed_at = (s.signed_at > 0).then(|| crate::bundle::rfc3339(s.signed_at));
+            f.signed_at = (s.signed_at > 0).then(|| crate::time::rfc3339(s.signed_at));
         }
         Err(e) => f.problem = Some(format!("sigstore bundle: {e}")),
     }
@@ -558,7 +558,7 @@ fn record_certificate_signer(
     match result {
         Ok((label, t)) => {
             f.key = Some(label);
-            f.signed_at = t.map(crate::bundle::rfc3339);
+            f.signed_at = t.map(crate::time::rfc3339);
         }
         Err(e @ CertError::NoTrust) => f.problem = Some(e.to_string()),
         Err(e @ CertError::Failed(_)) => f.problem = Some(format!("keyless {what}: {e}")),
@@ -1227,7 +1227,7 @@ impl ArtifactStore for MemoryStore {
 /// Artifacts that sign the image they are attached to: a cosign `.sig`
 /// tag or a sigstore-bundle referrer (cosign v3). The one rule for
 /// "signed" at export, import, verify and copy.
-pub fn signs_image(a: &crate::bundle::Artifact) -> bool {
+pub fn signs_image(a: &crate::image::Artifact) -> bool {
     a.kind == ArtifactKind::Signature
         || a.artifact_type
             .as_deref()
@@ -1236,7 +1236,7 @@ pub fn signs_image(a: &crate::bundle::Artifact) -> bool {
 
 /// Artifacts whose blobs are signatures or attestations: cosign `.sig`/`.att`
 /// tags, and sigstore-bundle referrers (cosign v3).
-pub fn carries_signatures(a: &crate::bundle::Artifact) -> bool {
+pub fn carries_signatures(a: &crate::image::Artifact) -> bool {
     matches!(a.kind, ArtifactKind::Signature | ArtifactKind::Attestation)
         || a.artifact_type
             .as_deref()

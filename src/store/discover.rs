@@ -3,11 +3,11 @@
 //! referrers API, or the `sha256-<hex>` tag-schema fallback index).
 //! Verification of what is found is the trust module's job (issue 3).
 
-use crate::bundle::{Artifact, ArtifactKind};
+use super::Resolver;
 use crate::digest::Digest;
+use crate::image::{Artifact, ArtifactKind};
 use crate::oci::{ManifestError, ManifestView};
 use crate::registry::{RawManifest, RegistryError};
-use crate::store::Resolver;
 use std::collections::HashSet;
 
 /// How deep to follow artifacts of artifacts (signatures of attestations).
