@@ -140,10 +140,11 @@ fn in_sink_order<'g>(
     sequential: bool,
     source: &str,
 ) -> Result<Vec<&'g BlobInfo>> {
-    let wanted: std::collections::HashSet<&Digest> = todo.iter().map(|b| &b.digest).collect();
+    let mut wanted: std::collections::HashSet<&Digest> = todo.iter().map(|b| &b.digest).collect();
+    // Each wanted blob once, at its first place in the sink's order.
     let sorted: Vec<&BlobInfo> = order
         .iter()
-        .filter(|d| wanted.contains(d))
+        .filter(|d| wanted.remove(d))
         .filter_map(|d| graph.blob(d))
         .collect();
     if sorted.len() != todo.len() {
