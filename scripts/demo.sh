@@ -68,8 +68,12 @@ echo "== import into $REG_DST/mirror/{name}"
 echo "== import again from a pipe (resumable: nothing left to send)"
 "$AIRLOCK" import - --to "$REG_DST/mirror/{name}" <"$WORK/mirror.tar.zst"
 
+echo "== the bundle as an OCI layout directory (for a scanner), then that layout copied to the registry"
+"$AIRLOCK" import "$WORK/mirror.tar.zst" --to "oci:$WORK/layout" --policy "$WORK/site-policy.yaml" -q
+"$AIRLOCK" copy "oci:$WORK/layout" "docker://$REG_DST/scanned/{repo}" --policy "$WORK/site-policy.yaml"
+
 echo "== read back with skopeo"
-for ref in dynatrace-operator:1.1.0 mirror/agent:2.0.0 mirror/gateway:3.0.0; do
+for ref in dynatrace-operator:1.1.0 scanned/vendor/operator:1.1.0 mirror/agent:2.0.0 scanned/vendor/agent:2.0.0 mirror/gateway:3.0.0; do
   printf '%-28s sha256:%s\n' "$ref" "$(skopeo inspect --raw --tls-verify=false "docker://$REG_DST/$ref" | sha256sum | cut -d' ' -f1)"
 done
 echo "== bundle digest: $("$AIRLOCK" inspect --json "$WORK/mirror.tar.zst" | python3 -c 'import json,sys; print(json.load(sys.stdin)["bundleDigest"])')"

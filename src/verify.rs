@@ -45,6 +45,21 @@ pub struct VerifyReport {
     /// Per image, the policy decision (when a policy or keys were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Vec<crate::trust::Verdict>>,
+    /// The bundle signature, when a bundle key was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_signature: Option<SignatureCheck>,
+    /// Intact, and (when asked) admitted by the policy and signed.
+    pub verified: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SignatureCheck {
+    pub verified: bool,
+    /// The key it was checked with.
+    pub key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl VerifyReport {
@@ -54,6 +69,37 @@ impl VerifyReport {
             .as_ref()
             .is_some_and(|v| v.iter().any(|v| v.blocks()))
     }
+
+    /// True when a bundle key was given and the signature does not verify.
+    pub fn signature_failed(&self) -> bool {
+        self.bundle_signature.as_ref().is_some_and(|s| !s.verified)
+    }
+
+    /// The error to end with when the bundle is intact but not trusted.
+    pub fn trust_failure(&self) -> Option<Error> {
+        if let Some(SignatureCheck { error: Some(e), .. }) = &self.bundle_signature {
+            return Some(Error::BundleSignature(e.clone()));
+        }
+        self.policy_failed().then(|| {
+            Error::NotTrusted(
+                "policy not met: the bundle is intact, but the images above are not trusted".into(),
+            )
+        })
+    }
+}
+
+/// The bundle signature over `digest`, with the site's key.
+fn check_signature(
+    bundle_key: &Option<(std::path::PathBuf, String)>,
+    digest: &Digest,
+) -> Option<SignatureCheck> {
+    let (key, sig) = bundle_key.as_ref()?;
+    let result = crate::trust::verify_bundle_signature(key, digest, sig);
+    Some(SignatureCheck {
+        verified: result.is_ok(),
+        key: key.display().to_string(),
+        error: result.err().map(|e| e.to_string()),
+    })
 }
 
 /// Verify the bundle at `path` (or a stream, when `input` is given).
@@ -75,7 +121,7 @@ pub fn verify_with_policy(
                 .enable_all()
                 .build()
                 .map_err(Error::io("the async runtime"))?;
-            rt.block_on(verify_bundle(path, input, policy))
+            rt.block_on(verify_bundle(path, input, policy, &None))
         })
         .join()
         .unwrap_or_else(|_| {
@@ -92,6 +138,7 @@ pub async fn verify_bundle(
     path: &Path,
     input: Option<Box<dyn Read + Send>>,
     policy: Option<&crate::trust::Policy>,
+    bundle_key: &Option<(std::path::PathBuf, String)>,
 ) -> Result<VerifyReport> {
     let name = path.display().to_string();
     let from_file = input.is_none();
@@ -138,7 +185,10 @@ pub async fn verify_bundle(
             blobs: g.blobs.len(),
         })
         .collect();
-    Ok(VerifyReport {
+    let bundle_signature = check_signature(bundle_key, &bundle_digest);
+    let mut report = VerifyReport {
+        bundle_signature,
+        verified: false,
         policy: policy.map(|p| crate::gate::evaluate(p, &graph)),
         bundle: name,
         bundle_digest,
@@ -154,7 +204,9 @@ pub async fn verify_bundle(
             .map(|d| d.layout_path())
             .collect(),
         images,
-    })
+    };
+    report.verified = !report.policy_failed() && !report.signature_failed();
+    Ok(report)
 }
 
 fn check_sidecar(path: &Path, from_file: bool, file_digest: &Digest) -> Result<Option<bool>> {

@@ -54,6 +54,36 @@ fn docker(host: &str, img: &FixtureImage) -> String {
     format!("docker://{host}/{}:{}", img.repository, img.tag)
 }
 
+/// `airlock A | airlock B`; both must exit 0.
+fn pipe(a: &[&str], b: &[&str]) {
+    let mut first = airlock_cmd()
+        .args(a)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let second = airlock_cmd()
+        .args(b)
+        .stdin(Stdio::from(first.stdout.take().unwrap()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reading = std::thread::spawn(move || second.wait_with_output().unwrap());
+    let wrote = first.wait_with_output().unwrap();
+    let read = reading.join().unwrap();
+    assert!(
+        wrote.status.success(),
+        "airlock {a:?} | …: {}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+    assert!(
+        read.status.success(),
+        "… | airlock {b:?}: {}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_to_registry_keeps_bytes_and_signatures() {
     let (src, images) = seeded_source().await;
@@ -204,33 +234,9 @@ async fn export_to_stdout_piped_into_import() {
     let work = tempfile::tempdir().unwrap();
     let all = refs(&src, &images);
 
-    let mut export = airlock_cmd()
-        .args(["export", "-o", "-"])
-        .args(&all)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let import = airlock_cmd()
-        .args(["import", "-", "--to", &dst.host])
-        .stdin(Stdio::from(export.stdout.take().unwrap()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let importing = std::thread::spawn(move || import.wait_with_output().unwrap());
-    let exported = export.wait_with_output().unwrap();
-    let imported = importing.join().unwrap();
-    assert!(
-        exported.status.success(),
-        "export -o -: {}",
-        String::from_utf8_lossy(&exported.stderr)
-    );
-    assert!(
-        imported.status.success(),
-        "import -: {}",
-        String::from_utf8_lossy(&imported.stderr)
-    );
+    let mut export_args = vec!["export", "-o", "-"];
+    export_args.extend(all.iter().map(String::as_str));
+    pipe(&export_args, &["import", "-", "--to", &dst.host]);
     let s = client(&src, test_config()).await;
     let d = client(&dst, test_config()).await;
     for img in &images {
@@ -274,6 +280,29 @@ async fn export_to_stdout_piped_into_import() {
         stderr.contains(digest),
         "the bundle digest {digest} is reported on stderr: {stderr}"
     );
+
+    // copy with the other endpoints: registry -> stdout | stdin -> layout,
+    // then layout -> bundle file -> registry.
+    let agent = image(&images, "vendor/agent", "2.0.0");
+    let dir = work.path().join("layout");
+    pipe(
+        &["copy", &docker(&src.host, agent), "-"],
+        &["copy", "-", &oci(&dir, None)],
+    );
+    assert_eq!(
+        layout_ref(&dir, "vendor/agent:2.0.0"),
+        Some(agent.digest.to_string())
+    );
+    assert_valid_layout(&dir);
+    let bundle = work.path().join("from-layout.tar.zst");
+    airlock_ok(&["copy", &oci(&dir, None), bundle.to_str().unwrap()]);
+    airlock_ok(&["verify", bundle.to_str().unwrap(), "--key", COSIGN_TEST_PUB]);
+    airlock_ok(&[
+        "copy",
+        bundle.to_str().unwrap(),
+        &format!("docker://{}/from-bundle/{{repo}}", dst.host),
+    ]);
+    assert_same_image(&s, &d, agent, "from-bundle/vendor/agent", "2.0.0").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,6 +319,10 @@ async fn tag_conflict_is_refused_unless_asked() {
     let (code, _, err) = airlock(&["copy", &docker(&src.host, new), &to]);
     assert_ne!(code, 0, "a different image was copied over an existing tag");
     assert!(err.contains("--on-existing-tag"), "{err}");
+    assert!(
+        err.contains(&old.digest.to_string()) && err.contains(&new.digest.to_string()),
+        "the refusal names both digests: {err}"
+    );
     assert_eq!(
         d.head_manifest("mirror/op", "1.0").await.unwrap(),
         Some(old.digest.clone())
@@ -347,6 +380,10 @@ async fn tag_conflict_is_refused_unless_asked() {
         "a different image was copied over a layout ref name"
     );
     assert!(err.contains("--on-existing-tag"), "{err}");
+    assert!(
+        err.contains(&old.digest.to_string()) && err.contains(&new.digest.to_string()),
+        "the refusal names both digests: {err}"
+    );
     assert_eq!(
         std::fs::read(dir.join("index.json")).unwrap(),
         index_before,

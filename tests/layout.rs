@@ -95,6 +95,33 @@ async fn skopeo_layout_to_registry_and_to_a_bundle() {
     let bundled = shown["index"]["images"].as_array().unwrap();
     assert_eq!(bundled.len(), 1, "{shown}");
     assert_eq!(bundled[0]["digest"], img.digest.to_string());
+
+    // A layout and a registry reference in one export.
+    let agent = images
+        .iter()
+        .find(|i| i.repository == "vendor/agent")
+        .unwrap();
+    let mixed = work.path().join("mixed.tar.zst");
+    airlock_ok(&[
+        "export",
+        "-o",
+        mixed.to_str().unwrap(),
+        &oci(&dir, Some("vendor/app:1.0")),
+        &format!("{}/vendor/agent:2.0.0", src.host),
+    ]);
+    airlock_ok(&["verify", mixed.to_str().unwrap(), "--key", COSIGN_TEST_PUB]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&airlock_ok(&["inspect", "--json", mixed.to_str().unwrap()])).unwrap();
+    let mut bundled: Vec<String> = shown["index"]["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["digest"].as_str().unwrap().to_string())
+        .collect();
+    bundled.sort();
+    let mut want = vec![img.digest.to_string(), agent.digest.to_string()];
+    want.sort();
+    assert_eq!(bundled, want, "{shown}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,13 +179,46 @@ async fn airlock_layout_is_read_by_skopeo_and_by_airlock() {
             Some(img.digest.clone()),
             "skopeo copy of {r}"
         );
+        // The signature, by its ref name, too.
+        let (sig_tag, sig_digest) = &img.artifact_tags[0];
+        assert!(sig_tag.ends_with(".sig"));
+        skopeo_copy(
+            &oci(&dir, Some(&format!("{}:{sig_tag}", img.repository))),
+            &format!("docker://{}/{}:{sig_tag}", dst.host, img.repository),
+        );
+        assert_eq!(
+            d.head_manifest(&img.repository, sig_tag)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(sig_digest)
+        );
         through_skopeo += 1;
     }
     assert_eq!(through_skopeo, 3);
 
     // airlock reads the whole layout (every named image) into a registry.
     let dst2 = TestRegistry::start();
-    airlock_ok(&["copy", &oci(&dir, None), &format!("docker://{}", dst2.host)]);
+    let out = airlock_ok(&[
+        "copy",
+        "--json",
+        &oci(&dir, None),
+        &format!("docker://{}", dst2.host),
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut copied: Vec<String> = report["images"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no images in the --json report: {out}"))
+        .iter()
+        .map(|i| i["digest"].as_str().unwrap().to_string())
+        .collect();
+    copied.sort();
+    let mut want: Vec<String> = images.iter().map(|i| i.digest.to_string()).collect();
+    want.sort();
+    assert_eq!(
+        copied, want,
+        "every named image, and the sha256-… artifact tags not as images of their own"
+    );
     let d2 = client(&dst2, test_config()).await;
     for img in &images {
         assert_eq!(
@@ -367,9 +427,11 @@ async fn refused(
                 "{case}: expected {expect:?} in the error of copy {from} to a layout: {err}"
             ));
         }
-        if out_dir.join("index.json").exists() {
+        if out_dir.exists() {
             p.push(format!(
-                "{case}: copy {from} wrote a destination index.json"
+                "{case}: copy {from} was refused but created {} (index.json there: {})",
+                out_dir.display(),
+                out_dir.join("index.json").exists()
             ));
         }
 
@@ -382,8 +444,14 @@ async fn refused(
                 "{case}: expected {expect:?} in the error of export {from}: {err}"
             ));
         }
-        if bundle.exists() {
-            p.push(format!("{case}: export of {from} wrote a bundle"));
+        let bundle_name = format!("out-{case}-{n}.tar.zst");
+        let left: Vec<_> = std::fs::read_dir(work)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains(&bundle_name))
+            .collect();
+        if !left.is_empty() {
+            p.push(format!("{case}: export of {from} left {left:?}"));
         }
     }
 }
@@ -563,6 +631,24 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
         &only_listed,
         AGENT,
         &referrer.hex(),
+        &dst,
+        work.path(),
+    )
+    .await;
+
+    // (h) index.json itself a symlink to an identical file outside.
+    let bad = work.path().join("index-link");
+    cp_r(&good, &bad);
+    let outside_index = work.path().join("outside-index.json");
+    std::fs::copy(good.join("index.json"), &outside_index).unwrap();
+    std::fs::remove_file(bad.join("index.json")).unwrap();
+    std::os::unix::fs::symlink(&outside_index, bad.join("index.json")).unwrap();
+    refused(
+        &mut p,
+        "index-link",
+        &bad,
+        OP,
+        "index.json",
         &dst,
         work.path(),
     )

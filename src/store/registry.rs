@@ -354,7 +354,7 @@ async fn preflight(
             if existing != digest {
                 match on_existing_tag {
                     OnExistingTag::Refuse => conflicts.push(format!(
-                        "{}/{repo}:{tag} points to {existing}, the bundle has {digest}",
+                        "{}/{repo}:{tag} points to {existing}, the source has {digest}",
                         reg.host()
                     )),
                     OnExistingTag::Skip => {
