@@ -618,12 +618,27 @@ async fn hostile_layouts_are_refused_with_nothing_written() {
     });
     std::fs::write(&index_path, serde_json::to_vec(&v).unwrap()).unwrap();
     assert_eq!(layout_ref(&only_listed, &fallback_name), None);
-    // Undamaged, it goes through.
+    // Undamaged, it goes through, and a registry without the referrers API
+    // gets the tag-schema fallback index for it (as oras writes it).
     airlock_ok(&[
         "copy",
         &oci(&only_listed, Some(AGENT)),
         &format!("docker://{}/only-listed/{{repo}}", check.host),
     ]);
+    let c = client(&check, test_config()).await;
+    let fallback_at_dst = c
+        .get_manifest("only-listed/vendor/agent", &agent.digest.tag_stem())
+        .await
+        .expect("the referrers fallback tag is written at a registry without the API");
+    let listed: serde_json::Value = serde_json::from_slice(&fallback_at_dst.bytes).unwrap();
+    assert!(
+        listed["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["digest"] == referrer.to_string().as_str()),
+        "the fallback index lists the referrer: {listed}"
+    );
     flip_a_byte(&layout_blob_path(&only_listed, &referrer));
     refused(
         &mut p,

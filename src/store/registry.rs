@@ -471,6 +471,10 @@ impl Sink for RegistrySink<'_> {
                 .ok_or_else(|| Error::Target("the registry sink was not prepared".into()))?;
             let mut report = SinkReport::default();
             push_manifests(&reg, &plan, graph, &self.skip_tags, &mut report).await?;
+            for p in &plan.images {
+                report.tags_set +=
+                    referrer_fallback_tags(&reg, &p.repo, &p.graph.entry, graph).await?;
+            }
             read_back(&reg, &plan, &self.skip_tags).await?;
             report.destinations = plan
                 .images
@@ -571,4 +575,95 @@ async fn read_back(
         }
     }
     Ok(())
+}
+
+/// The descriptor of a referrer in a fallback index: media type, digest,
+/// size, artifact type and the referrer's own annotations (for filtering).
+fn referrer_descriptor(a: &crate::graph::Artifact, graph: &Graph) -> serde_json::Value {
+    let mut d = serde_json::json!({
+        "mediaType": a.media_type,
+        "digest": a.digest.to_string(),
+        "size": a.size,
+    });
+    if let Some(t) = &a.artifact_type {
+        d["artifactType"] = serde_json::Value::String(t.clone());
+    }
+    let annotations = graph
+        .manifests
+        .get(&a.digest)
+        .and_then(|m| m.view().ok())
+        .map(|v| v.annotations)
+        .unwrap_or_default();
+    if !annotations.is_empty() {
+        d["annotations"] = serde_json::json!(annotations);
+    }
+    d
+}
+
+/// A registry without the referrers API finds referrers through the
+/// `sha256-<subject hex>` tag schema (OCI distribution 1.1). When the copy
+/// carries referrers of a subject but no fallback index for it (a layout
+/// written by oras, a registry with the API), write that index, or extend
+/// the one at the destination, as oras does. Returns the tags set.
+async fn referrer_fallback_tags(
+    reg: &Registry,
+    repo: &str,
+    image: &crate::graph::ImageEntry,
+    graph: &Graph,
+) -> Result<usize> {
+    use crate::graph::ArtifactKind;
+    let carried: HashSet<&Digest> = image
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::ReferrersIndex)
+        .map(|a| &a.subject)
+        .collect();
+    let mut by_subject: BTreeMap<&Digest, Vec<&crate::graph::Artifact>> = BTreeMap::new();
+    for a in image
+        .artifacts
+        .iter()
+        .filter(|a| a.kind == ArtifactKind::Referrer)
+    {
+        if !carried.contains(&a.subject) {
+            by_subject.entry(&a.subject).or_default().push(a);
+        }
+    }
+    let mut set = 0;
+    for (subject, referrers) in by_subject {
+        if reg.referrers(repo, subject).await?.is_some() {
+            continue; // the registry answers the referrers API itself
+        }
+        let tag = subject.tag_stem();
+        let mut entries: Vec<serde_json::Value> = match reg.head_manifest(repo, &tag).await? {
+            Some(_) => {
+                let existing = reg.get_manifest(repo, &tag).await?;
+                serde_json::from_slice::<serde_json::Value>(&existing.bytes)
+                    .ok()
+                    .and_then(|v| v.get("manifests").and_then(|m| m.as_array()).cloned())
+                    .unwrap_or_default()
+            }
+            None => vec![],
+        };
+        let before = entries.len();
+        for a in referrers {
+            let digest = a.digest.to_string();
+            if !entries.iter().any(|e| e["digest"] == digest.as_str()) {
+                entries.push(referrer_descriptor(a, graph));
+            }
+        }
+        if entries.len() == before {
+            continue;
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": crate::oci::OCI_INDEX,
+            "manifests": entries,
+        });
+        let bytes =
+            bytes::Bytes::from(serde_json::to_vec(&index).expect("plain JSON always serialises"));
+        reg.put_manifest(repo, &tag, &bytes, crate::oci::OCI_INDEX)
+            .await?;
+        set += 1;
+    }
+    Ok(set)
 }

@@ -218,8 +218,18 @@ async fn resolve_root(
         mut blobs,
     } = walk_root(store, sel, &root, &shown).await?;
     let tagged = manifests[0].clone();
+    let mut source_digest = root.digest.clone();
+    if tagged.digest == root.digest {
+        if let Some(original) = original_of(store, repo, &root).await? {
+            source_digest = original.digest.clone();
+            manifests.push(original);
+        }
+    }
 
     let mut discovery = Discovery::new(store, repo, tags);
+    if source_digest != root.digest {
+        discovery.discover(&source_digest, MAX_DEPTH).await?;
+    }
     discovery.discover(&root.digest, MAX_DEPTH).await?;
     for p in &platforms {
         if p.digest != root.digest {
@@ -253,7 +263,7 @@ async fn resolve_root(
         digest: tagged.digest.clone(),
         media_type: tagged.media_type.clone(),
         size: tagged.bytes.len() as u64,
-        source_digest: root.digest.clone(),
+        source_digest,
         platforms,
         target: sel.target.clone(),
         artifacts,
@@ -265,6 +275,33 @@ async fn resolve_root(
         blobs,
         skipped,
     })
+}
+
+/// An index airlock filtered earlier (an import, a layout it wrote) names
+/// the vendor's index it came from. When the store has that index, the image
+/// is carried as it was exported: the vendor's index and its signatures ride
+/// along, so they still verify.
+async fn original_of(
+    store: &dyn Resolver,
+    repo: &str,
+    root: &Manifest,
+) -> Result<Option<Manifest>> {
+    let Ok(view) = root.view() else {
+        return Ok(None);
+    };
+    let Some(original) = view
+        .annotations
+        .get(oci::ANNOTATION_ORIGINAL_INDEX)
+        .and_then(|s| s.parse::<Digest>().ok())
+    else {
+        return Ok(None);
+    };
+    match store.get_manifest(repo, &original.to_string()).await {
+        Ok(m) => Ok(Some(m)),
+        Err(RegistryError::NotFound { .. }) => Ok(None),
+        Err(RegistryError::Layout(crate::layout::LayoutError::Missing { .. })) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// One graph of every resolved image; `source` is the index of the store
