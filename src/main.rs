@@ -213,11 +213,15 @@ impl RegistryArgs {
 
 #[derive(Args)]
 struct CopyArgs {
-    /// Source: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], B.tar.zst, or - (stdin).
-    source: String,
-    /// Destination: docker://HOST/REPO[:TAG] (exact), docker://HOST[/TEMPLATE] with {repo}
-    /// or {name}, oci:DIR[:REF], B.tar.zst, or - (stdout).
-    destination: String,
+    /// [SRC] DST. SRC: docker://HOST/REPO[:TAG|@DIGEST], oci:DIR[:REF], B.tar.zst, or -
+    /// (stdin); it may be left out when --file selects the images. DST:
+    /// docker://HOST/REPO[:TAG] (exact), docker://HOST[/TEMPLATE] with {repo} or {name},
+    /// oci:DIR[:REF], B.tar.zst, or - (stdout).
+    #[arg(value_name = "SRC] [DST", num_args = 1..=2, required = true)]
+    endpoints: Vec<String>,
+    /// Selection file (YAML, as for export): the images to copy.
+    #[arg(long = "file", short = 'f')]
+    file: Option<PathBuf>,
     /// Keep only these platforms (os/arch[/variant], repeatable).
     #[arg(long = "platform")]
     platforms: Vec<String>,
@@ -589,22 +593,32 @@ async fn import_cmd(
 }
 
 async fn copy_cmd(args: CopyArgs) -> Result<()> {
-    let source = Endpoint::parse(&args.source)?;
-    let destination = Endpoint::parse(&args.destination)?;
+    let (source, destination) = match (args.endpoints.as_slice(), &args.file) {
+        ([src, dst], _) => (Some(Endpoint::parse(src)?), Endpoint::parse(dst)?),
+        ([dst], Some(_)) => (None, Endpoint::parse(dst)?),
+        _ => bail!(airlock::Error::Usage(
+            "airlock copy needs SRC and DST (or --file FILE and DST)".into()
+        )),
+    };
+    let selection = match &args.file {
+        Some(f) => selection::load_file(f)?,
+        None => vec![],
+    };
     let policy = args.trust.load()?.map(Arc::new);
     let bundle_key = match &source {
-        Endpoint::Bundle(p) => args.bundle_key.load(&p.display().to_string())?,
-        Endpoint::Stdio => args.bundle_key.load("-")?,
+        Some(Endpoint::Bundle(p)) => args.bundle_key.load(&p.display().to_string())?,
+        Some(Endpoint::Stdio) => args.bundle_key.load("-")?,
         _ => None,
     };
-    let mut hosts = vec![];
-    for e in [&source, &destination] {
+    let mut hosts: Vec<String> = selection.iter().map(|s| s.repo.registry.clone()).collect();
+    for e in [source.as_ref(), Some(&destination)].into_iter().flatten() {
         if let Endpoint::Registry(r) = e {
             hosts.push(r.split('/').next().unwrap_or(r).to_string());
         }
     }
     let registries = Registries::new(args.registry.config(&hosts)?);
     let opts = airlock::transfer::TransferOptions {
+        selection,
         platforms: args.platforms.clone(),
         on_existing_tag: args.on_existing_tag.into(),
         require_signatures: args.require_signatures,
@@ -614,9 +628,14 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
         bundle_key,
     };
     let to_stdout = destination == Endpoint::Stdio;
-    let report =
-        airlock::transfer::transfer(&registries, &source, &destination, &opts, &stderr_events())
-            .await?;
+    let report = airlock::transfer::transfer(
+        &registries,
+        source.as_ref(),
+        &destination,
+        &opts,
+        &stderr_events(),
+    )
+    .await?;
     let mut out = report_out(to_stdout);
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;

@@ -23,6 +23,8 @@ use std::sync::Arc;
 
 #[derive(Clone, Default)]
 pub struct TransferOptions {
+    /// Images selected by a selection file, copied with (or instead of) SRC.
+    pub selection: Vec<crate::selection::ImageSelection>,
     /// Keep only these platforms (registry and layout sources).
     pub platforms: Vec<String>,
     pub on_existing_tag: OnExistingTag,
@@ -70,12 +72,22 @@ impl From<'_> {
 
 fn open_source<'a>(
     registries: &'a Registries,
-    source: &Endpoint,
+    source: Option<&Endpoint>,
     opts: &TransferOptions,
 ) -> Result<From<'a>> {
-    if !opts.platforms.is_empty() && matches!(source, Endpoint::Bundle(_) | Endpoint::Stdio) {
-        return Err(Error::Selection(
-            "--platform selects at a registry or layout source; a bundle is copied as it is".into(),
+    let Some(source) = source else {
+        if opts.selection.is_empty() {
+            return Err(Error::Usage("nothing to copy: give SRC or --file".into()));
+        }
+        let sel = opts.selection.clone();
+        return Ok(From::Selected(RegistrySource::new(
+            registries, sel, opts.jobs, None,
+        )?));
+    };
+    let bundle = matches!(source, Endpoint::Bundle(_) | Endpoint::Stdio);
+    if bundle && !(opts.platforms.is_empty() && opts.selection.is_empty()) {
+        return Err(Error::Usage(
+            "--platform and --file select at registries or layout directories; a bundle is copied as it is".into(),
         ));
     }
     Ok(match source {
@@ -86,8 +98,9 @@ fn open_source<'a>(
         ))),
         other => {
             let r = other.source_ref().unwrap_or_default();
-            let sel = crate::selection::from_refs(&[r], &opts.platforms)
+            let mut sel = crate::selection::from_refs(&[r], &opts.platforms)
                 .map_err(|e| Error::Selection(e.to_string()))?;
+            sel.extend(opts.selection.iter().cloned());
             From::Selected(RegistrySource::new(registries, sel, opts.jobs, None)?)
         }
     })
@@ -150,7 +163,7 @@ fn bundle_signature(from: &From<'_>, opts: &TransferOptions) -> Result<()> {
 /// Copy every image `source` offers to `destination`.
 pub async fn transfer(
     registries: &Registries,
-    source: &Endpoint,
+    source: Option<&Endpoint>,
     destination: &Endpoint,
     opts: &TransferOptions,
     events: &EventsHandle,
