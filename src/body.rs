@@ -11,11 +11,19 @@ use crate::digest::{Digest, VerifyingReader};
 use crate::progress::Progress;
 use crate::registry::BlobBody;
 use bytes::Bytes;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 pub struct Verified {
-    inner: VerifyingReader<Box<dyn Read + Send>>,
+    inner: Inner,
+}
+
+enum Inner {
+    /// Hashed as it is read.
+    Hashing(VerifyingReader<Box<dyn Read + Send>>),
+    /// A spool file whose bytes were hashed as they were written (see
+    /// [`Spooled::fill`]): only its size is checked again.
+    Spool(io::Take<Box<dyn Read + Send>>, u64, String),
 }
 
 impl Verified {
@@ -23,31 +31,45 @@ impl Verified {
     pub fn new(raw: impl Read + Send + 'static, digest: &Digest, size: u64, what: String) -> Self {
         let boxed: Box<dyn Read + Send> = Box::new(raw);
         Verified {
-            inner: VerifyingReader::new(boxed, digest.clone(), size, what),
+            inner: Inner::Hashing(VerifyingReader::new(boxed, digest.clone(), size, what)),
         }
     }
 
     /// A reader that already verifies (a bundle member's).
     pub fn from_verifying(inner: VerifyingReader<Box<dyn Read + Send>>) -> Self {
-        Verified { inner }
+        Verified {
+            inner: Inner::Hashing(inner),
+        }
     }
 
     /// Read to the end so that the check runs; the bytes go nowhere.
     pub fn drain(mut self) -> io::Result<()> {
-        self.inner.drain()
+        io::copy(&mut self, &mut io::sink()).map(|_| ())
     }
 
     /// Read it all (a small blob: a signature payload).
     pub fn read_all(mut self, size_hint: u64) -> io::Result<Vec<u8>> {
         let mut out = Vec::with_capacity(size_hint.min(crate::oci::MAX_MANIFEST_BYTES) as usize);
-        self.inner.read_to_end(&mut out)?;
+        self.read_to_end(&mut out)?;
         Ok(out)
     }
 }
 
 impl Read for Verified {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        match &mut self.inner {
+            Inner::Hashing(r) => r.read(buf),
+            Inner::Spool(r, left, what) => {
+                let n = r.read(buf)?;
+                *left -= n as u64;
+                if n == 0 && !buf.is_empty() && *left > 0 {
+                    return Err(crate::digest::integrity_error(format!(
+                        "{what} is truncated: {left} bytes missing"
+                    )));
+                }
+                Ok(n)
+            }
+        }
     }
 }
 
@@ -59,12 +81,15 @@ pub trait OpenBlob: Send + Sync {
 
 pub type Blob = Arc<dyn OpenBlob>;
 
-/// A blob a source has read past (a pipe) or downloaded: a temp file,
-/// re-verified whenever it is opened.
+/// A blob a source has read past (a pipe) or downloaded: a temp file.
+/// Filled through [`Spooled::fill`] (from a [`Verified`] reader, so hashed as
+/// written) it is read back without a second hash; filled any other way it
+/// is re-verified whenever it is opened.
 pub struct Spooled {
     file: tempfile::NamedTempFile,
     digest: Digest,
     size: u64,
+    hashed_on_write: bool,
 }
 
 impl Spooled {
@@ -74,11 +99,32 @@ impl Spooled {
             file: tempfile::NamedTempFile::new_in(dir)?,
             digest: digest.clone(),
             size,
+            hashed_on_write: false,
         })
     }
 
-    pub fn file(&mut self) -> &mut std::fs::File {
-        self.file.as_file_mut()
+    /// Fill the spool from any reader, hashing as it writes: when this
+    /// returns Ok the bytes on disk are the blob, and reads skip the hash.
+    pub fn fill(&mut self, data: impl Read) -> io::Result<()> {
+        let mut hashing =
+            crate::digest::HashingWriter::new(io::BufWriter::new(self.file.as_file_mut()));
+        io::copy(&mut data.take(self.size + 1), &mut hashing)?;
+        let (mut w, digest, len) = hashing.finish();
+        w.flush()?;
+        if len != self.size || digest != self.digest {
+            return Err(crate::digest::integrity_error(format!(
+                "blob {} read as {len} bytes with digest {digest}, expected {} bytes",
+                self.digest, self.size
+            )));
+        }
+        self.hashed_on_write = true;
+        Ok(())
+    }
+
+    /// The caller wrote the file with a download that checked size and
+    /// digest (`Registry::fetch_blob`).
+    pub(crate) fn checked_by_download(&mut self) {
+        self.hashed_on_write = true;
     }
 
     pub fn reopen_std(&self) -> io::Result<std::fs::File> {
@@ -89,6 +135,16 @@ impl Spooled {
 impl OpenBlob for Spooled {
     fn open(&self) -> io::Result<Verified> {
         let f = io::BufReader::with_capacity(1 << 20, self.file.reopen()?);
+        if self.hashed_on_write {
+            let boxed: Box<dyn Read + Send> = Box::new(f);
+            return Ok(Verified {
+                inner: Inner::Spool(
+                    boxed.take(self.size),
+                    self.size,
+                    format!("spooled blob {}", self.digest),
+                ),
+            });
+        }
         Ok(Verified::new(
             f,
             &self.digest,
@@ -188,5 +244,23 @@ mod tests {
         };
         let err = bad.open().unwrap().read_all(5).unwrap_err();
         assert!(crate::digest::is_integrity_error(&err), "{err}");
+    }
+
+    #[test]
+    fn a_spool_is_hashed_as_it_is_filled() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"payload");
+        let mut good = Spooled::create_in(dir.path(), &d, 7).unwrap();
+        good.fill(&b"payload"[..]).unwrap();
+        assert_eq!(good.open().unwrap().read_all(7).unwrap(), b"payload");
+        for wrong in [&b"paYload"[..], b"payload!", b"pay"] {
+            let mut s = Spooled::create_in(dir.path(), &d, 7).unwrap();
+            let err = s.fill(wrong).unwrap_err();
+            assert!(crate::digest::is_integrity_error(&err), "{err}");
+            if wrong.len() <= 7 {
+                // Never marked as checked: opening it re-verifies, and fails.
+                assert!(s.open().unwrap().read_all(7).is_err());
+            }
+        }
     }
 }

@@ -84,7 +84,8 @@ pub async fn import_file(
     path: &Path,
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
-    let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag);
+    let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag)
+        .with_jobs(opts.jobs);
     import_file_into(path, &mut sink, opts, &EventsHandle::default()).await
 }
 
@@ -95,7 +96,8 @@ pub async fn import_stream(
     name: &str,
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
-    let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag);
+    let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag)
+        .with_jobs(opts.jobs);
     import_into(
         BundleSource::stream(input, name),
         &mut sink,

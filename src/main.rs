@@ -573,7 +573,8 @@ async fn import_cmd(
         }
         None => {
             registry_sink =
-                airlock::store::registry::RegistrySink::new(&registries, target, on_existing_tag);
+                airlock::store::registry::RegistrySink::new(&registries, target, on_existing_tag)
+                    .with_jobs(registry.jobs);
             &mut registry_sink
         }
     };

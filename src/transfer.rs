@@ -227,11 +227,9 @@ fn open_sink<'a>(
     Ok(match destination {
         Endpoint::Registry(r) => {
             let d = registry_destination(r)?;
-            Box::new(RegistrySink::new(
-                registries,
-                d.target,
-                opts.on_existing_tag,
-            ))
+            Box::new(
+                RegistrySink::new(registries, d.target, opts.on_existing_tag).with_jobs(opts.jobs),
+            )
         }
         Endpoint::Layout { dir, .. } => Box::new(DirSink::new(dir, opts.on_existing_tag)),
         Endpoint::Bundle(p) => Box::new(BundleSink::new(Output::File(p.clone()), write)?),

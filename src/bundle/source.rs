@@ -494,7 +494,8 @@ impl StreamReader {
             .map(|d| d.path().to_path_buf())
             .unwrap_or_default();
         let mut s = Spooled::create_in(&dir, &member.digest, member.size).map_err(io_err)?;
-        io::copy(data, s.file()).map_err(|e| super::member_error(&self.name, member, e))?;
+        s.fill(data)
+            .map_err(|e| super::member_error(&self.name, member, e))?;
         Ok(s)
     }
 

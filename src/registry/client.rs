@@ -937,6 +937,22 @@ impl Registry {
         if self.blob_exists(repo, desc).await? {
             return Ok(PushOutcome::Exists);
         }
+        self.push_absent_blob(repo, desc, mount_from, open).await
+    }
+
+    /// [`Registry::push_blob`] for a blob the caller just found absent
+    /// (one HEAD less per blob: the registry's CPU is the import's limit).
+    pub async fn push_absent_blob<F, Fut>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+        open: F,
+    ) -> Result<PushOutcome, RegistryError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<BlobBody, RegistryError>>,
+    {
         let what = format!("upload of blob {} to {}/{repo}", desc.digest, self.host);
         // Every attempt is a new upload session from a new body.
         self.retrying(|| self.try_push_blob(repo, desc, mount_from, &open, &what))

@@ -92,7 +92,7 @@ impl<'a> RegistrySource<'a> {
             .stores
             .get(blob.image)
             .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
-        let spooled = Spooled::create_in(self.spool.path(), &blob.digest, blob.size)
+        let mut spooled = Spooled::create_in(self.spool.path(), &blob.digest, blob.size)
             .map_err(Error::io(self.spool.path().display()))?;
         let desc = Descriptor::blob(blob.digest.clone(), blob.size);
         let f = spooled
@@ -100,6 +100,7 @@ impl<'a> RegistrySource<'a> {
             .map_err(Error::io(self.spool.path().display()))?;
         let mut f = tokio::fs::File::from_std(f);
         store.fetch_blob(&img.repository, &desc, &mut f).await?;
+        spooled.checked_by_download();
         Ok(spooled)
     }
 
@@ -267,6 +268,9 @@ pub struct RegistrySink<'a> {
     reg: Option<Arc<Registry>>,
     plan: Option<Plan>,
     skip_tags: HashSet<(String, String)>,
+    /// (blob, repository) pairs found at the registry by `prepare`.
+    have: HashSet<(Digest, String)>,
+    jobs: usize,
     progress: Progress,
 }
 
@@ -279,8 +283,16 @@ impl<'a> RegistrySink<'a> {
             reg: None,
             plan: None,
             skip_tags: HashSet::new(),
+            have: HashSet::new(),
+            jobs: 6,
             progress: Progress::hidden(),
         }
+    }
+
+    /// Requests at once while preparing (HEADs).
+    pub fn with_jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
     }
 
     /// Where each image of `graph` would land, without touching the registry.
@@ -371,24 +383,44 @@ async fn preflight(
     Ok(skip)
 }
 
-/// Blobs already in every repository that needs them.
-async fn present_everywhere(reg: &Registry, graph: &Graph, plan: &Plan) -> Result<HashSet<Digest>> {
-    let mut present = HashSet::new();
-    for (d, repos) in &plan.blob_repos {
-        let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
-        let desc = Descriptor::blob(d.clone(), size);
-        let mut everywhere = true;
-        for r in repos {
-            if !reg.blob_exists(r, &desc).await? {
-                everywhere = false;
-                break;
-            }
-        }
-        if everywhere {
-            present.insert(d.clone());
-        }
-    }
-    Ok(present)
+/// Which blobs each target repository has already (one HEAD each, several
+/// at once), and the blobs every repository that needs them has.
+async fn presence(
+    reg: &Registry,
+    graph: &Graph,
+    plan: &Plan,
+    jobs: usize,
+) -> Result<(HashSet<(Digest, String)>, HashSet<Digest>)> {
+    let pairs: Vec<(Digest, String, u64)> = plan
+        .blob_repos
+        .iter()
+        .flat_map(|(d, repos)| {
+            let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+            repos.iter().map(move |r| (d.clone(), r.clone(), size))
+        })
+        .collect();
+    let found: Vec<Option<(Digest, String)>> = futures_util::stream::iter(pairs)
+        .map(|(d, r, size)| async move {
+            let there = reg
+                .blob_exists(&r, &Descriptor::blob(d.clone(), size))
+                .await?;
+            Ok::<_, Error>(there.then_some((d, r)))
+        })
+        .buffered(jobs.max(1))
+        .try_collect()
+        .await?;
+    let have: HashSet<(Digest, String)> = found.into_iter().flatten().collect();
+    let everywhere = plan
+        .blob_repos
+        .iter()
+        .filter(|(d, repos)| {
+            repos
+                .iter()
+                .all(|r| have.contains(&((*d).clone(), r.clone())))
+        })
+        .map(|(d, _)| d.clone())
+        .collect();
+    Ok((have, everywhere))
 }
 
 impl Sink for RegistrySink<'_> {
@@ -401,7 +433,8 @@ impl Sink for RegistrySink<'_> {
             let plan = self.plan(graph)?;
             let reg = self.registries.get(&self.target.host).await?;
             self.skip_tags = preflight(&reg, &plan, self.on_existing_tag).await?;
-            let present = present_everywhere(&reg, graph, &plan).await?;
+            let (have, present) = presence(&reg, graph, &plan, self.jobs).await?;
+            self.have = have;
             let unwanted = graph
                 .blobs
                 .iter()
@@ -431,8 +464,13 @@ impl Sink for RegistrySink<'_> {
             let mut outcomes = Vec::new();
             let mut have: Option<String> = None;
             for repo in &repos {
+                if self.have.contains(&(blob.digest.clone(), repo.clone())) {
+                    outcomes.push(Put::Present);
+                    have.get_or_insert_with(|| repo.clone());
+                    continue;
+                }
                 let outcome = reg
-                    .push_blob(repo, &desc, have.as_deref(), || {
+                    .push_absent_blob(repo, &desc, have.as_deref(), || {
                         let data = data.clone();
                         let progress = self.progress.clone();
                         let digest = blob.digest.clone();
