@@ -96,7 +96,9 @@ impl Spooled {
     /// A new spool file in `dir`, filled by the caller through [`Spooled::file`].
     pub fn create_in(dir: &std::path::Path, digest: &Digest, size: u64) -> io::Result<Spooled> {
         Ok(Spooled {
-            file: tempfile::NamedTempFile::new_in(dir)?,
+            file: tempfile::Builder::new()
+                .prefix(".airlock-spool-")
+                .tempfile_in(dir)?,
             digest: digest.clone(),
             size,
             hashed_on_write: false,

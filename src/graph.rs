@@ -66,18 +66,25 @@ pub struct Graph {
     pub payloads: HashMap<Digest, Bytes>,
     /// Artifacts the source has but the copy leaves out, each named with why.
     pub skipped: Vec<String>,
+    /// Position of each blob in `blobs` (filled by [`Graph::add_blob`]).
+    positions: HashMap<Digest, usize>,
 }
 
 impl Graph {
     pub fn blob(&self, digest: &Digest) -> Option<&BlobInfo> {
-        self.blobs.iter().find(|b| &b.digest == digest)
+        match self.positions.get(digest) {
+            Some(&i) => self.blobs.get(i).filter(|b| &b.digest == digest),
+            // Blobs pushed without add_blob (a test's hand-made graph).
+            None => self.blobs.iter().find(|b| &b.digest == digest),
+        }
     }
 
     /// Add a blob once; returns false when it was there already.
     pub fn add_blob(&mut self, blob: BlobInfo) -> bool {
-        if self.blobs.iter().any(|b| b.digest == blob.digest) {
+        if self.blob(&blob.digest).is_some() {
             return false;
         }
+        self.positions.insert(blob.digest.clone(), self.blobs.len());
         self.blobs.push(blob);
         true
     }

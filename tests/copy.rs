@@ -328,6 +328,31 @@ async fn export_to_stdout_piped_into_import() {
         &format!("docker://{}/from-bundle/{{repo}}", dst.host),
     ]);
     assert_same_image(&s, &d, agent, "from-bundle/vendor/agent", "2.0.0").await;
+
+    // A bundle read once from a pipe into a new bundle file (one pass into an
+    // ordered sink: spooled blobs must outlive the reader): same members.
+    let repacked = work.path().join("repacked.tar.zst");
+    let out = airlock_cmd()
+        .args(["copy", "-", repacked.to_str().unwrap()])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    airlock_ok(&["verify", repacked.to_str().unwrap()]);
+    let members = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        let v: serde_json::Value =
+            serde_json::from_str(&airlock_ok(&["inspect", "--json", p.to_str().unwrap()])).unwrap();
+        v["index"]["members"].as_array().unwrap().clone()
+    };
+    assert_eq!(
+        members(&file),
+        members(&repacked),
+        "a repacked bundle holds the same members"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

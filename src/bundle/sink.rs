@@ -260,14 +260,14 @@ impl Sink for BundleSink {
         })
     }
 
-    fn commit<'a>(&'a mut self, _graph: &'a Graph) -> BoxFuture<'a, Result<SinkReport>> {
+    fn commit<'a>(&'a mut self, graph: &'a Graph) -> BoxFuture<'a, Result<SinkReport>> {
         Box::pin(async move {
             let (digest, size) = self.finish_writer().await?;
             if let Output::File(path) = self.output.clone() {
                 self.persist(&path, &digest)?;
             }
             Ok(SinkReport {
-                destinations: vec![self.name()],
+                destinations: vec![self.name(); graph.images.len()],
                 manifests_written: self
                     .index
                     .as_ref()

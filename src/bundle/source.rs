@@ -30,6 +30,8 @@ const HOLD_LIMIT: u64 = 256 << 20;
 pub struct BundleSource {
     name: String,
     kind: Kind,
+    /// Member index of each blob (a file with a seek table).
+    positions: HashMap<Digest, usize>,
     index: Option<(BundleIndex, Digest)>,
     file_digest: Option<Digest>,
 }
@@ -47,6 +49,7 @@ impl BundleSource {
         match SeekableBundle::open(path)? {
             Some(b) => Ok(BundleSource {
                 name,
+                positions: blob_positions(&b.index),
                 index: Some((b.index.clone(), b.digest.clone())),
                 kind: Kind::File(Arc::new(b)),
                 file_digest: None,
@@ -63,6 +66,7 @@ impl BundleSource {
     pub fn stream(input: Box<dyn Read + Send>, name: &str) -> BundleSource {
         BundleSource {
             name: name.to_string(),
+            positions: HashMap::new(),
             kind: Kind::Stream(StreamHandle::start(input, name)),
             index: None,
             file_digest: None,
@@ -85,6 +89,16 @@ impl BundleSource {
     }
 }
 
+fn blob_positions(index: &BundleIndex) -> HashMap<Digest, usize> {
+    index
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| matches!(m.kind, MemberKind::Small | MemberKind::Layer))
+        .map(|(i, m)| (m.digest.clone(), i))
+        .collect()
+}
+
 /// The graph of a bundle: its images, its manifests (verified) and every
 /// blob member in tar order.
 fn graph_of(
@@ -92,12 +106,10 @@ fn graph_of(
     manifests: Vec<Manifest>,
     payloads: HashMap<Digest, Bytes>,
 ) -> Graph {
-    let mut g = Graph {
-        images: index.images.clone(),
-        trusted_root: index.trusted_root.clone(),
-        payloads,
-        ..Default::default()
-    };
+    let mut g = Graph::default();
+    g.images = index.images.clone();
+    g.trusted_root = index.trusted_root.clone();
+    g.payloads = payloads;
     for m in manifests {
         g.add_manifest(m);
     }
@@ -221,16 +233,13 @@ impl Source for BundleSource {
         Box::pin(async move {
             match &self.kind {
                 Kind::File(b) => {
-                    let i = b
-                        .index
-                        .members
-                        .iter()
-                        .position(|m| m.digest == blob.digest && m.kind != MemberKind::Manifest)
-                        .ok_or_else(|| BundleError::Missing {
+                    let i = self.positions.get(&blob.digest).copied().ok_or_else(|| {
+                        BundleError::Missing {
                             bundle: self.name.clone(),
                             what: "blob".into(),
                             digest: blob.digest.clone(),
-                        })?;
+                        }
+                    })?;
                     Ok(Arc::new(MemberBlob {
                         bundle: b.clone(),
                         i,
@@ -323,7 +332,6 @@ impl StreamHandle {
 struct StreamReader {
     name: String,
     requests: mpsc::Receiver<Request>,
-    spool: Option<tempfile::TempDir>,
     graph_reply: Option<(GraphRequest, GraphReply)>,
     index: Option<(BundleIndex, Digest)>,
     manifests: HashMap<Digest, Manifest>,
@@ -343,7 +351,6 @@ impl StreamReader {
         StreamReader {
             name,
             requests,
-            spool: None,
             graph_reply: None,
             index: None,
             manifests: HashMap::new(),
@@ -480,19 +487,9 @@ impl StreamReader {
             path: std::env::temp_dir().display().to_string(),
             source,
         };
-        if self.spool.is_none() {
-            self.spool = Some(
-                tempfile::Builder::new()
-                    .prefix("airlock-stream-")
-                    .tempdir()
-                    .map_err(io_err)?,
-            );
-        }
-        let dir = self
-            .spool
-            .as_ref()
-            .map(|d| d.path().to_path_buf())
-            .unwrap_or_default();
+        // Each spool file lives as long as the blob handed out (a writer may
+        // read it after this reader has finished), in the system temp dir.
+        let dir = std::env::temp_dir();
         let mut s = Spooled::create_in(&dir, &member.digest, member.size).map_err(io_err)?;
         s.fill(data)
             .map_err(|e| super::member_error(&self.name, member, e))?;
