@@ -2,10 +2,11 @@
 //!
 //! Sinks accept nothing but [`Verified`]: a reader that fails at its end,
 //! instead of reporting EOF, unless the bytes have the expected size and
-//! sha256. Only [`Verified::new`] builds one, and it always wraps the raw
-//! reader in a [`VerifyingReader`]; so a sink that commits on EOF (a
-//! rename, the last chunk of an upload, the end of a tar member) can never
-//! commit bad bytes, whatever the source.
+//! sha256. [`Verified::new`] always wraps the raw reader in a
+//! [`VerifyingReader`]; the one other way in is a [`Spooled`] file whose
+//! bytes were hashed as they were written, read back with its size checked.
+//! So a sink that commits on EOF (a rename, the last chunk of an upload,
+//! the end of a tar member) can never commit bad bytes, whatever the source.
 
 use crate::digest::{Digest, VerifyingReader};
 use crate::progress::Progress;

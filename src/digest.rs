@@ -185,9 +185,6 @@ impl<R: Read> VerifyingReader<R> {
     pub fn drain(&mut self) -> io::Result<()> {
         io::copy(self, &mut io::sink()).map(|_| ())
     }
-    pub fn into_inner(self) -> R {
-        self.inner.into_inner()
-    }
 }
 
 /// Raised when bytes do not hash to the digest (or size) they claim. It

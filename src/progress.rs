@@ -137,12 +137,6 @@ impl Progress {
     pub fn add_total(&self, n: u64) {
         self.inner.total.fetch_add(n, Ordering::Relaxed);
     }
-    pub fn done(&self) -> u64 {
-        self.inner.done.load(Ordering::Relaxed)
-    }
-    pub fn elapsed(&self) -> Duration {
-        self.inner.start.elapsed()
-    }
     pub fn finish(&self) {
         if !self.inner.stop.swap(true, Ordering::Relaxed)
             && std::io::stderr().is_terminal()

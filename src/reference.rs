@@ -122,11 +122,6 @@ impl Reference {
             .unwrap_or(&self.repository)
     }
 
-    /// `registry/repository` without tag or digest.
-    pub fn repo_ref(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
-    }
-
     pub fn with_tag(&self, tag: &str) -> Reference {
         Reference {
             tag: Some(tag.to_string()),

@@ -71,9 +71,3 @@ pub enum RegistryError {
     #[error(transparent)]
     Layout(#[from] crate::layout::LayoutError),
 }
-
-impl RegistryError {
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, RegistryError::NotFound { .. })
-    }
-}
