@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 pub struct Verified {
     inner: Inner,
+    /// Told how many bytes each read gave (progress).
+    observer: Option<Box<dyn FnMut(u64) + Send>>,
 }
 
 enum Inner {
@@ -33,6 +35,7 @@ impl Verified {
         let boxed: Box<dyn Read + Send> = Box::new(raw);
         Verified {
             inner: Inner::Hashing(VerifyingReader::new(boxed, digest.clone(), size, what)),
+            observer: None,
         }
     }
 
@@ -40,7 +43,14 @@ impl Verified {
     pub fn from_verifying(inner: VerifyingReader<Box<dyn Read + Send>>) -> Self {
         Verified {
             inner: Inner::Hashing(inner),
+            observer: None,
         }
+    }
+
+    /// The same reader, telling `observer` how many bytes each read gave.
+    pub fn observed(mut self, observer: impl FnMut(u64) + Send + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
     }
 
     /// Read to the end so that the check runs; the bytes go nowhere.
@@ -58,6 +68,18 @@ impl Verified {
 
 impl Read for Verified {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.read_inner(buf)?;
+        if let Some(observe) = self.observer.as_mut() {
+            if n > 0 {
+                observe(n as u64);
+            }
+        }
+        Ok(n)
+    }
+}
+
+impl Verified {
+    fn read_inner(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match &mut self.inner {
             Inner::Hashing(r) => r.read(buf),
             Inner::Spool(r, left, what) => {
@@ -141,6 +163,7 @@ impl OpenBlob for Spooled {
         if self.hashed_on_write {
             let boxed: Box<dyn Read + Send> = Box::new(f);
             return Ok(Verified {
+                observer: None,
                 inner: Inner::Spool(
                     boxed.take(self.size),
                     self.size,

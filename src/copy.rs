@@ -21,6 +21,8 @@ use crate::store::{Put, Sink, SinkReport, Source};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{StreamExt, TryStreamExt};
 use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 pub struct CopyOptions {
@@ -174,14 +176,47 @@ async fn fetch(source: &dyn Source, graph: &Graph, blob: &BlobInfo) -> Result<Bl
     source.fetch(graph, blob).await
 }
 
+/// A blob whose reads move the progress line as the sink consumes it; a
+/// re-opened blob (a retry) counts only bytes beyond what was counted.
+struct Counted {
+    inner: Blob,
+    counted: Arc<AtomicU64>,
+    progress: Progress,
+}
+
+impl crate::body::OpenBlob for Counted {
+    fn open(&self) -> std::io::Result<crate::body::Verified> {
+        let counted = self.counted.clone();
+        let progress = self.progress.clone();
+        let mut at = 0u64;
+        Ok(self.inner.open()?.observed(move |n| {
+            at += n;
+            let before = counted.fetch_max(at, Ordering::Relaxed);
+            if at > before {
+                progress.add(at - before);
+            }
+        }))
+    }
+}
+
 async fn put(
     sink: &dyn Sink,
     blob: &BlobInfo,
     data: Blob,
     progress: &Progress,
 ) -> Result<(Vec<Put>, u64)> {
+    let counted = Arc::new(AtomicU64::new(0));
+    let data: Blob = Arc::new(Counted {
+        inner: data,
+        counted: counted.clone(),
+        progress: progress.clone(),
+    });
     let outcomes = sink.put_blob(blob, data).await?;
-    progress.add(blob.size);
+    // Mounted, already there, or queued for a writer: the blob is done for
+    // the progress line, whatever was read of it so far (and later reads of
+    // it add nothing).
+    let before = counted.fetch_max(blob.size, Ordering::Relaxed);
+    progress.add(blob.size.saturating_sub(before));
     Ok((outcomes, blob.size))
 }
 
@@ -268,5 +303,35 @@ impl From<tokio::task::JoinError> for Error {
             what: "copy".into(),
             detail: e.to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::{InMemory, OpenBlob};
+    use std::io::Read;
+
+    #[test]
+    fn progress_follows_reads_and_a_retry_is_not_counted_twice() {
+        let bytes = bytes::Bytes::from(vec![7u8; 100_000]);
+        let progress = Progress::hidden();
+        let counted = Arc::new(AtomicU64::new(0));
+        let blob = Counted {
+            inner: Arc::new(InMemory {
+                digest: Digest::of(&bytes),
+                bytes: bytes.clone(),
+            }),
+            counted: counted.clone(),
+            progress: progress.clone(),
+        };
+        // A first attempt that stops half way, then a full one.
+        let mut half = vec![0u8; 50_000];
+        blob.open().unwrap().read_exact(&mut half).unwrap();
+        assert_eq!(progress.done(), 50_000);
+        blob.open().unwrap().read_all(100_000).unwrap();
+        assert_eq!(progress.done(), 100_000);
+        blob.open().unwrap().drain().unwrap();
+        assert_eq!(progress.done(), 100_000);
     }
 }

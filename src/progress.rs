@@ -137,6 +137,10 @@ impl Progress {
     pub fn add_total(&self, n: u64) {
         self.inner.total.fetch_add(n, Ordering::Relaxed);
     }
+    /// Bytes counted so far.
+    pub fn done(&self) -> u64 {
+        self.inner.done.load(Ordering::Relaxed)
+    }
     pub fn finish(&self) {
         if !self.inner.stop.swap(true, Ordering::Relaxed)
             && std::io::stderr().is_terminal()
