@@ -256,11 +256,30 @@ pub fn parse_selection(text: &str, name: &str) -> Result<Vec<ImageSelection>, Se
         path: name.to_string(),
         detail: e.to_string(),
     })?;
-    file.images
-        .iter()
-        .enumerate()
-        .map(|(i, e)| ImageSelection::from_entry(e, &format!("{name}: images[{i}] ({})", e.r#ref)))
-        .collect()
+    let mut out = Vec::new();
+    for (i, e) in file.images.iter().enumerate() {
+        let context = format!("{name}: images[{i}] ({})", e.r#ref);
+        match e.r#ref.strip_prefix("oci:").filter(|d| !d.contains(':')) {
+            // A whole layout directory: every repository it names.
+            Some(dir) => {
+                let mut all = from_layout_dir(Path::new(dir), &e.platforms)?;
+                if e.target.is_some() && all.len() > 1 {
+                    return Err(SelectionError::Entry {
+                        context,
+                        detail: "target names one repository; this directory holds several: give oci:DIR:REF".into(),
+                    });
+                }
+                for sel in &mut all {
+                    sel.target = e.target.clone();
+                    sel.tags.extend(e.tags.iter().cloned());
+                    dedup_tags(&mut sel.tags);
+                }
+                out.extend(all);
+            }
+            None => out.push(ImageSelection::from_entry(e, &context)?),
+        }
+    }
+    Ok(out)
 }
 
 /// Command-line references, all with the same platform filter. `oci:DIR`
@@ -327,6 +346,49 @@ images:
         tags.extend(["1.0", "1.5", "2.0"].map(String::from));
         dedup_tags(&mut tags);
         assert_eq!(tags, vec!["1.0", "2.0", "1.5"]);
+    }
+
+    #[test]
+    fn a_selection_file_may_name_layout_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("oci-layout"), crate::layout::OCI_LAYOUT_BYTES).unwrap();
+        let digest = crate::digest::Digest::of(b"x");
+        let entry = |name: &str| {
+            format!(
+                r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":1,"annotations":{{"org.opencontainers.image.ref.name":"{name}"}}}}"#
+            )
+        };
+        std::fs::write(
+            d.join("index.json"),
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[{},{},{}]}}"#,
+                entry("vendor/app:1.0"),
+                entry("vendor/app:sha256-00.sig"),
+                entry("other/tool:2")
+            ),
+        )
+        .unwrap();
+        let text = format!(
+            "images:\n  - ref: oci:{0}:vendor/app:1.0\n    platforms: [linux/amd64]\n  - ref: oci:{0}\n",
+            d.display()
+        );
+        let sel = parse_selection(&text, "t.yaml").unwrap();
+        assert_eq!(sel[0].layout.as_deref(), Some(d));
+        assert_eq!(sel[0].repo.repository, "vendor/app");
+        assert_eq!(sel[0].tags, vec!["1.0"]);
+        assert_eq!(sel[0].platforms.len(), 1);
+        // Without a ref name: every repository's images, never artifact tags.
+        assert_eq!(sel.len(), 3);
+        assert_eq!(sel[1].repo.repository, "vendor/app");
+        assert_eq!(sel[1].tags, vec!["1.0"]);
+        assert_eq!(sel[2].repo.repository, "other/tool");
+        assert_eq!(sel[2].tags, vec!["2"]);
+        // On the command line, every repository of the directory.
+        let all = from_refs(&[format!("oci:{}", d.display())], &[]).unwrap();
+        let repos: Vec<&str> = all.iter().map(|s| s.repo.repository.as_str()).collect();
+        assert_eq!(repos, vec!["vendor/app", "other/tool"]);
+        assert!(parse_selection("images:\n  - ref: oci:/nonexistent/dir:a:1\n", "t").is_err());
     }
 
     #[test]
