@@ -3,7 +3,6 @@
 //! is. The CLI turns [`ErrorKind`] into an exit code; nothing matches on
 //! message text.
 
-use crate::bundle::BundleError;
 use crate::layout::LayoutError;
 use crate::registry::RegistryError;
 use crate::trust::TrustError;
@@ -26,8 +25,9 @@ pub enum ErrorKind {
 pub enum Error {
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A store format's own error (a bundle's), classified by the store.
     #[error(transparent)]
-    Bundle(#[from] BundleError),
+    Format(FormatError),
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -88,10 +88,8 @@ pub enum Error {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Bundle(BundleError::Io { .. }) => ErrorKind::Other,
-            Error::Bundle(_) | Error::Graph(_) | Error::Blob { .. } | Error::Sidecar { .. } => {
-                ErrorKind::Integrity
-            }
+            Error::Format(f) => f.kind,
+            Error::Graph(_) | Error::Blob { .. } | Error::Sidecar { .. } => ErrorKind::Integrity,
             Error::Layout(e) | Error::Registry(RegistryError::Layout(e)) if e.is_integrity() => {
                 ErrorKind::Integrity
             }
@@ -118,3 +116,13 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The error of a format module that sits above this one (the bundle): kept
+/// whole (downcast `source` to get it back) with the kind its module gave it,
+/// so that this module depends on no store.
+#[derive(Debug, thiserror::Error)]
+#[error("{source}")]
+pub struct FormatError {
+    pub kind: ErrorKind,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}

@@ -59,6 +59,21 @@ pub enum BundleError {
     },
 }
 
+impl From<BundleError> for crate::error::Error {
+    /// A bundle that cannot be read is an integrity failure, unless the file
+    /// itself could not be opened or written.
+    fn from(e: BundleError) -> Self {
+        let kind = match e {
+            BundleError::Io { .. } => crate::error::ErrorKind::Other,
+            _ => crate::error::ErrorKind::Integrity,
+        };
+        crate::error::Error::Format(crate::error::FormatError {
+            kind,
+            source: Box::new(e),
+        })
+    }
+}
+
 /// Padded size of a tar member's data.
 pub fn padded(size: u64) -> u64 {
     size.div_ceil(512) * 512

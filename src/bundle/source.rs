@@ -286,7 +286,7 @@ struct StreamHandle {
 }
 
 fn stopped(name: &str) -> Error {
-    Error::Bundle(BundleError::Corrupt {
+    Error::from(BundleError::Corrupt {
         bundle: name.to_string(),
         detail: "the bundle reader stopped".into(),
     })
@@ -570,7 +570,7 @@ impl StreamReader {
                         let _ = reply.send(Ok(b));
                     }
                     None => {
-                        let _ = reply.send(Err(Error::Bundle(BundleError::Missing {
+                        let _ = reply.send(Err(Error::from(BundleError::Missing {
                             bundle: self.name.clone(),
                             what: "blob".into(),
                             digest: d,
@@ -609,7 +609,7 @@ impl StreamReader {
 
     /// The stream failed: the first waiting request gets the error.
     fn fail(mut self, e: BundleError) {
-        let e = Error::Bundle(e);
+        let e = Error::from(e);
         if let Some((_, reply)) = self.graph_reply.take() {
             let _ = reply.send(Err(e));
         } else if let Some((_, reply)) = self.pending.take() {
