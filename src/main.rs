@@ -317,14 +317,18 @@ enum Command {
     },
     /// Check a bundle offline: every digest, the index, the graph.
     Verify {
-        /// Bundle file, or - for stdin.
-        bundle: String,
+        /// Bundle file, or - for stdin; or images where they now live:
+        /// docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:REF] (repeatable).
+        #[arg(required = true)]
+        bundle: Vec<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
         bundle_key: BundleKeyArgs,
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Test fixtures: push the deterministic signed image set to a registry.
     #[cfg(feature = "fixtures")]
@@ -417,7 +421,20 @@ async fn run(cli: Cli) -> Result<()> {
             json,
             trust,
             bundle_key,
-        } => verify_cmd(&bundle, json, trust, bundle_key).await,
+            registry,
+        } => {
+            let at_rest = bundle
+                .iter()
+                .all(|b| b.starts_with("docker://") || b.starts_with("oci:"));
+            match bundle.as_slice() {
+                [one] if !at_rest => verify_cmd(one, json, trust, bundle_key).await,
+                refs if at_rest => verify_images_cmd(refs, json, trust, registry).await,
+                _ => bail!(airlock::Error::Usage(
+                    "verify takes one bundle (file or -), or image references (docker://…, oci:…)"
+                        .into()
+                )),
+            }
+        }
         #[cfg(feature = "fixtures")]
         Command::Fixtures {
             to,
@@ -712,6 +729,58 @@ async fn verify_cmd(
         print_json(&report)?;
     } else {
         print_verify(&report);
+    }
+    match report.trust_failure() {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+async fn verify_images_cmd(
+    refs: &[String],
+    json: bool,
+    trust: TrustArgs,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let policy = trust.load()?;
+    let sel = selection::from_refs(refs, &[])?;
+    let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
+    let registries = Registries::new(registry.config(&hosts)?);
+    let report = verify::verify_images(
+        &registries,
+        sel,
+        policy.as_ref(),
+        registry.jobs,
+        &stderr_events(),
+    )
+    .await?;
+    if json {
+        print_json(&report)?;
+    } else {
+        for img in &report.images {
+            println!(
+                "ok  {}  {}  [{}]  {} blobs, {} artifacts",
+                img.source,
+                img.digest,
+                img.platforms.join(", "),
+                img.blobs,
+                img.artifacts
+            );
+        }
+        println!(
+            "verified {}: {} blobs ({}) read and hashed, graph complete",
+            report.source,
+            report.blobs,
+            human_bytes(report.bytes)
+        );
+        match &report.policy {
+            Some(verdicts) => {
+                for v in verdicts {
+                    println!("{}", v.line());
+                }
+            }
+            None => println!("signatures: not checked (give --key or --policy)"),
+        }
     }
     match report.trust_failure() {
         Some(e) => Err(e.into()),

@@ -170,21 +170,7 @@ pub async fn verify_bundle(
         what: name.clone(),
         detail: "the bundle index is missing after the read".into(),
     })?;
-    let images = graphs
-        .iter()
-        .map(|g| VerifiedImage {
-            source: g.entry.source.clone(),
-            digest: g.entry.digest.clone(),
-            platforms: g
-                .entry
-                .platforms
-                .iter()
-                .map(|p| p.platform.clone().unwrap_or_else(|| "-".into()))
-                .collect(),
-            artifacts: g.artifacts.len(),
-            blobs: g.blobs.len(),
-        })
-        .collect();
+    let images = graphs.iter().map(verified_image).collect();
     let bundle_signature = check_signature(bundle_key, &bundle_digest);
     let mut report = VerifyReport {
         bundle_signature,
@@ -223,5 +209,89 @@ fn check_sidecar(path: &Path, from_file: bool, file_digest: &Digest) -> Result<O
             Ok(Some(true))
         }
         _ => Ok(None),
+    }
+}
+
+/// The audit of images where they now live (`verify docker://…`,
+/// `verify oci:DIR`): every manifest and blob read and hashed, the graph
+/// complete, every image judged by the policy; only the registry (or the
+/// directory) is contacted.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImagesReport {
+    pub source: String,
+    pub images: Vec<VerifiedImage>,
+    pub blobs: usize,
+    pub bytes: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Vec<crate::trust::Verdict>>,
+    /// Intact and (when asked) admitted by the policy.
+    pub verified: bool,
+}
+
+impl ImagesReport {
+    pub fn trust_failure(&self) -> Option<Error> {
+        (!self.verified).then(|| {
+            Error::NotTrusted(
+                "policy not met: the images are intact, but the ones above are not trusted".into(),
+            )
+        })
+    }
+}
+
+/// Verify images at registries or in layout directories (a registry
+/// source copied to nothing, then the policy).
+pub async fn verify_images(
+    registries: &crate::registry::Registries,
+    selection: Vec<crate::selection::ImageSelection>,
+    policy: Option<&crate::trust::Policy>,
+    jobs: usize,
+    events: &crate::progress::EventsHandle,
+) -> Result<ImagesReport> {
+    let mut source =
+        crate::store::registry::RegistrySource::new(registries, selection, jobs, None)?;
+    let request = GraphRequest {
+        payloads: policy.is_some(),
+    };
+    let graph = source.graph(request).await?;
+    let name = source.name();
+    let graphs = graph.walk(&name)?;
+    for line in &graph.skipped {
+        events.0.note(&format!("warning: {line}"));
+    }
+    let mut null = NullSink::new(&name);
+    copy(
+        &mut source,
+        &graph,
+        &mut null,
+        &CopyOptions::new(jobs, "verify", events.clone()),
+    )
+    .await?;
+    let policy = policy.map(|p| crate::gate::evaluate(p, &graph));
+    let verified = !policy
+        .as_ref()
+        .is_some_and(|v| v.iter().any(|v| v.blocks()));
+    Ok(ImagesReport {
+        source: name,
+        images: graphs.iter().map(verified_image).collect(),
+        blobs: graph.blobs.len(),
+        bytes: graph.blob_bytes(),
+        policy,
+        verified,
+    })
+}
+
+fn verified_image(g: &crate::graph::ImageGraph) -> VerifiedImage {
+    VerifiedImage {
+        source: g.entry.source.clone(),
+        digest: g.entry.digest.clone(),
+        platforms: g
+            .entry
+            .platforms
+            .iter()
+            .map(|p| p.platform.clone().unwrap_or_else(|| "-".into()))
+            .collect(),
+        artifacts: g.artifacts.len(),
+        blobs: g.blobs.len(),
     }
 }

@@ -456,3 +456,62 @@ async fn tag_conflict_is_refused_unless_asked() {
     assert_eq!(layout_ref(&dir, "op:1.0"), Some(new.digest.to_string()));
     assert_valid_layout(&dir);
 }
+
+/// `verify docker://…` audits images where they now live: every blob read
+/// and hashed, signatures checked with the site's key; a signature swapped
+/// at the registry is refused (exit 4), a missing image is an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_at_the_registry_checks_what_is_there() {
+    let (src, images) = seeded_source().await;
+    let dst = TestRegistry::start();
+    let op10 = image(&images, "vendor/operator", "1.0.0");
+    let op11 = image(&images, "vendor/operator", "1.1.0");
+    for img in [op10, op11] {
+        airlock_ok(&[
+            "copy",
+            &docker(&src.host, img),
+            &format!("docker://{}/v/op", dst.host),
+        ]);
+    }
+    let at = |tag: &str| format!("docker://{}/v/op:{tag}", dst.host);
+    let out = airlock_ok(&[
+        "verify",
+        "--json",
+        &at("1.1.0"),
+        &at("1.0.0"),
+        "--key",
+        COSIGN_TEST_PUB,
+    ]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["verified"], true, "{rep}");
+    assert_eq!(rep["images"].as_array().unwrap().len(), 2, "{rep}");
+    assert!(
+        rep["policy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["admitted"] == true),
+        "{rep}"
+    );
+
+    // 1.1.0's signature tag now holds 1.0.0's signature (its blobs are in the
+    // same repository, so the registry takes it): 1.1.0 is no longer signed.
+    let d = client(&dst, test_config()).await;
+    let sig10 = airlock::signatures::cosign_tag(&op10.digest, "sig");
+    let sig11 = airlock::signatures::cosign_tag(&op11.digest, "sig");
+    let swapped = d.get_manifest("v/op", &sig10).await.unwrap();
+    d.put_manifest("v/op", &sig11, &swapped.bytes, &swapped.media_type)
+        .await
+        .unwrap();
+    let (code, out, err) = airlock(&["verify", "--json", &at("1.1.0"), "--key", COSIGN_TEST_PUB]);
+    assert_eq!(code, 4, "{out}{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["verified"], false, "{rep}");
+    assert_eq!(rep["policy"][0]["admitted"], false, "{rep}");
+    // The other image is untouched and still verifies.
+    airlock_ok(&["verify", &at("1.0.0"), "--key", COSIGN_TEST_PUB]);
+    // A tag that is not there: an error naming it, not a pass.
+    let (code, _, err) = airlock(&["verify", &at("9.9.9"), "--key", COSIGN_TEST_PUB]);
+    assert_ne!(code, 0);
+    assert!(err.contains("9.9.9"), "{err}");
+}
