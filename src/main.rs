@@ -17,6 +17,14 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// A line on stdout; a closed pipe (`airlock inspect --json B | head`)
+/// becomes an error that `main` ends quietly on, never a panic.
+macro_rules! outln {
+    ($($t:tt)*) => {
+        writeln!(std::io::stdout(), $($t)*)?
+    };
+}
+
 const EXIT_USAGE: i32 = 2;
 const EXIT_INTEGRITY: i32 = 3;
 const EXIT_POLICY: i32 = 4;
@@ -139,10 +147,18 @@ impl BundleKeyArgs {
     }
 }
 
+/// `airlock --version`: the version, the commit, and the bundle format it writes.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AIRLOCK_COMMIT"),
+    ", bundle format 1)"
+);
+
 #[derive(Parser)]
 #[command(
     name = "airlock",
-    version,
+    version = VERSION,
     about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle"
 )]
 struct Cli {
@@ -352,7 +368,7 @@ fn stderr_events() -> airlock::progress::EventsHandle {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+    outln!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
 }
 
@@ -526,15 +542,18 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
         return print_json(report);
     }
     for img in &report.images {
-        println!(
+        outln!(
             "{} -> {}  {}  ({} artifacts)",
-            img.source, img.target, img.digest, img.artifacts
+            img.source,
+            img.target,
+            img.digest,
+            img.artifacts
         );
     }
     for t in &report.tags_skipped {
-        println!("left as it was: {t}");
+        outln!("left as it was: {t}");
     }
-    println!(
+    outln!(
         "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
         report.images.len(),
         report.mode,
@@ -549,7 +568,7 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
         report.seconds
     );
     if let Some(d) = &report.bundle_digest {
-        println!("bundle digest: {d}");
+        outln!("bundle digest: {d}");
     }
     Ok(())
 }
@@ -697,7 +716,7 @@ fn inspect_cmd(bundle: &std::path::Path, json: bool) -> Result<()> {
     if json {
         return print_json(&serde_json::json!({"bundleDigest": digest, "index": index}));
     }
-    print!("{}", inspect::render(&index, &digest));
+    write!(std::io::stdout(), "{}", inspect::render(&index, &digest))?;
     Ok(())
 }
 
@@ -728,7 +747,7 @@ async fn verify_cmd(
     if json {
         print_json(&report)?;
     } else {
-        print_verify(&report);
+        print_verify(&report)?;
     }
     match report.trust_failure() {
         Some(e) => Err(e.into()),
@@ -758,7 +777,7 @@ async fn verify_images_cmd(
         print_json(&report)?;
     } else {
         for img in &report.images {
-            println!(
+            outln!(
                 "ok  {}  {}  [{}]  {} blobs, {} artifacts",
                 img.source,
                 img.digest,
@@ -767,7 +786,7 @@ async fn verify_images_cmd(
                 img.artifacts
             );
         }
-        println!(
+        outln!(
             "verified {}: {} blobs ({}) read and hashed, graph complete",
             report.source,
             report.blobs,
@@ -776,10 +795,10 @@ async fn verify_images_cmd(
         match &report.policy {
             Some(verdicts) => {
                 for v in verdicts {
-                    println!("{}", v.line());
+                    outln!("{}", v.line());
                 }
             }
-            None => println!("signatures: not checked (give --key or --policy)"),
+            None => outln!("signatures: not checked (give --key or --policy)"),
         }
     }
     match report.trust_failure() {
@@ -788,15 +807,15 @@ async fn verify_images_cmd(
     }
 }
 
-fn print_verify(report: &verify::VerifyReport) {
+fn print_verify(report: &verify::VerifyReport) -> Result<()> {
     if let Some(s) = &report.bundle_signature {
         match &s.error {
-            None => println!("bundle signature: verified with {}", s.key),
-            Some(e) => println!("bundle signature: NOT verified with {}: {e}", s.key),
+            None => outln!("bundle signature: verified with {}", s.key),
+            Some(e) => outln!("bundle signature: NOT verified with {}: {e}", s.key),
         }
     }
     for img in &report.images {
-        println!(
+        outln!(
             "ok  {}  {}  [{}]  {} blobs, {} artifacts",
             img.source,
             img.digest,
@@ -806,9 +825,9 @@ fn print_verify(report: &verify::VerifyReport) {
         );
     }
     for u in &report.unreferenced {
-        println!("note: member {u} is listed but no image needs it");
+        outln!("note: member {u} is listed but no image needs it");
     }
-    println!(
+    outln!(
         "verified {}: {} members, {} checked, graph complete{}",
         report.bundle,
         report.members,
@@ -818,20 +837,23 @@ fn print_verify(report: &verify::VerifyReport) {
             _ => " (no .sha256 file to compare)",
         }
     );
-    println!(
+    outln!(
         "bundle digest: {}  created {} by {}",
-        report.bundle_digest, report.created, report.tool
+        report.bundle_digest,
+        report.created,
+        report.tool
     );
     if let Some(verdicts) = &report.policy {
         for v in verdicts {
-            println!("{}", v.line());
+            outln!("{}", v.line());
         }
         if !report.policy_failed() {
-            println!("policy: every image admitted");
+            outln!("policy: every image admitted");
         }
     } else {
-        println!("signatures: not checked (give --key or --policy)");
+        outln!("signatures: not checked (give --key or --policy)");
     }
+    Ok(())
 }
 
 #[cfg(feature = "fixtures")]
@@ -857,7 +879,7 @@ async fn fixtures_cmd(
     let registries = Registries::new(registry.config(&[host.to_string()])?);
     let reg = registries.get(host).await?;
     for img in airlock::fixtures::seed(&reg, &prefix, scale).await? {
-        println!(
+        outln!(
             "{host}/{}:{}  {}  {} artifacts",
             img.repository,
             img.tag,
@@ -866,6 +888,13 @@ async fn fixtures_cmd(
         );
     }
     Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The one place where failures become exit codes.
@@ -896,7 +925,20 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
+        if is_broken_pipe(&e) {
+            // The reader went away (`| head`): nothing more to say.
+            std::process::exit(0);
+        }
         eprintln!("airlock: error: {e:#}");
         std::process::exit(exit_code(&e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_names_the_bundle_format_it_writes() {
+        let format = format!("bundle format {})", airlock::bundle::FORMAT_VERSION);
+        assert!(super::VERSION.ends_with(&format), "{}", super::VERSION);
     }
 }
