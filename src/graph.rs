@@ -197,6 +197,10 @@ fn view(
     })
 }
 
+/// More platforms than any real image has: a hostile index, refused before
+/// anything is pushed (each one costs requests at the destination).
+pub const MAX_PLATFORMS: usize = 1024;
+
 /// The distinct blobs an image needs, in the order first met.
 #[derive(Default)]
 struct Needed {
@@ -303,9 +307,23 @@ impl Walker<'_> {
         need: &mut Needed,
     ) -> Result<Vec<ManifestPush>, GraphError> {
         let name = &entry.source;
+        if root.manifests.len() > MAX_PLATFORMS {
+            return Err(GraphError::Inconsistent {
+                origin: self.bundle.into(),
+                detail: format!(
+                    "{name}: index {} lists {} manifests, more than the {MAX_PLATFORMS} an image may have",
+                    entry.digest,
+                    root.manifests.len()
+                ),
+            });
+        }
         let mut manifests = Vec::new();
+        let mut seen = HashSet::new();
         for child in &root.manifests {
             let d = &child.digest;
+            if !seen.insert(d) {
+                continue; // listed twice: pushed and checked once
+            }
             let v = view(self.bundle, self.manifests, d, &format!("{name} platform"))?;
             if v.is_index() {
                 return Err(GraphError::Inconsistent {
@@ -345,9 +363,28 @@ impl Walker<'_> {
         let name = &entry.source;
         let mut artifacts = Vec::new();
         let mut fallback = Vec::new();
+        // An artifact is about this image: its index, the vendor's index, a
+        // platform, or another of its artifacts (a signature of an attestation).
+        let mut subjects: HashSet<&Digest> = [&entry.digest, &entry.source_digest].into();
+        subjects.extend(entry.platforms.iter().map(|p| &p.digest));
+        subjects.extend(entry.artifacts.iter().map(|a| &a.digest));
+        let mut seen = HashSet::new();
         for a in &entry.artifacts {
+            if !subjects.contains(&a.subject) {
+                return Err(GraphError::Inconsistent {
+                    origin: self.bundle.into(),
+                    detail: format!(
+                        "{name}: artifact {} is about {}, which is not part of the image",
+                        a.digest, a.subject
+                    ),
+                });
+            }
+            if !seen.insert(&a.digest) {
+                continue; // listed twice: pushed once
+            }
             let what = format!("{name} {:?}", a.kind);
             let v = view(self.bundle, self.manifests, &a.digest, &what)?;
+            self.check_artifact_names(name, a, &v)?;
             if a.kind == ArtifactKind::ReferrersIndex {
                 if let Some(c) = v
                     .manifests
@@ -375,6 +412,37 @@ impl Walker<'_> {
         }
         artifacts.extend(fallback);
         Ok(artifacts)
+    }
+
+    /// An artifact's tag is the one its kind and subject give (a bundle
+    /// cannot make an import set any other tag), and a referrer's own
+    /// `subject` is the subject it is listed under.
+    fn check_artifact_names(
+        &self,
+        name: &str,
+        a: &Artifact,
+        v: &ManifestView,
+    ) -> Result<(), GraphError> {
+        let stem = a.subject.tag_stem();
+        let expected = match a.kind {
+            ArtifactKind::Signature => Some(format!("{stem}.sig")),
+            ArtifactKind::Attestation => Some(format!("{stem}.att")),
+            ArtifactKind::Sbom => Some(format!("{stem}.sbom")),
+            ArtifactKind::ReferrersIndex => Some(stem),
+            ArtifactKind::Referrer => None,
+        };
+        let subject_ok = a.kind != ArtifactKind::Referrer
+            || v.subject.as_ref().is_some_and(|s| s.digest == a.subject);
+        if a.tag != expected || !subject_ok {
+            return Err(GraphError::Inconsistent {
+                origin: self.bundle.into(),
+                detail: format!(
+                    "{name}: artifact {} ({:?}, tag {:?}) does not match its subject {}",
+                    a.digest, a.kind, a.tag, a.subject
+                ),
+            });
+        }
+        Ok(())
     }
 
     fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, GraphError> {

@@ -166,6 +166,34 @@ async fn hostile_bundles_are_rejected_with_nothing_pushed() {
     repack(&e, &p);
     assert_rejected(&p, "only regular files").await;
 
+    // An artifact listed under a tag its kind and subject do not give: a
+    // bundle cannot make an import set any other tag (here `latest`).
+    let mut e = base.clone();
+    let mut idx = index_of(&e);
+    let a = idx
+        .images
+        .iter_mut()
+        .flat_map(|i| i.artifacts.iter_mut())
+        .find(|a| a.tag.is_some())
+        .unwrap();
+    a.tag = Some("latest".into());
+    let digest = a.digest.to_string();
+    set_index(&mut e, &idx);
+    let p = work.path().join("artifact-tag.tar.zst");
+    repack(&e, &p);
+    assert_rejected(&p, &digest).await;
+
+    // An artifact about something that is not part of its image.
+    let mut e = base.clone();
+    let mut idx = index_of(&e);
+    let a = &mut idx.images[0].artifacts[0];
+    a.subject = airlock::digest::Digest::of(b"someone else");
+    let digest = a.digest.to_string();
+    set_index(&mut e, &idx);
+    let p = work.path().join("artifact-subject.tar.zst");
+    repack(&e, &p);
+    assert_rejected(&p, &digest).await;
+
     // Truncated file (no seek table any more; the stream ends early).
     let data = std::fs::read(&good).unwrap();
     let p = work.path().join("truncated.tar.zst");
