@@ -159,6 +159,8 @@ const VERSION: &str = concat!(
 #[command(
     name = "airlock",
     version = VERSION,
+    after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 integrity failure (corrupt or tampered \
+bundle or layout), 4 policy not met or bad bundle signature.",
     about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle"
 )]
 struct Cli {
@@ -233,7 +235,7 @@ struct CopyArgs {
     /// (stdin); it may be left out when --file selects the images. DST:
     /// docker://HOST/REPO[:TAG] (exact), docker://HOST[/TEMPLATE] with {repo} or {name},
     /// oci:DIR[:REF], B.tar.zst, or - (stdout).
-    #[arg(value_name = "SRC] [DST", num_args = 1..=2, required = true)]
+    #[arg(value_names = ["SRC", "DST"], num_args = 1..=2, required = true)]
     endpoints: Vec<String>,
     /// Selection file (YAML, as for export): the images to copy.
     #[arg(long = "file", short = 'f')]
