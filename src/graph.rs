@@ -446,6 +446,17 @@ impl Walker<'_> {
     }
 
     fn image(&self, entry: &ImageEntry) -> Result<ImageGraph, GraphError> {
+        // The tag becomes part of a registry URL and a layout ref name.
+        if let Some(t) = entry
+            .tag
+            .as_deref()
+            .filter(|t| !crate::reference::is_valid_tag(t))
+        {
+            return Err(GraphError::Inconsistent {
+                origin: self.bundle.into(),
+                detail: format!("{}: {t:?} is not a valid tag", entry.source),
+            });
+        }
         let root = view(self.bundle, self.manifests, &entry.digest, &entry.source)?;
         self.check_platform_list(entry, &root)?;
         self.check_filtered(entry, &root)?;

@@ -183,6 +183,15 @@ async fn hostile_bundles_are_rejected_with_nothing_pushed() {
     repack(&e, &p);
     assert_rejected(&p, &digest).await;
 
+    // An image tag that is not a tag (it would become part of a registry URL).
+    let mut e = base.clone();
+    let mut idx = index_of(&e);
+    idx.images[0].tag = Some("1.0/../../other/manifests/x".into());
+    set_index(&mut e, &idx);
+    let p = work.path().join("image-tag.tar.zst");
+    repack(&e, &p);
+    assert_rejected(&p, "is not a valid tag").await;
+
     // An artifact about something that is not part of its image.
     let mut e = base.clone();
     let mut idx = index_of(&e);
