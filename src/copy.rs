@@ -115,10 +115,17 @@ pub async fn copy(
         .0
         .progress(opts.label, todo.iter().map(|b| b.size).sum());
     let jobs = opts.jobs.max(1);
+    let how = Move {
+        source: &*source,
+        graph,
+        sink: &*sink,
+        jobs,
+        progress: &progress,
+    };
     let moved = match (source.sequential(), ordered) {
-        (false, false) => random_any_order(&*source, graph, &*sink, &todo, jobs, &progress).await,
-        (false, true) => random_in_order(&*source, graph, &*sink, &todo, jobs, &progress).await,
-        (true, ordered) => one_pass(&*source, graph, &*sink, &todo, jobs, ordered, &progress).await,
+        (false, false) => how.random_any_order(&todo).await,
+        (false, true) => how.random_in_order(&todo).await,
+        (true, ordered) => how.one_pass(&todo, ordered).await,
     };
     progress.finish();
     for (outcomes, size) in moved? {
@@ -220,81 +227,74 @@ async fn put(
     Ok((outcomes, blob.size))
 }
 
-async fn random_any_order(
-    source: &dyn Source,
-    graph: &Graph,
-    sink: &dyn Sink,
-    todo: &[&BlobInfo],
+/// What every way of moving blobs shares.
+struct Move<'a> {
+    source: &'a dyn Source,
+    graph: &'a Graph,
+    sink: &'a dyn Sink,
     jobs: usize,
-    progress: &Progress,
-) -> Result<Moved> {
-    futures_util::stream::iter(todo.iter().copied())
-        .map(|b| async move {
-            let data = fetch(source, graph, b).await?;
-            put(sink, b, data, progress).await
-        })
-        .buffer_unordered(jobs)
-        .try_collect()
-        .await
+    progress: &'a Progress,
 }
 
-async fn random_in_order(
-    source: &dyn Source,
-    graph: &Graph,
-    sink: &dyn Sink,
-    todo: &[&BlobInfo],
-    jobs: usize,
-    progress: &Progress,
-) -> Result<Moved> {
-    let mut fetched = futures_util::stream::iter(todo.iter().copied())
-        .map(|b| async move { fetch(source, graph, b).await.map(|d| (b, d)) })
-        .buffered(jobs);
-    let mut out = Vec::new();
-    while let Some(item) = fetched.next().await {
-        let (b, data) = item?;
-        out.push(put(sink, b, data, progress).await?);
+impl Move<'_> {
+    async fn random_any_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
+        let (source, graph, sink, progress) = (self.source, self.graph, self.sink, self.progress);
+        futures_util::stream::iter(todo.iter().copied())
+            .map(|b| async move {
+                let data = fetch(source, graph, b).await?;
+                put(sink, b, data, progress).await
+            })
+            .buffer_unordered(self.jobs)
+            .try_collect()
+            .await
     }
-    Ok(out)
-}
 
-/// A one-pass source: fetch strictly in order (the source reads past what
-/// is not asked for); puts overlap up to `jobs` unless the sink wants order.
-async fn one_pass(
-    source: &dyn Source,
-    graph: &Graph,
-    sink: &dyn Sink,
-    todo: &[&BlobInfo],
-    jobs: usize,
-    ordered: bool,
-    progress: &Progress,
-) -> Result<Moved> {
-    let mut out = Vec::new();
-    let mut in_flight = FuturesUnordered::new();
-    for b in todo.iter().copied() {
-        // Uploads keep going while the source reads the next blob.
-        let next = fetch(source, graph, b);
-        tokio::pin!(next);
-        let data = loop {
-            tokio::select! {
-                data = &mut next => break data?,
-                Some(done) = in_flight.next(), if !in_flight.is_empty() => out.push(done?),
-            }
-        };
-        if ordered {
+    async fn random_in_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
+        let (source, graph, sink, progress) = (self.source, self.graph, self.sink, self.progress);
+        let mut fetched = futures_util::stream::iter(todo.iter().copied())
+            .map(|b| async move { fetch(source, graph, b).await.map(|d| (b, d)) })
+            .buffered(self.jobs);
+        let mut out = Vec::new();
+        while let Some(item) = fetched.next().await {
+            let (b, data) = item?;
             out.push(put(sink, b, data, progress).await?);
-            continue;
         }
-        while in_flight.len() >= jobs {
-            if let Some(done) = in_flight.next().await {
-                out.push(done?);
+        Ok(out)
+    }
+
+    /// A one-pass source: fetch strictly in order (the source reads past what
+    /// is not asked for); puts overlap up to `jobs` unless the sink wants order.
+    async fn one_pass(&self, todo: &[&BlobInfo], ordered: bool) -> Result<Moved> {
+        let (source, graph, sink, progress, jobs) =
+            (self.source, self.graph, self.sink, self.progress, self.jobs);
+        let mut out = Vec::new();
+        let mut in_flight = FuturesUnordered::new();
+        for b in todo.iter().copied() {
+            // Uploads keep going while the source reads the next blob.
+            let next = fetch(source, graph, b);
+            tokio::pin!(next);
+            let data = loop {
+                tokio::select! {
+                    data = &mut next => break data?,
+                    Some(done) = in_flight.next(), if !in_flight.is_empty() => out.push(done?),
+                }
+            };
+            if ordered {
+                out.push(put(sink, b, data, progress).await?);
+                continue;
             }
+            while in_flight.len() >= jobs {
+                if let Some(done) = in_flight.next().await {
+                    out.push(done?);
+                }
+            }
+            in_flight.push(put(sink, b, data, progress));
         }
-        in_flight.push(put(sink, b, data, progress));
+        while let Some(done) = in_flight.next().await {
+            out.push(done?);
+        }
+        Ok(out)
     }
-    while let Some(done) = in_flight.next().await {
-        out.push(done?);
-    }
-    Ok(out)
 }
 
 impl From<tokio::task::JoinError> for Error {
