@@ -55,6 +55,25 @@ pub fn unsigned_subjects(image: &ImageEntry) -> Vec<String> {
     out
 }
 
+/// `UNSIGNED:` when the image itself carries no signature; a softer note
+/// when it is signed but some platform manifests have none of their own
+/// (cosign signs the index unless asked to sign recursively).
+fn unsigned_note(img: &ImageEntry, unsigned: &[String]) -> String {
+    let image_unsigned = unsigned.iter().any(|u| u.ends_with("(image)"));
+    if image_unsigned {
+        format!(
+            "UNSIGNED: {} carries no signature (no policy given: digests checked only)",
+            img.source
+        )
+    } else {
+        format!(
+            "note: {} is signed; these platform manifests have no signature of their own: {}",
+            img.source,
+            unsigned.join(", ")
+        )
+    }
+}
+
 impl Gate<'_> {
     /// Check `graph` (read from `source`); notes go to `events`.
     pub fn check(&self, graph: &Graph, source: &str, events: &dyn Events) -> Result<Passed> {
@@ -90,11 +109,7 @@ impl Gate<'_> {
                 continue;
             }
             if self.policy.is_none() && !self.require_signatures {
-                events.note(&format!(
-                    "UNSIGNED: {} has no signature for {} (no policy given: digests checked only)",
-                    img.source,
-                    u.join(", ")
-                ));
+                events.note(&unsigned_note(img, u));
             }
             missing.push(format!("{}: {}", img.source, u.join(", ")));
         }

@@ -141,11 +141,18 @@ async fn registry_to_registry_keeps_bytes_and_signatures() {
         &format!("docker://{}/n/{{name}}", dst.host),
     ]);
     assert_same_image(&s, &d, op10, "n/operator", "1.0.0").await;
-    airlock_ok(&[
+    let (code, _, err) = airlock(&[
         "copy",
         &docker(&src.host, gateway),
         &format!("docker://{}", dst.host),
     ]);
+    assert_eq!(code, 0, "{err}");
+    // Signed on its index, not per platform: a note, not UNSIGNED.
+    assert!(
+        err.contains("is signed; these platform manifests have no signature of their own")
+            && !err.contains("UNSIGNED"),
+        "{err}"
+    );
     assert_same_image(&s, &d, gateway, "vendor/gateway", "3.0.0").await;
 
     // A bare HOST/REPO:TAG source keeps working.
