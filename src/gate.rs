@@ -62,8 +62,9 @@ fn unsigned_note(img: &ImageEntry, unsigned: &[String]) -> String {
     let image_unsigned = unsigned.iter().any(|u| u.ends_with("(image)"));
     if image_unsigned {
         format!(
-            "UNSIGNED: {} carries no signature (no policy given: digests checked only)",
-            img.source
+            "UNSIGNED: {} has no signature for {} (no policy given: digests checked only)",
+            img.source,
+            unsigned.join(", ")
         )
     } else {
         format!(
