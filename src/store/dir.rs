@@ -84,24 +84,6 @@ impl LayoutReader {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// `(repository, tag)` of every named image (not the `sha256-…` artifact names).
-    pub fn named_images(&self) -> Vec<(String, String)> {
-        self.index
-            .iter()
-            .filter_map(|d| d.ref_name())
-            .map(|n| split_ref_name(n, &self.default_repo))
-            .filter(|(_, tag)| !tag.starts_with("sha256-"))
-            .collect()
-    }
-
-    pub fn default_repo(&self) -> &str {
-        &self.default_repo
-    }
-
     /// A blob file, checked to be a regular file of `size` bytes inside DIR.
     pub fn open_blob(&self, digest: &Digest, size: u64) -> std::result::Result<File, LayoutError> {
         let hex = digest.hex();

@@ -295,23 +295,6 @@ impl<'a> RegistrySink<'a> {
         self
     }
 
-    /// Where each image of `graph` would land, without touching the registry.
-    pub fn destinations(&self, graph: &Graph) -> Result<Vec<String>> {
-        graph
-            .images
-            .iter()
-            .map(|img| {
-                let repo = self
-                    .target
-                    .repository(&img.repository, img.target.as_deref())?;
-                Ok(match &img.tag {
-                    Some(t) => format!("{}/{repo}:{t}", self.target.host),
-                    None => format!("{}/{repo}@{}", self.target.host, img.digest),
-                })
-            })
-            .collect()
-    }
-
     fn plan(&self, graph: &Graph) -> Result<Plan> {
         let graphs = graph.walk(&self.name())?;
         let mut images = Vec::new();
