@@ -52,28 +52,7 @@ async fn skopeo_layout_to_registry_and_to_a_bundle() {
     ]);
     let s = client(&src, test_config()).await;
     let d = client(&dst, test_config()).await;
-    let want = s.get_manifest(&img.repository, &img.tag).await.unwrap();
-    let got = d.get_manifest("vendor/app", "1.0").await.unwrap();
-    assert_eq!(got.digest, img.digest, "digest at the destination");
-    assert_eq!(got.bytes, want.bytes, "raw index bytes");
-    for (platform, pd) in &img.platforms {
-        let a = s
-            .get_manifest(&img.repository, &pd.to_string())
-            .await
-            .unwrap();
-        let b = d
-            .get_manifest("vendor/app", &pd.to_string())
-            .await
-            .unwrap_or_else(|e| panic!("{platform} manifest {pd} missing at the destination: {e}"));
-        assert_eq!(a.bytes, b.bytes, "{platform} manifest bytes");
-    }
-    for (tag, digest) in &img.artifact_tags {
-        assert_eq!(
-            d.head_manifest("vendor/app", tag).await.unwrap().as_ref(),
-            Some(digest),
-            "signature vendor/app:{tag} carried from the layout"
-        );
-    }
+    assert_same_image(&s, &d, img, "vendor/app", "1.0").await;
     assert_eq!(dst.catalog().await, vec!["vendor/app".to_string()]);
 
     // And into a bundle, which verifies (with the vendor key too).

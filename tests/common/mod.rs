@@ -440,3 +440,41 @@ pub fn oci(dir: &Path, reference: Option<&str>) -> String {
         None => format!("oci:{}", dir.display()),
     }
 }
+
+/// `repo:tag` at `d` is `img` byte for byte, with its platform manifests and
+/// every artifact tag (signatures, attestations, referrers index) of the source.
+pub async fn assert_same_image(
+    s: &Registry,
+    d: &Registry,
+    img: &FixtureImage,
+    repo: &str,
+    tag: &str,
+) {
+    let want = s.get_manifest(&img.repository, &img.tag).await.unwrap();
+    let got = d
+        .get_manifest(repo, tag)
+        .await
+        .unwrap_or_else(|e| panic!("{repo}:{tag} at the destination: {e}"));
+    assert_eq!(got.digest, img.digest, "{repo}:{tag} digest");
+    assert_eq!(got.bytes, want.bytes, "{repo}:{tag} raw bytes");
+    for (platform, pd) in &img.platforms {
+        let a = s
+            .get_manifest(&img.repository, &pd.to_string())
+            .await
+            .unwrap();
+        let b = d
+            .get_manifest(repo, &pd.to_string())
+            .await
+            .unwrap_or_else(|e| panic!("{repo}@{pd} ({platform}): {e}"));
+        assert_eq!(a.bytes, b.bytes, "{repo}@{pd} ({platform}) raw bytes");
+    }
+    for (atag, digest) in &img.artifact_tags {
+        assert_eq!(
+            d.head_manifest(repo, atag).await.unwrap().as_ref(),
+            Some(digest),
+            "{repo}:{atag} (artifact of {}:{})",
+            img.repository,
+            img.tag
+        );
+    }
+}
