@@ -66,7 +66,13 @@ impl ImageSelection {
             detail,
         };
         if let Some(rest) = e.r#ref.strip_prefix("oci:") {
-            return layout_selection(e, rest, context);
+            let mut all = layout_selections(e, rest, context)?;
+            return match (all.pop(), all.is_empty()) {
+                (Some(one), true) => Ok(one),
+                _ => Err(err(
+                    "this directory holds several repositories: give oci:DIR:REF".into(),
+                )),
+            };
         }
         let r = Reference::parse(e.r#ref.strip_prefix("docker://").unwrap_or(&e.r#ref))
             .map_err(|e| err(e.to_string()))?;
@@ -141,13 +147,15 @@ fn parse_platforms(e: &SelectionEntry, context: &str) -> Result<Vec<Platform>, S
         .collect()
 }
 
-/// `oci:DIR[:REF]`: REF (a ref name of DIR's index.json, split at the
-/// first colon after DIR as skopeo does) or every named image of DIR.
-fn layout_selection(
+/// `oci:DIR[:REF]` (`rest` is what follows `oci:`): REF, a ref name of
+/// DIR's index.json split at the first colon after DIR as skopeo does, or
+/// without it every named image of DIR, one selection per repository.
+/// index.json is read once.
+fn layout_selections(
     e: &SelectionEntry,
     rest: &str,
     context: &str,
-) -> Result<ImageSelection, SelectionError> {
+) -> Result<Vec<ImageSelection>, SelectionError> {
     let err = |detail: String| SelectionError::Entry {
         context: context.to_string(),
         detail,
@@ -162,76 +170,54 @@ fn layout_selection(
     let dir = std::path::PathBuf::from(dir);
     let (default_repo, named) =
         crate::layout::named_images(&dir).map_err(|x| err(x.to_string()))?;
-    let (repository, tags) = match reference {
-        Some(r) => {
+    let mut by_repo: Vec<(String, Vec<String>)> = Vec::new();
+    match reference {
+        Some(r) => by_repo.push({
             let (repo, tag) = crate::layout::split_ref_name(r, &default_repo);
             (repo, vec![tag])
-        }
+        }),
         None => {
-            let Some((first, _)) = named.first() else {
-                return Err(err(format!(
-                    "{} names no image in its index.json",
-                    dir.display()
-                )));
-            };
-            let repo = first.clone();
-            let tags = named
-                .iter()
-                .filter(|(r, _)| *r == repo)
-                .map(|(_, t)| t.clone())
-                .collect();
-            (repo, tags)
+            for (repo, tag) in named {
+                match by_repo.iter_mut().find(|(r, _)| *r == repo) {
+                    Some((_, tags)) => tags.push(tag),
+                    None => by_repo.push((repo, vec![tag])),
+                }
+            }
         }
-    };
-    Ok(ImageSelection {
-        repo: Reference {
-            registry: format!("oci:{}", dir.display()),
-            repository,
-            tag: None,
-            digest: None,
-        },
-        tags: [tags, e.tags.clone()].concat(),
-        tag_pattern: None,
-        digests: vec![],
-        platforms: parse_platforms(e, context)?,
-        target: e.target.clone(),
-        layout: Some(dir),
-    })
-}
-
-/// Every image of a layout directory, one selection per repository.
-pub fn from_layout_dir(
-    dir: &Path,
-    platforms: &[String],
-) -> Result<Vec<ImageSelection>, SelectionError> {
-    let (_, named) = crate::layout::named_images(dir).map_err(|x| SelectionError::Entry {
-        context: format!("oci:{}", dir.display()),
-        detail: x.to_string(),
-    })?;
-    let mut repos: Vec<String> = named.iter().map(|(r, _)| r.clone()).collect();
-    dedup_tags(&mut repos);
-    repos
-        .iter()
-        .map(|repo| {
-            let entry = SelectionEntry {
-                r#ref: format!("oci:{}", dir.display()),
-                tags: vec![],
+    }
+    if by_repo.is_empty() {
+        return Err(err(format!(
+            "{} names no image in its index.json",
+            dir.display()
+        )));
+    }
+    if e.target.is_some() && by_repo.len() > 1 {
+        return Err(err(
+            "target names one repository; this directory holds several: give oci:DIR:REF".into(),
+        ));
+    }
+    let platforms = parse_platforms(e, context)?;
+    Ok(by_repo
+        .into_iter()
+        .map(|(repository, tags)| {
+            let mut tags = [tags, e.tags.clone()].concat();
+            dedup_tags(&mut tags);
+            ImageSelection {
+                repo: Reference {
+                    registry: format!("oci:{}", dir.display()),
+                    repository,
+                    tag: None,
+                    digest: None,
+                },
+                tags,
                 tag_pattern: None,
                 digests: vec![],
-                platforms: platforms.to_vec(),
-                target: None,
-            };
-            let mut sel = layout_selection(&entry, &format!("{}:", dir.display()), &entry.r#ref)?;
-            let tags = named
-                .iter()
-                .filter(|(r, _)| r == repo)
-                .map(|(_, t)| t.clone())
-                .collect();
-            sel.repo.repository = repo.clone();
-            sel.tags = tags;
-            Ok(sel)
+                platforms: platforms.clone(),
+                target: e.target.clone(),
+                layout: Some(dir.clone()),
+            }
         })
-        .collect()
+        .collect())
 }
 
 /// Drop repeated tags, keeping each where it first appears (the list is not
@@ -259,23 +245,8 @@ pub fn parse_selection(text: &str, name: &str) -> Result<Vec<ImageSelection>, Se
     let mut out = Vec::new();
     for (i, e) in file.images.iter().enumerate() {
         let context = format!("{name}: images[{i}] ({})", e.r#ref);
-        match e.r#ref.strip_prefix("oci:").filter(|d| !d.contains(':')) {
-            // A whole layout directory: every repository it names.
-            Some(dir) => {
-                let mut all = from_layout_dir(Path::new(dir), &e.platforms)?;
-                if e.target.is_some() && all.len() > 1 {
-                    return Err(SelectionError::Entry {
-                        context,
-                        detail: "target names one repository; this directory holds several: give oci:DIR:REF".into(),
-                    });
-                }
-                for sel in &mut all {
-                    sel.target = e.target.clone();
-                    sel.tags.extend(e.tags.iter().cloned());
-                    dedup_tags(&mut sel.tags);
-                }
-                out.extend(all);
-            }
+        match e.r#ref.strip_prefix("oci:") {
+            Some(rest) => out.extend(layout_selections(e, rest, &context)?),
             None => out.push(ImageSelection::from_entry(e, &context)?),
         }
     }
@@ -290,10 +261,6 @@ pub fn from_refs(
 ) -> Result<Vec<ImageSelection>, SelectionError> {
     let mut out = Vec::new();
     for r in refs {
-        if let Some(dir) = r.strip_prefix("oci:").filter(|d| !d.contains(':')) {
-            out.extend(from_layout_dir(Path::new(dir), platforms)?);
-            continue;
-        }
         let entry = SelectionEntry {
             r#ref: r.clone(),
             tags: vec![],
@@ -302,7 +269,10 @@ pub fn from_refs(
             platforms: platforms.to_vec(),
             target: None,
         };
-        out.push(ImageSelection::from_entry(&entry, r)?);
+        match r.strip_prefix("oci:") {
+            Some(rest) => out.extend(layout_selections(&entry, rest, r)?),
+            None => out.push(ImageSelection::from_entry(&entry, r)?),
+        }
     }
     Ok(out)
 }
