@@ -36,6 +36,8 @@ pub struct ExportOptions {
     pub force: bool,
     /// A sigstore trusted_root.json to carry in the bundle (sites pin it by digest).
     pub carry_trusted_root: Option<PathBuf>,
+    /// Cut the bundle into volumes of at most this many bytes.
+    pub volume_size: Option<u64>,
     /// Warnings and verdict lines (default: dropped).
     pub events: Arc<dyn Events>,
 }
@@ -54,6 +56,7 @@ impl ExportOptions {
             policy: None,
             sign_key: None,
             carry_trusted_root: None,
+            volume_size: None,
             events: Arc::new(NoEvents),
         }
     }
@@ -89,6 +92,10 @@ pub struct ExportReport {
     pub bundle_digest: Digest,
     pub file_sha256: String,
     pub file_size: u64,
+    /// The volume files, when the bundle was cut into volumes (then
+    /// `fileSha256` is empty and `fileSize` their total).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<crate::store::FileReport>,
     pub images: Vec<ImageSummary>,
     pub manifests: usize,
     pub blobs: usize,
@@ -165,6 +172,7 @@ pub async fn export(
         frame_max: opts.frame_max,
         force: opts.force,
         queue: opts.jobs.max(1),
+        volume_size: opts.volume_size,
     };
     let mut sink = BundleSink::new(opts.bundle_output(), write)?;
     let signer = opts
@@ -202,11 +210,19 @@ pub async fn export(
     let copy_opts = CopyOptions::new(opts.jobs, "export", EventsHandle(opts.events.clone()));
     let copied = copy(&mut source, &graph, &mut sink, &copy_opts).await?;
     let index_bytes = sink.index_bytes().unwrap_or_default().to_vec();
+    let volumes = copied.sink.volumes.clone();
     let signature = match (signer, &opts.bundle_output()) {
         (Some(s), Output::File(out)) => {
-            let path = bundle::signature_path(out);
-            bundle::write_atomically(&path, s.sign_b64(&index_bytes).as_bytes())?;
-            Some(path.display().to_string())
+            // Every volume carries the same index: each gets the signature.
+            let signature = s.sign_b64(&index_bytes);
+            let mut files: Vec<PathBuf> = volumes.iter().map(|v| PathBuf::from(&v.path)).collect();
+            if files.is_empty() {
+                files.push(out.clone());
+            }
+            for f in &files {
+                bundle::write_atomically(&bundle::signature_path(f), signature.as_bytes())?;
+            }
+            Some(bundle::signature_path(&files[0]).display().to_string())
         }
         (Some(_), Output::Stdout) => {
             return Err(Error::Selection(
@@ -232,7 +248,12 @@ pub async fn export(
         },
         bundle_digest: Digest::of(&index_bytes),
         file_sha256: file.sha256,
-        file_size: file.size,
+        file_size: if volumes.is_empty() {
+            file.size
+        } else {
+            volumes.iter().map(|v| v.size).sum()
+        },
+        volumes,
         images: summaries(&graph, passed.unsigned),
         manifests: graph.manifests.len(),
         blobs: graph.blobs.len(),

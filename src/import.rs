@@ -115,7 +115,20 @@ pub async fn import_file_into(
     opts: &ImportOptions,
     events: &EventsHandle,
 ) -> Result<ImportReport> {
-    let source = BundleSource::open_file(path)?;
+    import_files_into(&[path.to_path_buf()], sink, opts, events).await
+}
+
+/// A bundle file, or the volumes of a bundle in any order (directories
+/// stand for the bundle files in them), into any sink. Every volume must be
+/// there and belong to the bundle before anything is pushed.
+pub async fn import_files_into(
+    paths: &[std::path::PathBuf],
+    sink: &mut dyn Sink,
+    opts: &ImportOptions,
+    events: &EventsHandle,
+) -> Result<ImportReport> {
+    let source = BundleSource::open_files(paths)?;
+    let path = paths.first().map(|p| p.as_path()).unwrap_or(Path::new("-"));
     if source.is_seekable() {
         return import_into(source, sink, opts, events).await;
     }

@@ -1,7 +1,8 @@
 //! `airlock inspect`: what a bundle holds, from its index alone (the
 //! first member; with the seek table nothing else is decompressed).
 
-use crate::bundle::{self, BundleError, BundleIndex, SeekableBundle};
+use crate::bundle::volumes::VolumeLabel;
+use crate::bundle::{self, BundleError, BundleIndex};
 use crate::digest::Digest;
 use crate::progress::human_bytes;
 use std::fmt::Write as _;
@@ -9,10 +10,17 @@ use std::path::Path;
 
 /// Read the bundle index and the bundle digest.
 pub fn read_index(path: &Path) -> Result<(BundleIndex, Digest), BundleError> {
-    if let Some(b) = SeekableBundle::open(path)? {
-        return Ok((b.index, b.digest));
-    }
+    read_head(path).map(|(i, d, _)| (i, d))
+}
+
+/// The bundle index, the bundle digest, and which volume the file is (for
+/// one volume of a bundle cut into volumes). Only the start of the file is
+/// decompressed.
+pub fn read_head(path: &Path) -> Result<(BundleIndex, Digest, Option<VolumeLabel>), BundleError> {
     let name = path.display().to_string();
+    if path.is_dir() {
+        return Err(BundleError::NotAFile { path: name });
+    }
     let file = std::fs::File::open(path).map_err(|source| BundleError::Io {
         path: name.clone(),
         source,
@@ -20,11 +28,22 @@ pub fn read_index(path: &Path) -> Result<(BundleIndex, Digest), BundleError> {
     bundle::read_index_only(std::io::BufReader::new(file), &name)
 }
 
-/// A human summary of a bundle index.
-pub fn render(index: &BundleIndex, digest: &Digest) -> String {
+/// A human summary of a bundle index (and of which volume a file is).
+pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>) -> String {
     let mut s = String::new();
     let total: u64 = index.members.iter().map(|m| m.size).sum();
     let _ = writeln!(s, "bundle digest: {digest}");
+    if let Some(v) = &index.volumes {
+        let here = label
+            .map(|l| format!("; this file is volume {} of {}", l.volume, l.count))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "volumes:       {} of at most {}{here}",
+            v.count,
+            human_bytes(v.max_size)
+        );
+    }
     let _ = writeln!(s, "created:       {} by {}", index.created, index.tool);
     let _ = writeln!(
         s,

@@ -297,6 +297,10 @@ enum Command {
         /// its digest (--trusted-root sha256:...).
         #[arg(long, value_name = "FILE")]
         carry_trusted_root: Option<PathBuf>,
+        /// Cut the bundle into volumes no larger than SIZE: NAME.001.tar.zst, NAME.002…
+        /// SIZE: bytes, 4.7GB, 4G, 700MiB, or dvd (4.7 GB), dvd-dl, fat32 (4 GiB - 1), bd25, bd50, cd.
+        #[arg(long, value_name = "SIZE", value_parser = airlock::bundle::volumes::parse_size)]
+        volume_size: Option<u64>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -306,8 +310,9 @@ enum Command {
     },
     /// Verify a bundle and push it into a registry.
     Import {
-        /// Bundle file, or - for stdin.
-        bundle: String,
+        /// Bundle file, or - for stdin; or every volume of a bundle (any order, or their directory).
+        #[arg(required = true)]
+        bundle: Vec<String>,
         /// Target: HOST[/PREFIX] or HOST/TEMPLATE with {repo} and {name}
         /// (docker:// optional), or oci:DIR for an OCI layout directory.
         #[arg(long)]
@@ -329,13 +334,16 @@ enum Command {
     Copy(CopyArgs),
     /// Show what a bundle holds.
     Inspect {
-        bundle: PathBuf,
+        /// Bundle file, or one or more of its volumes.
+        #[arg(required = true)]
+        bundle: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
     /// Check a bundle offline: every digest, the index, the graph.
     Verify {
-        /// Bundle file, or - for stdin; or images where they now live:
+        /// Bundle file, or - for stdin, or volumes of a bundle (any order, or their directory;
+        /// some volumes alone are checked alone); or images where they now live:
         /// docker://HOST/REPO[:TAG|@DIGEST] or oci:DIR[:REF] (repeatable).
         #[arg(required = true)]
         bundle: Vec<String>,
@@ -396,10 +404,16 @@ async fn run(cli: Cli) -> Result<()> {
             force,
             sign_key,
             carry_trusted_root,
+            volume_size,
             json,
             trust,
             registry,
         } => {
+            if volume_size.is_some() && output.as_os_str() == "-" {
+                bail!(airlock::Error::Usage(
+                    "--volume-size needs an output file (-o NAME.tar.zst), not stdout".into()
+                ));
+            }
             let mut opts = ExportOptions::new(&output);
             opts.level = level;
             if let Some(t) = threads {
@@ -409,6 +423,7 @@ async fn run(cli: Cli) -> Result<()> {
             opts.force = force;
             opts.sign_key = sign_key;
             opts.carry_trusted_root = carry_trusted_root;
+            opts.volume_size = volume_size;
             opts.policy = trust.load()?.map(Arc::new);
             export_cmd(file, refs, platforms, opts, json, registry).await
         }
@@ -444,11 +459,16 @@ async fn run(cli: Cli) -> Result<()> {
             let at_rest = bundle
                 .iter()
                 .all(|b| b.starts_with("docker://") || b.starts_with("oci:"));
+            let any_at_rest = bundle
+                .iter()
+                .any(|b| b.starts_with("docker://") || b.starts_with("oci:"));
             match bundle.as_slice() {
-                [one] if !at_rest => verify_cmd(one, json, trust, bundle_key).await,
                 refs if at_rest => verify_images_cmd(refs, json, trust, registry).await,
+                files if !any_at_rest && (files.len() == 1 || !files.iter().any(|f| f == "-")) => {
+                    verify_cmd(files, json, trust, bundle_key).await
+                }
                 _ => bail!(airlock::Error::Usage(
-                    "verify takes one bundle (file or -), or image references (docker://…, oci:…)"
+                    "verify takes one bundle (file or -) or its volumes, or image references (docker://…, oci:…)"
                         .into()
                 )),
             }
@@ -527,7 +547,17 @@ async fn export_cmd(
     if let Some(s) = &report.signature {
         writeln!(out, "bundle signature: {s}")?;
     }
-    if to_stdout {
+    for v in &report.volumes {
+        writeln!(
+            out,
+            "volume {}  {}  sha256 {}  (also in its .sha256)",
+            v.path,
+            human_bytes(v.size),
+            v.sha256
+        )?;
+    }
+    if !report.volumes.is_empty() {
+    } else if to_stdout {
         writeln!(out, "file sha256:   {}", report.file_sha256)?;
     } else {
         writeln!(
@@ -576,7 +606,7 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
 }
 
 async fn import_cmd(
-    bundle: &str,
+    bundle: &[String],
     to: &str,
     on_existing_tag: OnExistingTag,
     json: bool,
@@ -585,7 +615,23 @@ async fn import_cmd(
     registry: RegistryArgs,
 ) -> Result<()> {
     let policy = trust.load()?.map(Arc::new);
-    let bundle_key = bundle_key.load(bundle)?;
+    let stdin = bundle.len() == 1 && bundle[0] == "-";
+    if !stdin && bundle.iter().any(|b| b == "-") {
+        bail!(airlock::Error::Usage(
+            "import reads a bundle from stdin (-) or from files, not both".into()
+        ));
+    }
+    let files = if stdin {
+        Vec::new()
+    } else {
+        let paths: Vec<PathBuf> = bundle.iter().map(PathBuf::from).collect();
+        airlock::bundle::volumes::expand_paths(&paths).map_err(airlock::Error::from)?
+    };
+    let first = files
+        .first()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "-".into());
+    let bundle_key = bundle_key.load(&first)?;
     let layout_dir = to.strip_prefix("oci:").map(PathBuf::from);
     let target = match &layout_dir {
         Some(_) => Target {
@@ -616,17 +662,11 @@ async fn import_cmd(
             &mut registry_sink
         }
     };
-    let report = if bundle == "-" {
+    let report = if stdin {
         let source = airlock::bundle::BundleSource::stream(Box::new(std::io::stdin()), "stdin");
         import::import_into(source, sink, &opts, &stderr_events()).await?
     } else {
-        let path = std::path::Path::new(bundle);
-        if path.is_dir() {
-            bail!(airlock::Error::Usage(format!(
-                "{bundle} is a directory; give the bundle file (for a layout directory use airlock copy oci:{bundle} …)"
-            )));
-        }
-        import::import_file_into(path, sink, &opts, &stderr_events()).await?
+        import::import_files_into(&files, sink, &opts, &stderr_events()).await?
     };
     print_import(&report, json)
 }
@@ -707,35 +747,52 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
     Ok(())
 }
 
-fn inspect_cmd(bundle: &std::path::Path, json: bool) -> Result<()> {
-    if bundle.is_dir() {
-        bail!(airlock::Error::Usage(format!(
-            "{} is a directory, not a bundle file",
-            bundle.display()
-        )));
-    }
-    let (index, digest) = inspect::read_index(bundle).map_err(airlock::Error::from)?;
+fn inspect_cmd(bundle: &[PathBuf], json: bool) -> Result<()> {
+    let files = airlock::bundle::volumes::expand_paths(bundle).map_err(airlock::Error::from)?;
+    let (index, digest, label) = inspect::read_head(&files[0]).map_err(airlock::Error::from)?;
     if json {
-        return print_json(&serde_json::json!({"bundleDigest": digest, "index": index}));
+        return print_json(
+            &serde_json::json!({"bundleDigest": digest, "volume": label, "index": index}),
+        );
     }
-    write!(std::io::stdout(), "{}", inspect::render(&index, &digest))?;
+    write!(
+        std::io::stdout(),
+        "{}",
+        inspect::render(&index, &digest, label.as_ref())
+    )?;
     Ok(())
 }
 
 async fn verify_cmd(
-    bundle: &str,
+    files: &[String],
     json: bool,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
 ) -> Result<()> {
     let policy = trust.load()?;
-    let bundle_key = bundle_key.load(bundle)?;
-    let (path, input): (PathBuf, Option<Box<dyn Read + Send>>) = if bundle == "-" {
-        (PathBuf::from("stdin"), Some(Box::new(std::io::stdin())))
+    let bundle = files[0].as_str();
+    let paths: Vec<PathBuf> = files.iter().map(PathBuf::from).collect();
+    let expanded = if bundle == "-" {
+        paths.clone()
     } else {
-        (PathBuf::from(bundle), None)
+        airlock::bundle::volumes::expand_paths(&paths).map_err(airlock::Error::from)?
     };
-    let report = match verify::verify_bundle(&path, input, policy.as_ref(), &bundle_key).await {
+    let bundle_key = bundle_key.load(&expanded[0].display().to_string())?;
+    let result = if bundle == "-" {
+        let input: Box<dyn Read + Send> = Box::new(std::io::stdin());
+        verify::verify_bundle(
+            std::path::Path::new("stdin"),
+            Some(input),
+            policy.as_ref(),
+            &bundle_key,
+        )
+        .await
+    } else if expanded.len() == 1 {
+        verify::verify_bundle(&expanded[0], None, policy.as_ref(), &bundle_key).await
+    } else {
+        verify::verify_volumes(&expanded, policy.as_ref(), &bundle_key).await
+    };
+    let report = match result {
         Ok(r) => r,
         Err(e) => {
             if json && e.kind() == ErrorKind::Integrity {
@@ -828,6 +885,38 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
     }
     for u in &report.unreferenced {
         outln!("note: member {u} is listed but no image needs it");
+    }
+    for v in &report.volumes {
+        outln!(
+            "ok  volume {} of {}  {}  {} members{}  file sha256 {}{}",
+            v.volume,
+            v.count,
+            v.path,
+            v.members,
+            if v.chunks > 0 {
+                format!(", {} chunks", v.chunks)
+            } else {
+                String::new()
+            },
+            v.file_sha256,
+            match v.sidecar_ok {
+                Some(true) => " (matches its .sha256)",
+                _ => " (no .sha256 file)",
+            }
+        );
+    }
+    if !report.missing_volumes.is_empty() {
+        outln!(
+            "verified the volumes given of bundle {}: intact. Volume(s) {} not given: the images, their graph and chunks cut across volumes are checked when every volume is given",
+            report.bundle_digest,
+            report
+                .missing_volumes
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
     }
     outln!(
         "verified {}: {} members, {} checked, graph complete{}",

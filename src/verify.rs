@@ -12,7 +12,8 @@ use crate::store::null::NullSink;
 use crate::store::{GraphRequest, Source};
 use serde::Serialize;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The error of a verification (one error type for every operation).
 pub type VerifyError = Error;
@@ -50,6 +51,28 @@ pub struct VerifyReport {
     pub bundle_signature: Option<SignatureCheck>,
     /// Intact, and (when asked) admitted by the policy and signed.
     pub verified: bool,
+    /// Each volume file, when the bundle is cut into volumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeCheck>,
+    /// Volumes not given: only the given ones were checked, and the images
+    /// (graph, policy) are checked when every volume is given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_volumes: Vec<u32>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeCheck {
+    pub volume: u32,
+    pub count: u32,
+    pub path: String,
+    pub file_sha256: String,
+    pub sidecar_ok: Option<bool>,
+    /// Whole members verified in this volume (sha256 against the index).
+    pub members: usize,
+    /// Chunks of members cut across volumes (checked by the zstd frame
+    /// checksums alone; the member's sha256 needs all its chunks).
+    pub chunks: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -145,14 +168,197 @@ pub async fn verify_bundle(
     let raw: Box<dyn Read + Send> = match input {
         Some(r) => r,
         None => {
-            if path.is_dir() {
-                return Err(Error::Usage(format!(
-                    "{name} is a directory, not a bundle file"
-                )));
+            let head = crate::inspect::read_head(path)?;
+            if head.0.volumes.is_some() {
+                return verify_volumes(&[path.to_path_buf()], policy, bundle_key).await;
             }
             Box::new(std::fs::File::open(path).map_err(Error::io(&name))?)
         }
     };
+    verify_one(path, raw, from_file, policy, bundle_key).await
+}
+
+/// One bundle file (or stream), then its sidecar.
+async fn verify_one(
+    path: &Path,
+    raw: Box<dyn Read + Send>,
+    from_file: bool,
+    policy: Option<&crate::trust::Policy>,
+    bundle_key: &Option<(PathBuf, String)>,
+) -> Result<VerifyReport> {
+    let name = path.display().to_string();
+    let (mut report, file_digest) = verify_read(&name, raw, policy, bundle_key).await?;
+    report.sidecar_ok = check_sidecar(path, from_file, &file_digest)?;
+    Ok(report)
+}
+
+/// The volumes of a bundle (files or directories, any order). With every
+/// volume: one pass over them in order, as one stream, plus each volume's
+/// sidecar. With some: each given volume checked alone.
+pub async fn verify_volumes(
+    paths: &[PathBuf],
+    policy: Option<&crate::trust::Policy>,
+    bundle_key: &Option<(PathBuf, String)>,
+) -> Result<VerifyReport> {
+    let paths = crate::bundle::volumes::expand_paths(paths)?;
+    let set = crate::bundle::SeekableBundle::open_set(&paths)?.ok_or_else(|| {
+        Error::from(crate::bundle::BundleError::Corrupt {
+            bundle: paths[0].display().to_string(),
+            detail: "no seek table at its end: truncated or damaged".into(),
+        })
+    })?;
+    let files = set.volume_files();
+    let count = set.index.volume_count();
+    let missing = set.missing_volumes();
+    if set.index.volumes.is_none() {
+        let path = &files[0].1;
+        let f = std::fs::File::open(path).map_err(Error::io(path.display()))?;
+        return verify_one(path, Box::new(f), true, policy, bundle_key).await;
+    }
+    if !missing.is_empty() {
+        if policy.is_some() {
+            return Err(Error::Usage(format!(
+                "a policy is checked on whole bundles: give every volume ({} of {count} given)",
+                files.len()
+            )));
+        }
+        return verify_some_volumes(&set, files, missing, bundle_key).await;
+    }
+    let name = format!("{} ({count} volumes)", files[0].1.display());
+    let hashes = Arc::new(Mutex::new(Vec::new()));
+    let chain = VolumeChain {
+        files: files.iter().map(|(_, p)| p.clone()).collect(),
+        next: 0,
+        current: None,
+        hashes: hashes.clone(),
+    };
+    let (mut report, _) = verify_read(&name, Box::new(chain), policy, bundle_key).await?;
+    let hashes = hashes.lock().map(|h| h.clone()).unwrap_or_default();
+    for ((v, path), (digest, size)) in files.iter().zip(hashes) {
+        let _ = size;
+        report.volumes.push(VolumeCheck {
+            volume: *v,
+            count,
+            path: path.display().to_string(),
+            file_sha256: digest.hex(),
+            sidecar_ok: check_sidecar(path, true, &digest)?,
+            members: set
+                .index
+                .volume_entries(*v)
+                .iter()
+                .filter(|e| e.chunk == 0)
+                .count(),
+            chunks: set
+                .index
+                .volume_entries(*v)
+                .iter()
+                .filter(|e| e.chunk > 0)
+                .count(),
+        });
+    }
+    report.file_sha256 = String::new();
+    Ok(report)
+}
+
+/// Some volumes only: each one read alone (its whole members against the
+/// bundle index, its chunks by their frame checksums, its end, its sidecar).
+async fn verify_some_volumes(
+    set: &crate::bundle::SeekableBundle,
+    files: Vec<(u32, PathBuf)>,
+    missing: Vec<u32>,
+    bundle_key: &Option<(PathBuf, String)>,
+) -> Result<VerifyReport> {
+    let mut volumes = Vec::new();
+    for (v, path) in files {
+        let name = path.display().to_string();
+        let p = path.clone();
+        let (digest, counts) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let f = std::fs::File::open(&p).map_err(Error::io(p.display()))?;
+            let mut hashing = crate::digest::HashingReader::new(std::io::BufReader::new(f));
+            let (_, _, _, counts) =
+                crate::bundle::read_one_volume(&mut hashing, &p.display().to_string())?;
+            std::io::copy(&mut hashing, &mut std::io::sink()).map_err(Error::io(p.display()))?;
+            Ok((hashing.finish().0, counts))
+        })
+        .await
+        .map_err(Error::task(&name))??;
+        volumes.push(VolumeCheck {
+            volume: v,
+            count: set.index.volume_count(),
+            path: name,
+            file_sha256: digest.hex(),
+            sidecar_ok: check_sidecar(&path, true, &digest)?,
+            members: counts.members,
+            chunks: counts.chunks,
+        });
+    }
+    let index = &set.index;
+    let bundle_signature = check_signature(bundle_key, &set.digest);
+    let mut report = VerifyReport {
+        bundle: set.path.display().to_string(),
+        bundle_digest: set.digest.clone(),
+        file_sha256: String::new(),
+        sidecar_ok: None,
+        created: index.created.clone(),
+        tool: index.tool.clone(),
+        members: index.members.len() + 1,
+        bytes: index.members.iter().map(|m| m.size).sum(),
+        images: Vec::new(),
+        unreferenced: Vec::new(),
+        policy: None,
+        bundle_signature,
+        verified: false,
+        volumes,
+        missing_volumes: missing,
+    };
+    report.verified = !report.signature_failed();
+    Ok(report)
+}
+
+/// Volume files read one after the other as one stream, each hashed on
+/// its own for its sidecar.
+struct VolumeChain {
+    files: Vec<PathBuf>,
+    next: usize,
+    current: Option<crate::digest::HashingReader<std::fs::File>>,
+    hashes: Arc<Mutex<Vec<(Digest, u64)>>>,
+}
+
+impl Read for VolumeChain {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.current.is_none() {
+                let Some(path) = self.files.get(self.next) else {
+                    return Ok(0);
+                };
+                self.next += 1;
+                self.current = Some(crate::digest::HashingReader::new(std::fs::File::open(
+                    path,
+                )?));
+            }
+            if let Some(r) = self.current.as_mut() {
+                let n = r.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            if let Some(done) = self.current.take() {
+                if let Ok(mut h) = self.hashes.lock() {
+                    h.push(done.finish());
+                }
+            }
+        }
+    }
+}
+
+/// One pass over a bundle stream: every member, the graph, the policy.
+async fn verify_read(
+    name: &str,
+    raw: Box<dyn Read + Send>,
+    policy: Option<&crate::trust::Policy>,
+    bundle_key: &Option<(PathBuf, String)>,
+) -> Result<(VerifyReport, Digest)> {
+    let name = name.to_string();
     let mut source = BundleSource::stream(raw, &name);
     let request = GraphRequest {
         payloads: policy.is_some(),
@@ -165,7 +371,6 @@ pub async fn verify_bundle(
         what: name.clone(),
         detail: "the file digest is missing after the read".into(),
     })?;
-    let sidecar_ok = check_sidecar(path, from_file, &file_digest)?;
     let (index, bundle_digest) = source.index().cloned().ok_or_else(|| Error::Task {
         what: name.clone(),
         detail: "the bundle index is missing after the read".into(),
@@ -179,7 +384,7 @@ pub async fn verify_bundle(
         bundle: name,
         bundle_digest,
         file_sha256: file_digest.hex(),
-        sidecar_ok,
+        sidecar_ok: None,
         created: index.created.clone(),
         tool: index.tool.clone(),
         members: index.members.len() + 1,
@@ -190,9 +395,11 @@ pub async fn verify_bundle(
             .map(|d| d.layout_path())
             .collect(),
         images,
+        volumes: Vec::new(),
+        missing_volumes: Vec::new(),
     };
     report.verified = !report.policy_failed() && !report.signature_failed();
-    Ok(report)
+    Ok((report, file_digest))
 }
 
 fn check_sidecar(path: &Path, from_file: bool, file_digest: &Digest) -> Result<Option<bool>> {

@@ -29,6 +29,9 @@ pub struct BundleIndex {
     /// Never trusted by itself: a site uses it only by pinning this digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_root: Option<Digest>,
+    /// Set when the bundle is cut into volumes (docs/bundle-format.md §8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volumes: Option<super::volumes::Volumes>,
 }
 
 pub const TRUSTED_ROOT_MEDIA_TYPE: &str =
@@ -56,6 +59,12 @@ pub struct Member {
     /// For manifests: the media type to push them with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// The volume holding the member (a bundle in volumes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<u32>,
+    /// Or, for a member larger than a volume, its chunks in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<super::volumes::Chunk>,
 }
 
 impl BundleIndex {
@@ -89,6 +98,20 @@ impl BundleIndex {
 }
 
 impl BundleIndex {
+    #[cfg(test)]
+    pub(crate) fn for_tests(members: Vec<Member>) -> BundleIndex {
+        BundleIndex {
+            schema_version: FORMAT_VERSION,
+            media_type: INDEX_MEDIA_TYPE.into(),
+            tool: "test".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            images: Vec::new(),
+            members,
+            trusted_root: None,
+            volumes: None,
+        }
+    }
+
     /// The index of a bundle holding `graph`, with its members in tar
     /// order (docs/bundle-format.md §2): the layout files, every manifest,
     /// then small blobs (configs, signature payloads, a carried trusted
@@ -102,6 +125,8 @@ impl BundleIndex {
             size: bytes.len() as u64,
             kind: MemberKind::Layout,
             media_type: None,
+            volume: None,
+            chunks: Vec::new(),
         };
         let mut members = vec![
             layout("oci-layout", crate::layout::OCI_LAYOUT_BYTES),
@@ -113,6 +138,8 @@ impl BundleIndex {
             size: m.bytes.len() as u64,
             kind: MemberKind::Manifest,
             media_type: Some(m.media_type.clone()),
+            volume: None,
+            chunks: Vec::new(),
         }));
         for (class, kind) in [
             (BlobClass::Small, MemberKind::Small),
@@ -129,6 +156,8 @@ impl BundleIndex {
                         size: b.size,
                         kind,
                         media_type: b.media_type.clone(),
+                        volume: None,
+                        chunks: Vec::new(),
                     }),
             );
         }
@@ -140,6 +169,7 @@ impl BundleIndex {
             images: graph.images.clone(),
             members,
             trusted_root: graph.trusted_root.clone(),
+            volumes: None,
         };
         (index, index_json)
     }

@@ -14,11 +14,13 @@ mod index;
 mod reader;
 mod sink;
 mod source;
+pub mod volumes;
 mod writer;
 
 pub use index::*;
 pub use reader::{
-    member_error, read_index_only, read_stream, read_whole, SeekableBundle, StreamEvent,
+    member_error, read_index_only, read_one_volume, read_stream, read_whole, ReadCounts,
+    SeekableBundle, StreamEvent,
 };
 pub use sink::{
     read_sidecar, sidecar_path, signature_path, write_atomically, BundleSink, Output, WriteOptions,
@@ -51,6 +53,21 @@ pub enum BundleError {
     },
     #[error("bundle {bundle}: the bundle index is invalid: {detail}")]
     BadIndex { bundle: String, detail: String },
+    #[error("{path} is a directory, not a bundle file (give the volume files, or the bundle)")]
+    NotAFile { path: String },
+    #[error("{bundle}: volume {volume}: {detail}")]
+    ForeignVolume {
+        bundle: String,
+        volume: u32,
+        detail: String,
+    },
+    #[error("bundle {bundle} has {count} volumes; volume(s) {} not given (given: {given}); give every volume file", .missing.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "))]
+    MissingVolumes {
+        bundle: Digest,
+        count: u32,
+        missing: Vec<u32>,
+        given: String,
+    },
     #[error("bundle {bundle}: {what} {digest} is referenced but not in the bundle")]
     Missing {
         bundle: String,
@@ -65,6 +82,9 @@ impl From<BundleError> for crate::error::Error {
     fn from(e: BundleError) -> Self {
         let kind = match e {
             BundleError::Io { .. } => crate::error::ErrorKind::Other,
+            BundleError::NotAFile { .. } | BundleError::MissingVolumes { .. } => {
+                crate::error::ErrorKind::Usage
+            }
             _ => crate::error::ErrorKind::Integrity,
         };
         crate::error::Error::Format(crate::error::FormatError {

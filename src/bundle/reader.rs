@@ -6,6 +6,7 @@
 //! (by [`VerifyingReader`], which fails at the end instead of reporting EOF).
 
 use super::frames::SeekTable;
+use super::volumes::{Entry, VolumeLabel, LABEL_PATH, MAX_LABEL_BYTES};
 use super::{is_layout_path, padded, BundleError, BundleIndex, Member, INDEX_MEDIA_TYPE};
 use super::{FORMAT_VERSION, INDEX_PATH, MAX_INDEX_BYTES};
 use crate::digest::{Digest, VerifyingReader};
@@ -84,50 +85,93 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
             return Err(bad(format!("no {required} member")));
         }
     }
+    index.check_volumes(bundle)?;
     Ok(index)
 }
 
-fn check_header(
+/// The one check of a tar header block, for every read path (stream,
+/// file, volume): a valid ustar checksum, a regular file with the mode and
+/// owner docs/bundle-format.md §2 gives, at the path and with the size
+/// expected here. `expected` is `None` where nothing may follow.
+fn check_block(
     bundle: &str,
-    path: &str,
-    entry_type: tar::EntryType,
-    size: u64,
-    expected: Option<&Member>,
-) -> Result<(), BundleError> {
+    block: &[u8; 512],
+    expected: Option<(&str, Size)>,
+) -> Result<u64, BundleError> {
+    let header = tar::Header::from_byte_slice(block);
+    let path = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+    let what = expected.map(|(p, _)| p).unwrap_or("the end of the archive");
+    if header.cksum().ok() != Some(ustar_checksum(block)) {
+        return Err(corrupt(
+            bundle,
+            format!("the tar header where {what} should be has a bad checksum"),
+        ));
+    }
+    let entry_type = header.entry_type();
     if entry_type != tar::EntryType::Regular {
         return Err(BundleError::UnexpectedMember {
             bundle: bundle.into(),
-            member: path.into(),
+            member: path,
             detail: format!("entry type {entry_type:?}; only regular files are allowed"),
         });
     }
-    let Some(m) = expected else {
+    let Some((expected_path, expected_size)) = expected else {
         return Err(BundleError::UnexpectedMember {
             bundle: bundle.into(),
-            member: path.into(),
+            member: path,
             detail: "not listed in the bundle index".into(),
         });
     };
-    if path != m.path {
-        let detail = if is_layout_path(path) {
-            format!("found where the index lists {}", m.path)
+    if path != expected_path {
+        let detail = if is_layout_path(&path) {
+            format!("found where the index lists {expected_path}")
         } else {
             "not an OCI layout path".into()
         };
         return Err(BundleError::UnexpectedMember {
             bundle: bundle.into(),
-            member: path.into(),
+            member: path,
             detail,
         });
     }
-    if size != m.size {
+    let size = header
+        .size()
+        .map_err(|e| corrupt(bundle, format!("header of {path}: {e}")))?;
+    match expected_size {
+        Size::Exactly(n) if size != n => {
+            return Err(BundleError::MemberMismatch {
+                bundle: bundle.into(),
+                member: path,
+                detail: format!("size {size}, index says {n}"),
+            })
+        }
+        Size::AtMost(n) if size > n => {
+            return Err(BundleError::MemberMismatch {
+                bundle: bundle.into(),
+                member: path,
+                detail: format!("{size} bytes is larger than the {n} allowed"),
+            })
+        }
+        _ => {}
+    }
+    let mode = header.mode().unwrap_or(u32::MAX);
+    let (uid, gid) = (header.uid().unwrap_or(1), header.gid().unwrap_or(1));
+    if mode != 0o644 || uid != 0 || gid != 0 {
         return Err(BundleError::MemberMismatch {
             bundle: bundle.into(),
-            member: path.into(),
-            detail: format!("size {size}, index says {}", m.size),
+            member: path,
+            detail: format!(
+                "header mode {mode:o} owner {uid}:{gid}; a bundle member is mode 644, owner 0:0"
+            ),
         });
     }
-    Ok(())
+    Ok(size)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Size {
+    Exactly(u64),
+    AtMost(u64),
 }
 
 /// An error reading a member: a digest/size mismatch names the member;
@@ -157,268 +201,753 @@ pub fn read_whole(
     Ok(b)
 }
 
-/// The bundle index from the first tar entry: its path, a size limit
-/// checked before reading, its digest (the bundle digest), its checks.
-fn index_member<R: Read>(
-    mut first: tar::Entry<'_, R>,
-    bundle: &str,
-) -> Result<(BundleIndex, Digest), BundleError> {
-    let path = first
-        .path()
-        .map_err(|e| corrupt(bundle, e))?
-        .to_string_lossy()
-        .into_owned();
-    if path != INDEX_PATH {
-        return Err(BundleError::UnexpectedMember {
-            bundle: bundle.into(),
-            member: path,
-            detail: format!("the first member must be {INDEX_PATH}"),
-        });
-    }
-    if first.size() > MAX_INDEX_BYTES {
-        return Err(corrupt(bundle, "bundle index is implausibly large"));
-    }
-    let mut bytes = Vec::new();
-    first
-        .read_to_end(&mut bytes)
-        .map_err(|e| corrupt(bundle, e))?;
-    let digest = Digest::of(&bytes);
-    Ok((parse_index(bundle, &bytes)?, digest))
+// ------------------------------------------------------------ the tar stream
+
+/// The tar stream inside the zstd frames, read block by block with the
+/// rules of docs/bundle-format.md §2. Ours rather than `tar::Archive`: that
+/// one follows PAX and GNU extensions, skips padding and end blocks without
+/// looking, and stops at the first end block, where we must check every
+/// padding byte, the end blocks, that nothing follows them, and go on
+/// across the volumes of a bundle read as one stream.
+struct TarStream<R> {
+    r: R,
+    bundle: String,
 }
 
-/// Only the bundle index of a bundle read as a stream (nothing after it).
+impl<R: Read> TarStream<R> {
+    fn block(&mut self, what: &str) -> Result<[u8; 512], BundleError> {
+        let mut block = [0u8; 512];
+        self.r
+            .read_exact(&mut block)
+            .map_err(|e| corrupt(&self.bundle, format!("archive ends before {what}: {e}")))?;
+        Ok(block)
+    }
+
+    fn header(&mut self, path: &str, size: Size) -> Result<u64, BundleError> {
+        let block = self.block(path)?;
+        if block.iter().all(|b| *b == 0) {
+            return Err(corrupt(
+                &self.bundle,
+                format!("archive ends before member {path}"),
+            ));
+        }
+        check_block(&self.bundle, &block, Some((path, size)))
+    }
+
+    /// A small entry (the index, a label) whole: header, data, padding.
+    fn small(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
+        let size = self.header(path, Size::AtMost(limit))?;
+        let mut bytes = Vec::with_capacity(size as usize);
+        (&mut self.r)
+            .take(size)
+            .read_to_end(&mut bytes)
+            .map_err(|e| corrupt(&self.bundle, format!("reading {path}: {e}")))?;
+        if bytes.len() as u64 != size {
+            return Err(corrupt(&self.bundle, format!("archive ends inside {path}")));
+        }
+        self.padding(path, size)?;
+        Ok(bytes)
+    }
+
+    /// The zero bytes that pad an entry's data to a block.
+    fn padding(&mut self, path: &str, size: u64) -> Result<(), BundleError> {
+        let mut pad = vec![0u8; (padded(size) - size) as usize];
+        self.r
+            .read_exact(&mut pad)
+            .map_err(|e| corrupt(&self.bundle, format!("archive ends after {path}: {e}")))?;
+        if pad.iter().any(|b| *b != 0) {
+            return Err(corrupt(
+                &self.bundle,
+                format!("data hidden in the tar padding after {path}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The two zero blocks that end a tar archive; a header there is a
+    /// member the index does not list.
+    fn end(&mut self) -> Result<(), BundleError> {
+        for _ in 0..2 {
+            let block = self.block("the end-of-archive blocks")?;
+            if block.iter().any(|b| *b != 0) {
+                check_block(&self.bundle, &block, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing after the end (the seek table is a skippable frame, which
+    /// the decoder skips). One byte is enough to tell: a bomb of zeros
+    /// behind the archive is refused without decompressing it.
+    fn eof(&mut self) -> Result<(), BundleError> {
+        let mut one = [0u8; 1];
+        match self.r.read(&mut one) {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(BundleError::UnexpectedMember {
+                bundle: self.bundle.clone(),
+                member: "<data>".into(),
+                detail: "found after the end of the archive".into(),
+            }),
+            Err(e) => Err(corrupt(&self.bundle, e)),
+        }
+    }
+}
+
+/// What the walk of a stream does next.
+#[derive(Clone, Debug)]
+enum Step {
+    /// The index and label that open volume `v` (> 1) of a stream of volumes.
+    Preamble(u32),
+    Entry(Entry),
+    End,
+}
+
+fn steps(index: &BundleIndex, only: Option<u32>) -> Vec<Step> {
+    let mut out = Vec::new();
+    let volumes: Vec<u32> = match only {
+        Some(v) => vec![v],
+        None => (1..=index.volume_count()).collect(),
+    };
+    for (n, v) in volumes.into_iter().enumerate() {
+        if n > 0 {
+            out.push(Step::Preamble(v));
+        }
+        out.extend(index.volume_entries(v).into_iter().map(Step::Entry));
+        out.push(Step::End);
+    }
+    out
+}
+
+/// A bundle (or a stream of its volumes in order) read in one pass.
+struct Walk<R> {
+    t: TarStream<R>,
+    index: BundleIndex,
+    digest: Digest,
+    label: Option<VolumeLabel>,
+    /// Sizes of the index and label entries (where the members start).
+    index_len: u64,
+    label_len: u64,
+    steps: Vec<Step>,
+    pos: usize,
+}
+
+fn decoder<R: Read>(
+    input: R,
+    bundle: &str,
+) -> Result<zstd::stream::read::Decoder<'static, BufReader<R>>, BundleError> {
+    let mut dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
+    // airlock writes frames of at most a few MiB; a frame that asks for a
+    // larger window than zstd's default limit is refused, not allocated.
+    dec.window_log_max(27).map_err(|e| corrupt(bundle, e))?;
+    Ok(dec)
+}
+
+impl<R: Read> Walk<R> {
+    /// Read the bundle index (and a volume's label) at the start.
+    fn start(r: R, bundle: &str) -> Result<Walk<R>, BundleError> {
+        let mut t = TarStream {
+            r,
+            bundle: bundle.to_string(),
+        };
+        let bytes = t.small(INDEX_PATH, MAX_INDEX_BYTES)?;
+        let digest = Digest::of(&bytes);
+        let index = parse_index(bundle, &bytes)?;
+        let mut walk = Walk {
+            t,
+            index,
+            digest,
+            label: None,
+            index_len: bytes.len() as u64,
+            label_len: 0,
+            steps: Vec::new(),
+            pos: 0,
+        };
+        if walk.index.volumes.is_some() {
+            walk.label = Some(walk.read_label()?);
+        }
+        Ok(walk)
+    }
+
+    fn read_label(&mut self) -> Result<VolumeLabel, BundleError> {
+        let bytes = self.t.small(LABEL_PATH, MAX_LABEL_BYTES)?;
+        self.label_len = bytes.len() as u64;
+        let label = VolumeLabel::parse(&self.t.bundle, &bytes)?;
+        if label.bundle != self.digest || label.count != self.index.volume_count() {
+            return Err(BundleError::ForeignVolume {
+                bundle: self.t.bundle.clone(),
+                volume: label.volume,
+                detail: format!(
+                    "its label names bundle {} ({} volumes), its index is bundle {}",
+                    label.bundle, label.count, self.digest
+                ),
+            });
+        }
+        Ok(label)
+    }
+
+    /// The next volume of a stream: the same index, then its label.
+    fn preamble(&mut self, v: u32) -> Result<(), BundleError> {
+        let bytes = self.t.small(INDEX_PATH, MAX_INDEX_BYTES)?;
+        let digest = Digest::of(&bytes);
+        if digest != self.digest {
+            return Err(BundleError::ForeignVolume {
+                bundle: self.t.bundle.clone(),
+                volume: v,
+                detail: format!(
+                    "volume {v} belongs to bundle {digest}, the volumes before it to {}",
+                    self.digest
+                ),
+            });
+        }
+        let label = self.read_label()?;
+        if label.volume != v {
+            return Err(BundleError::ForeignVolume {
+                bundle: self.t.bundle.clone(),
+                volume: label.volume,
+                detail: format!(
+                    "volume {} came where volume {v} was expected: stream the volumes in order",
+                    label.volume
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn run_boundaries(&mut self) -> Result<(), BundleError> {
+        while let Some(step) = self.steps.get(self.pos).cloned() {
+            match step {
+                Step::Preamble(v) => self.preamble(v)?,
+                Step::End => self.t.end()?,
+                Step::Entry(_) => return Ok(()),
+            }
+            self.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Every step; `visit` gets each member once, its data verified (a
+    /// member cut into chunks is read across the volumes as one).
+    fn run(
+        &mut self,
+        only_volume: bool,
+        visit: &mut dyn FnMut(&Member, &mut dyn Read) -> Result<(), BundleError>,
+    ) -> Result<ReadCounts, BundleError> {
+        let mut counts = ReadCounts::default();
+        loop {
+            self.run_boundaries()?;
+            let Some(Step::Entry(e)) = self.steps.get(self.pos).cloned() else {
+                break;
+            };
+            let member = self.index.members[e.member].clone();
+            self.t.header(&e.path, Size::Exactly(e.size))?;
+            if e.chunk == 0 {
+                let bundle = self.t.bundle.clone();
+                let mut data = VerifyingReader::new(
+                    (&mut self.t.r).take(e.size),
+                    member.digest.clone(),
+                    member.size,
+                    member.path.clone(),
+                );
+                visit(&member, &mut data)?;
+                data.drain()
+                    .map_err(|err| member_error(&bundle, &member, err))?;
+                self.t.padding(&e.path, e.size)?;
+                self.pos += 1;
+                counts.members += 1;
+            } else if only_volume {
+                // A chunk alone: its frames' checksums are checked as it is
+                // decompressed; its sha256 is the whole member's.
+                io::copy(&mut (&mut self.t.r).take(e.size), &mut io::sink())
+                    .map_err(|err| corrupt(&self.t.bundle, format!("reading {}: {err}", e.path)))?;
+                self.t.padding(&e.path, e.size)?;
+                self.pos += 1;
+                counts.chunks += 1;
+            } else {
+                let bundle = self.t.bundle.clone();
+                let first_of = e.member;
+                let mut data = VerifyingReader::new(
+                    Chunks {
+                        walk: self,
+                        member: e.member,
+                        left: e.size,
+                        current: e,
+                    },
+                    member.digest.clone(),
+                    member.size,
+                    member.path.clone(),
+                );
+                visit(&member, &mut data)?;
+                data.drain()
+                    .map_err(|err| member_error(&bundle, &member, err))?;
+                // The digest was checked at the member's last byte, before
+                // the reader moved past the last chunk's padding.
+                if let Some(Step::Entry(last)) = self.steps.get(self.pos).cloned() {
+                    if last.member == first_of {
+                        self.t.padding(&last.path, last.size)?;
+                        self.pos += 1;
+                    }
+                }
+                counts.members += 1;
+            }
+        }
+        self.t.eof()?;
+        Ok(counts)
+    }
+}
+
+/// What a walk read.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadCounts {
+    pub members: usize,
+    pub chunks: usize,
+}
+
+/// A member cut into chunks, read from one stream of volumes: at the end of
+/// a chunk, the volume's end, the next volume's preamble, the next chunk.
+struct Chunks<'a, R> {
+    walk: &'a mut Walk<R>,
+    member: usize,
+    current: Entry,
+    left: u64,
+}
+
+impl<R: Read> Chunks<'_, R> {
+    fn next_chunk(&mut self) -> Result<bool, BundleError> {
+        let w = &mut *self.walk;
+        w.t.padding(&self.current.path, self.current.size)?;
+        w.pos += 1;
+        w.run_boundaries()?;
+        match w.steps.get(w.pos).cloned() {
+            Some(Step::Entry(e))
+                if e.member == self.member && e.chunk == self.current.chunk + 1 =>
+            {
+                w.t.header(&e.path, Size::Exactly(e.size))?;
+                self.left = e.size;
+                self.current = e;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+impl<R: Read> Read for Chunks<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        while self.left == 0 {
+            if self.current.chunk == 0 || !self.next_chunk().map_err(io::Error::other)? {
+                self.current.chunk = 0;
+                return Ok(0);
+            }
+        }
+        let n = (buf.len() as u64).min(self.left) as usize;
+        let got = self.walk.t.r.read(&mut buf[..n])?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("archive ends inside {}", self.current.path),
+            ));
+        }
+        self.left -= got as u64;
+        Ok(got)
+    }
+}
+
+/// Only the bundle index (and a volume's label) of a bundle read as a stream.
 pub fn read_index_only<R: Read>(
     input: R,
     bundle: &str,
-) -> Result<(BundleIndex, Digest), BundleError> {
-    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
-    let mut archive = tar::Archive::new(dec);
-    let mut entries = archive.entries().map_err(|e| corrupt(bundle, e))?;
-    let first = entries
-        .next()
-        .ok_or_else(|| corrupt(bundle, "empty archive"))?
-        .map_err(|e| corrupt(bundle, e))?;
-    index_member(first, bundle)
+) -> Result<(BundleIndex, Digest, Option<VolumeLabel>), BundleError> {
+    let w = Walk::start(decoder(input, bundle)?, bundle)?;
+    Ok((w.index, w.digest, w.label))
 }
 
-/// Read a whole bundle in one pass, checking every member in order.
+/// Read a whole bundle in one pass (or its volumes, concatenated in
+/// order), checking every member in order.
 pub fn read_stream<R: Read>(
     input: R,
     bundle: &str,
     mut visit: impl FnMut(StreamEvent) -> Result<(), BundleError>,
 ) -> Result<(BundleIndex, Digest), BundleError> {
-    let dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
-    let mut archive = tar::Archive::new(dec);
-    let (index, digest) = {
-        let mut entries = archive.entries().map_err(|e| corrupt(bundle, e))?;
-        let first = entries
-            .next()
-            .ok_or_else(|| corrupt(bundle, "empty archive"))?
-            .map_err(|e| corrupt(bundle, e))?;
-        let (index, digest) = index_member(first, bundle)?;
-        visit(StreamEvent::Index {
-            index: &index,
-            digest: &digest,
-        })?;
-        for member in &index.members {
-            let entry = entries.next().ok_or_else(|| {
-                corrupt(
-                    bundle,
-                    format!("archive ends before member {}", member.path),
-                )
-            })?;
-            let entry = entry.map_err(|e| corrupt(bundle, e))?;
-            let path = entry
-                .path()
-                .map_err(|e| corrupt(bundle, e))?
-                .to_string_lossy()
-                .into_owned();
-            check_header(
-                bundle,
-                &path,
-                entry.header().entry_type(),
-                entry.size(),
-                Some(member),
-            )?;
-            let mut data = VerifyingReader::new(
-                entry,
-                member.digest.clone(),
-                member.size,
-                member.path.clone(),
-            );
-            visit(StreamEvent::Member {
-                member,
-                data: &mut data,
-            })?;
-            data.drain().map_err(|e| member_error(bundle, member, e))?;
+    let mut w = Walk::start(decoder(input, bundle)?, bundle)?;
+    if let Some(label) = &w.label {
+        if label.volume != 1 {
+            return Err(BundleError::ForeignVolume {
+                bundle: bundle.into(),
+                volume: label.volume,
+                detail: format!(
+                    "a stream of volumes starts with volume 1 of {}; this is volume {}",
+                    label.count, label.volume
+                ),
+            });
         }
-        if let Some(extra) = entries.next() {
-            let extra = extra.map_err(|e| corrupt(bundle, e))?;
-            let path = extra
-                .path()
-                .map(|p| p.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            check_header(
-                bundle,
-                &path,
-                extra.header().entry_type(),
-                extra.size(),
-                None,
-            )?;
-        }
-        (index, digest)
-    };
-    // Decode to the very end so that a damaged tail is noticed too.
-    let mut rest = archive.into_inner();
-    io::copy(&mut rest, &mut io::sink()).map_err(|e| corrupt(bundle, e))?;
-    Ok((index, digest))
+    }
+    visit(StreamEvent::Index {
+        index: &w.index,
+        digest: &w.digest,
+    })?;
+    w.steps = steps(&w.index, None);
+    w.run(false, &mut |member, data| {
+        visit(StreamEvent::Member { member, data })
+    })?;
+    Ok((w.index, w.digest))
 }
 
-/// A bundle file with a seek table: any member can be read on its own.
+/// One volume of a bundle on its own: every whole member verified against
+/// the index, every chunk read (zstd checksums), the end checked.
+pub fn read_one_volume<R: Read>(
+    input: R,
+    bundle: &str,
+) -> Result<(BundleIndex, Digest, VolumeLabel, ReadCounts), BundleError> {
+    let mut w = Walk::start(decoder(input, bundle)?, bundle)?;
+    let label = w.label.clone().ok_or_else(|| BundleError::BadIndex {
+        bundle: bundle.into(),
+        detail: "not a volume".into(),
+    })?;
+    w.steps = steps(&w.index, Some(label.volume));
+    let counts = w.run(true, &mut |_, _| Ok(()))?;
+    Ok((w.index, w.digest, label, counts))
+}
+
+// ------------------------------------------------------------ random access
+
+/// One file of a seekable bundle: a whole bundle or one volume.
+struct VolumeFile {
+    path: PathBuf,
+    table: SeekTable,
+    /// Where the label's data ends (the first entry's header starts).
+    preamble_end: u64,
+    /// Where the last entry's data ends (the end blocks start).
+    end: u64,
+}
+
+/// Where a member's data (or one chunk of it) lies.
+#[derive(Clone, Debug)]
+struct Part {
+    /// Volume number − 1.
+    file: usize,
+    offset: u64,
+    size: u64,
+    path: String,
+}
+
+/// The head of one file: its seek table, index, label.
+struct Head {
+    path: PathBuf,
+    table: SeekTable,
+    index: BundleIndex,
+    digest: Digest,
+    label: Option<VolumeLabel>,
+    preamble_end: u64,
+}
+
+fn open_head(path: &Path) -> Result<Option<Head>, BundleError> {
+    let name = path.display().to_string();
+    let io_err = |source| BundleError::Io {
+        path: name.clone(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(BundleError::NotAFile { path: name });
+    }
+    let mut f = File::open(path).map_err(io_err)?;
+    let table = match SeekTable::read(&mut f) {
+        Ok(t) => t,
+        Err(super::frames::SeekTableError::Missing) => return Ok(None),
+        Err(e) => return Err(corrupt(&name, e)),
+    };
+    f.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let w = Walk::start(decoder(BufReader::new(f), &name)?, &name)?;
+    let mut preamble_end = 512 + padded(w.index_len);
+    if w.label.is_some() {
+        preamble_end += 512 + padded(w.label_len);
+    }
+    Ok(Some(Head {
+        path: path.to_path_buf(),
+        table,
+        index: w.index,
+        digest: w.digest,
+        label: w.label,
+        preamble_end,
+    }))
+}
+
+/// A bundle file with a seek table, or a set of volume files: any member
+/// can be read on its own, through the frame that starts it.
 pub struct SeekableBundle {
+    /// The first file given (names the bundle in messages).
     pub path: PathBuf,
     pub index: BundleIndex,
     pub digest: Digest,
-    offsets: Vec<u64>,
-    table: SeekTable,
+    /// By volume number − 1; `None` for a volume that was not given.
+    files: Vec<Option<VolumeFile>>,
+    /// Per member, where its data lies: one part, or one per chunk.
+    parts: Vec<Vec<Part>>,
 }
 
 impl SeekableBundle {
     /// `Ok(None)` when the file has no seek table (read it as a stream).
     pub fn open(path: &Path) -> Result<Option<SeekableBundle>, BundleError> {
-        let name = path.display().to_string();
-        let io_err = |source| BundleError::Io {
-            path: name.clone(),
-            source,
+        SeekableBundle::open_set(&[path.to_path_buf()])
+    }
+
+    /// The volumes of one bundle, in any order (or one bundle file). Each
+    /// must carry the same bundle index; a file from another bundle, a
+    /// volume given twice, or a volume without its seek table is named.
+    /// Volumes not given are allowed here: see [`Self::missing_volumes`].
+    pub fn open_set(paths: &[PathBuf]) -> Result<Option<SeekableBundle>, BundleError> {
+        let mut heads = Vec::new();
+        for p in paths {
+            match open_head(p)? {
+                Some(h) => heads.push(h),
+                None if paths.len() == 1 => return Ok(None),
+                None => return Err(corrupt(
+                    &p.display().to_string(),
+                    "no seek table at its end: this volume is truncated or damaged; copy it again",
+                )),
+            }
+        }
+        let Some(first) = heads.first() else {
+            return Err(BundleError::BadIndex {
+                bundle: "(no files)".into(),
+                detail: "no bundle file given".into(),
+            });
         };
-        let mut f = File::open(path).map_err(io_err)?;
-        let table = match SeekTable::read(&mut f) {
-            Ok(t) => t,
-            Err(super::frames::SeekTableError::Missing) => return Ok(None),
-            Err(e) => return Err(corrupt(&name, e)),
-        };
-        f.seek(SeekFrom::Start(0)).map_err(io_err)?;
-        let mut dec =
-            zstd::stream::read::Decoder::new(BufReader::new(f)).map_err(|e| corrupt(&name, e))?;
-        let mut block = [0u8; 512];
-        dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
-        let header = tar::Header::from_byte_slice(&block);
-        let hpath = header
-            .path()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let size = header.size().map_err(|e| corrupt(&name, e))?;
-        if hpath != INDEX_PATH || size > MAX_INDEX_BYTES {
-            return Err(BundleError::UnexpectedMember {
-                bundle: name,
-                member: hpath,
-                detail: format!("the first member must be {INDEX_PATH}"),
+        let (index, digest, path) = (
+            first.index.clone(),
+            first.digest.clone(),
+            first.path.clone(),
+        );
+        let count = index.volume_count() as usize;
+        let mut files: Vec<Option<VolumeFile>> = (0..count).map(|_| None).collect();
+        for h in heads {
+            let name = h.path.display().to_string();
+            if h.digest != digest {
+                return Err(BundleError::ForeignVolume {
+                    bundle: name,
+                    volume: h.label.as_ref().map(|l| l.volume).unwrap_or(1),
+                    detail: format!(
+                        "it belongs to bundle {}, {} to bundle {digest}: give the volumes of one bundle",
+                        h.digest,
+                        path.display()
+                    ),
+                });
+            }
+            let v = match (&h.label, index.volumes.is_some()) {
+                (Some(l), true) => l.volume as usize,
+                (None, false) if count == 1 => 1,
+                _ => {
+                    return Err(BundleError::BadIndex {
+                        bundle: name,
+                        detail:
+                            "a volume without its label, or a label in a bundle without volumes"
+                                .into(),
+                    })
+                }
+            };
+            if let Some(other) = &files[v - 1] {
+                return Err(BundleError::ForeignVolume {
+                    bundle: name,
+                    volume: v as u32,
+                    detail: format!("volume {v} is given twice (also {})", other.path.display()),
+                });
+            }
+            files[v - 1] = Some(VolumeFile {
+                path: h.path,
+                table: h.table,
+                preamble_end: h.preamble_end,
+                end: h.preamble_end,
             });
         }
-        let mut bytes = vec![0u8; size as usize];
-        dec.read_exact(&mut bytes).map_err(|e| corrupt(&name, e))?;
-        let digest = Digest::of(&bytes);
-        let index = parse_index(&name, &bytes)?;
-        let offsets = index.data_offsets(size);
-        if let (Some(last), Some(m)) = (offsets.last(), index.members.last()) {
-            if last + padded(m.size) + 1024 > table.decompressed_len {
-                return Err(corrupt(&name, "members run past the end of the archive"));
+        let mut parts: Vec<Vec<Part>> = vec![Vec::new(); index.members.len()];
+        for (vi, file) in files.iter_mut().enumerate() {
+            let entries = index.volume_entries(vi as u32 + 1);
+            let Some(file) = file else {
+                for e in entries {
+                    parts[e.member].push(Part {
+                        file: vi,
+                        offset: 0,
+                        size: e.size,
+                        path: e.path,
+                    });
+                }
+                continue;
+            };
+            let mut at = file.preamble_end;
+            for e in entries {
+                let data = at + 512;
+                at = data + padded(e.size);
+                parts[e.member].push(Part {
+                    file: vi,
+                    offset: data,
+                    size: e.size,
+                    path: e.path,
+                });
+            }
+            file.end = at;
+            if at + 1024 > file.table.decompressed_len {
+                return Err(corrupt(
+                    &file.path.display().to_string(),
+                    "members run past the end of the archive",
+                ));
             }
         }
         Ok(Some(SeekableBundle {
-            path: path.to_path_buf(),
+            path,
             index,
             digest,
-            offsets,
-            table,
+            files,
+            parts,
         }))
     }
 
+    /// Volume numbers that were not given.
+    pub fn missing_volumes(&self) -> Vec<u32> {
+        (1..=self.files.len() as u32)
+            .filter(|v| self.files[*v as usize - 1].is_none())
+            .collect()
+    }
+
+    /// The files given, by volume number.
+    pub fn volume_files(&self) -> Vec<(u32, PathBuf)> {
+        self.files
+            .iter()
+            .enumerate()
+            .filter_map(|(i, f)| f.as_ref().map(|f| (i as u32 + 1, f.path.clone())))
+            .collect()
+    }
+
+    /// Every volume must be there before anything is read for real.
+    pub fn require_complete(&self) -> Result<(), BundleError> {
+        let missing = self.missing_volumes();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(BundleError::MissingVolumes {
+            bundle: self.digest.clone(),
+            count: self.files.len() as u32,
+            missing,
+            given: self
+                .volume_files()
+                .iter()
+                .map(|(v, p)| format!("{v}: {}", p.display()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+    }
+
+    fn file(&self, i: usize, member: &str) -> Result<&VolumeFile, BundleError> {
+        self.files
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| BundleError::MissingVolumes {
+                bundle: self.digest.clone(),
+                count: self.files.len() as u32,
+                missing: vec![i as u32 + 1],
+                given: format!("{member} is in it"),
+            })
+    }
+
     fn decoder_at(
-        &self,
+        file: &VolumeFile,
         offset: u64,
     ) -> Result<zstd::stream::read::Decoder<'static, BufReader<File>>, BundleError> {
-        let name = self.path.display().to_string();
-        let (c, d) = self
+        let name = file.path.display().to_string();
+        let (c, d) = file
             .table
             .locate(offset)
             .ok_or_else(|| corrupt(&name, format!("no frame holds offset {offset}")))?;
-        let mut f = File::open(&self.path).map_err(|source| BundleError::Io {
+        let mut f = File::open(&file.path).map_err(|source| BundleError::Io {
             path: name.clone(),
             source,
         })?;
         f.seek(SeekFrom::Start(c)).map_err(|e| corrupt(&name, e))?;
-        let mut dec = zstd::stream::read::Decoder::new(f).map_err(|e| corrupt(&name, e))?;
+        let mut dec = decoder(f, &name)?;
         io::copy(&mut (&mut dec).take(offset - d), &mut io::sink())
             .map_err(|e| corrupt(&name, e))?;
         Ok(dec)
     }
 
-    /// A reader of member `i`'s data, after checking its tar header, that
-    /// verifies the data's digest at the end.
+    /// One part's data, after checking its tar header.
+    fn open_part(&self, part: &Part) -> Result<Box<dyn Read + Send>, BundleError> {
+        let file = self.file(part.file, &part.path)?;
+        let name = file.path.display().to_string();
+        let mut dec = Self::decoder_at(file, part.offset - 512)?;
+        let mut block = [0u8; 512];
+        dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
+        check_block(&name, &block, Some((&part.path, Size::Exactly(part.size))))?;
+        Ok(Box::new(dec.take(part.size)))
+    }
+
+    /// A reader of member `i`'s data (its chunks joined, each header
+    /// checked as it is reached) that verifies the digest at the end.
     pub fn open_member(
         &self,
         i: usize,
     ) -> Result<VerifyingReader<Box<dyn Read + Send>>, BundleError> {
-        let name = self.path.display().to_string();
         let m = &self.index.members[i];
-        let mut dec = self.decoder_at(self.offsets[i] - 512)?;
-        let mut block = [0u8; 512];
-        dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
-        let header = tar::Header::from_byte_slice(&block);
-        let cksum_ok = header.cksum().ok() == Some(ustar_checksum(&block));
-        let path = String::from_utf8_lossy(header.path_bytes().as_ref()).into_owned();
-        let size = header
-            .size()
-            .map_err(|e| corrupt(&name, format!("header of {}: {e}", m.path)))?;
-        if !cksum_ok {
-            return Err(corrupt(
-                &name,
-                format!("tar header of {} has a bad checksum", m.path),
-            ));
-        }
-        check_header(&name, &path, header.entry_type(), size, Some(m))?;
-        let boxed: Box<dyn Read + Send> = Box::new(dec);
+        let parts = &self.parts[i];
+        let first = parts.first().ok_or_else(|| BundleError::BadIndex {
+            bundle: self.path.display().to_string(),
+            detail: format!("{} is in no volume", m.path),
+        })?;
+        let name = self.file(first.file, &m.path)?.path.display().to_string();
+        let data: Box<dyn Read + Send> = if parts.len() == 1 {
+            self.open_part(first)?
+        } else {
+            for p in parts {
+                self.file(p.file, &p.path)?;
+            }
+            let readers = parts
+                .iter()
+                .map(|p| self.open_part(p).map_err(io::Error::other))
+                .collect::<Vec<_>>();
+            Box::new(Joined {
+                parts: readers.into_iter(),
+                current: None,
+            })
+        };
         Ok(VerifyingReader::new(
-            boxed,
+            data,
             m.digest.clone(),
             m.size,
             format!("{} in {name}", m.path),
         ))
     }
 
-    /// The archive must end right after the last listed member with the
-    /// two zero blocks of a tar end: nothing may hide behind it.
+    /// Every file must end right after its last entry with the two zero
+    /// blocks of a tar end: nothing may hide behind it.
     pub fn check_end(&self) -> Result<(), BundleError> {
-        let name = self.path.display().to_string();
-        let end = match (self.offsets.last(), self.index.members.last()) {
-            (Some(o), Some(m)) => o + padded(m.size),
-            _ => return Err(corrupt(&name, "no members")),
-        };
-        let mut tail = Vec::new();
-        self.decoder_at(end)?
-            .take(2048)
-            .read_to_end(&mut tail)
-            .map_err(|e| corrupt(&name, e))?;
-        if self.table.decompressed_len != end + 1024 {
-            // Name what follows if it is a tar header, else its size.
-            let member = match tail.get(..512).filter(|h| h.iter().any(|b| *b != 0)) {
-                Some(h) => String::from_utf8_lossy(&h[..100])
-                    .trim_end_matches('\0')
-                    .to_string(),
-                None => format!(
-                    "<{} bytes>",
-                    self.table.decompressed_len.saturating_sub(end)
-                ),
-            };
-            return Err(BundleError::UnexpectedMember {
-                bundle: name,
-                member,
-                detail: "found after the last member the index lists".into(),
-            });
-        }
-        if tail.len() != 1024 || tail.iter().any(|b| *b != 0) {
-            return Err(corrupt(&name, "the tar end-of-archive blocks are missing"));
+        for file in self.files.iter().flatten() {
+            let name = file.path.display().to_string();
+            let end = file.end;
+            let mut tail = Vec::new();
+            Self::decoder_at(file, end)?
+                .take(2048)
+                .read_to_end(&mut tail)
+                .map_err(|e| corrupt(&name, e))?;
+            if file.table.decompressed_len != end + 1024 {
+                // Name what follows if it is a tar header, else its size.
+                let member = match tail.get(..512).filter(|h| h.iter().any(|b| *b != 0)) {
+                    Some(h) => String::from_utf8_lossy(&h[..100])
+                        .trim_end_matches('\0')
+                        .to_string(),
+                    None => format!(
+                        "<{} bytes>",
+                        file.table.decompressed_len.saturating_sub(end)
+                    ),
+                };
+                return Err(BundleError::UnexpectedMember {
+                    bundle: name,
+                    member,
+                    detail: "found after the last member the index lists".into(),
+                });
+            }
+            if tail.len() != 1024 || tail.iter().any(|b| *b != 0) {
+                return Err(corrupt(&name, "the tar end-of-archive blocks are missing"));
+            }
         }
         Ok(())
     }
@@ -431,5 +960,32 @@ impl SeekableBundle {
             member_error(&self.path.display().to_string(), &self.index.members[i], e)
         })?;
         Ok(out)
+    }
+}
+
+/// The chunks of one member, one after the other. Each chunk's reader is
+/// opened up front (its header is checked then), read in turn.
+struct Joined {
+    parts: std::vec::IntoIter<io::Result<Box<dyn Read + Send>>>,
+    current: Option<Box<dyn Read + Send>>,
+}
+
+impl Read for Joined {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.current.is_none() {
+                match self.parts.next() {
+                    Some(r) => self.current = Some(r?),
+                    None => return Ok(0),
+                }
+            }
+            if let Some(r) = self.current.as_mut() {
+                let n = r.read(buf)?;
+                if n > 0 || buf.is_empty() {
+                    return Ok(n);
+                }
+            }
+            self.current = None;
+        }
     }
 }

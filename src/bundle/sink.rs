@@ -8,8 +8,9 @@
 //! owns the tar/zstd writer and hashes the output as it goes; frames are
 //! compressed on all cores inside it (`frames.rs`).
 
+use super::volumes::{VolumeLabel, LABEL_PATH};
 use super::writer::BundleWriter;
-use super::{BundleIndex, Member, MemberKind, INDEX_PATH};
+use super::{BundleIndex, MemberKind, INDEX_PATH};
 use crate::body::Blob;
 use crate::digest::{Digest, HashingWriter};
 use crate::error::{Error, Result};
@@ -17,7 +18,7 @@ use crate::graph::{BlobInfo, Graph};
 use crate::store::{FileReport, Prepared, Put, Sink, SinkReport};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use tokio::sync::mpsc;
 
@@ -30,6 +31,8 @@ pub struct WriteOptions {
     pub force: bool,
     /// Members queued for the writer thread.
     pub queue: usize,
+    /// Cut the bundle into volumes of at most this many bytes.
+    pub volume_size: Option<u64>,
 }
 
 impl Default for WriteOptions {
@@ -42,6 +45,7 @@ impl Default for WriteOptions {
             frame_max: super::frames::DEFAULT_FRAME_MAX,
             force: false,
             queue: 6,
+            volume_size: None,
         }
     }
 }
@@ -58,13 +62,21 @@ enum Item {
     Blob(Blob),
 }
 
-type Written = std::io::Result<(Digest, u64)>;
+/// One file written by the writer thread: where it goes, its temp file
+/// (none for stdout), its sha256 and size.
+struct WrittenFile {
+    path: Option<PathBuf>,
+    temp: Option<tempfile::NamedTempFile>,
+    digest: Digest,
+    size: u64,
+}
+
+type Written = std::io::Result<Vec<WrittenFile>>;
 
 pub struct BundleSink {
     output: Output,
     opts: WriteOptions,
     index: Option<(BundleIndex, Vec<u8>)>,
-    temp: Option<tempfile::NamedTempFile>,
     tx: Option<mpsc::Sender<Item>>,
     writer: Option<tokio::task::JoinHandle<Written>>,
 }
@@ -85,7 +97,6 @@ impl BundleSink {
             output,
             opts,
             index: None,
-            temp: None,
             tx: None,
             writer: None,
         })
@@ -100,49 +111,72 @@ impl BundleSink {
         self.index_bytes().map(Digest::of)
     }
 
-    fn open_output(&mut self) -> Result<Box<dyn Write + Send>> {
-        match &self.output {
-            Output::Stdout => Ok(Box::new(std::io::stdout())),
-            Output::File(path) => {
-                let dir = parent_dir(path);
-                let tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{}.", file_name(path)?))
-                    .suffix(".partial")
-                    .tempfile_in(&dir)
-                    .map_err(Error::io(dir.display()))?;
-                let f = tmp.reopen().map_err(Error::io(tmp.path().display()))?;
-                self.temp = Some(tmp);
-                Ok(Box::new(f))
+    /// The files to write: the bundle, or its volumes.
+    fn destinations(&self, index: &BundleIndex) -> Result<Vec<Option<PathBuf>>> {
+        let count = index.volume_count();
+        let Output::File(path) = &self.output else {
+            return Ok((0..count).map(|_| None).collect());
+        };
+        let paths: Vec<PathBuf> = if index.volumes.is_some() {
+            (1..=count)
+                .map(|v| super::volumes::volume_path(path, v, count))
+                .collect()
+        } else {
+            vec![path.clone()]
+        };
+        for p in &paths {
+            if p.exists() && !self.opts.force {
+                return Err(Error::Refused(format!(
+                    "{} already exists; remove it or pass --force",
+                    p.display()
+                )));
             }
         }
+        Ok(paths.into_iter().map(Some).collect())
     }
 
-    fn start_writer(&mut self, index_bytes: Vec<u8>, members: Vec<Member>) -> Result<()> {
-        let out = self.open_output()?;
+    fn start_writer(&mut self, index_bytes: Vec<u8>, index: BundleIndex) -> Result<()> {
+        let destinations = self.destinations(&index)?;
         let (tx, mut rx) = mpsc::channel::<Item>(self.opts.queue.max(1));
         let (level, threads, frame_max) = (self.opts.level, self.opts.threads, self.opts.frame_max);
         self.writer = Some(tokio::task::spawn_blocking(move || -> Written {
-            let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
-            let mut w = BundleWriter::new(hashing, level, threads, frame_max)?;
-            w.append(INDEX_PATH, index_bytes.len() as u64, &mut &index_bytes[..])?;
-            for m in &members {
+            let mut volumes = VolumeFiles {
+                destinations,
+                index_bytes,
+                count: index.volume_count(),
+                split: index.volumes.is_some(),
+                level,
+                threads,
+                frame_max,
+                current: None,
+                done: Vec::new(),
+            };
+            for m in &index.members {
                 let item = rx.blocking_recv().ok_or_else(|| {
                     std::io::Error::other("the copy stopped before every member was written")
                 })?;
-                match item {
-                    Item::Memory(b) => w.append(&m.path, m.size, &mut &b[..])?,
+                let mut data: Box<dyn Read> = match item {
+                    Item::Memory(b) => Box::new(std::io::Cursor::new(b)),
                     Item::Blob(blob) => {
-                        let mut r = std::io::BufReader::with_capacity(1 << 20, blob.open()?);
-                        w.append(&m.path, m.size, &mut r)?;
+                        Box::new(std::io::BufReader::with_capacity(1 << 20, blob.open()?))
                     }
+                };
+                if m.chunks.is_empty() {
+                    volumes
+                        .at(m.volume.unwrap_or(1))?
+                        .append(&m.path, m.size, &mut data)?;
+                    continue;
                 }
+                for (k, c) in m.chunks.iter().enumerate() {
+                    let path = super::volumes::chunk_path(m, k + 1);
+                    volumes
+                        .at(c.volume)?
+                        .append(&path, c.size, &mut (&mut data).take(c.size))?;
+                }
+                // The last read: a verifying source checks the digest here.
+                super::writer::expect_end(&m.path, &mut data)?;
             }
-            let (hashing, _) = w.finish()?;
-            let (buf, digest, len) = hashing.finish();
-            let mut out = buf.into_inner().map_err(|e| e.into_error())?;
-            out.flush()?;
-            drop(out);
-            Ok((digest, len))
+            volumes.finish()
         }));
         self.tx = Some(tx);
         Ok(())
@@ -164,40 +198,145 @@ impl BundleSink {
         }
     }
 
-    async fn finish_writer(&mut self) -> Result<(Digest, u64)> {
+    async fn finish_writer(&mut self) -> Result<Vec<WrittenFile>> {
         self.tx = None;
         let writer = self.writer.take().ok_or_else(|| Error::Io {
             path: self.name(),
             source: std::io::Error::other("the bundle writer never started"),
         })?;
-        let name = self.temp_name();
+        let name = self.name();
         writer
             .await
             .map_err(Error::task(&name))?
             .map_err(|e| blob_or_io_error(&name, e))
     }
+}
 
-    fn temp_name(&self) -> String {
-        match &self.temp {
-            Some(t) => t.path().display().to_string(),
-            None => self.name(),
+type FileWriter = BundleWriter<HashingWriter<BufWriter<Box<dyn Write + Send>>>>;
+
+/// The writer thread's files: one bundle, or volume after volume, each
+/// opened with the bundle index (and its label) when its first entry comes.
+struct VolumeFiles {
+    destinations: Vec<Option<PathBuf>>,
+    index_bytes: Vec<u8>,
+    count: u32,
+    split: bool,
+    level: i32,
+    threads: usize,
+    frame_max: usize,
+    current: Option<(u32, FileWriter, Option<tempfile::NamedTempFile>)>,
+    done: Vec<WrittenFile>,
+}
+
+impl VolumeFiles {
+    /// The writer of volume `v`, closing the ones before it.
+    fn at(&mut self, v: u32) -> std::io::Result<&mut FileWriter> {
+        while self.current.as_ref().map(|c| c.0) != Some(v) {
+            let next = match self.current.as_ref() {
+                Some((n, ..)) if *n >= v => {
+                    return Err(std::io::Error::other(format!(
+                        "volume {v} comes after volume {n}"
+                    )))
+                }
+                Some((n, ..)) => n + 1,
+                None => 1,
+            };
+            self.close()?;
+            self.open(next)?;
+        }
+        match self.current.as_mut() {
+            Some((_, w, _)) => Ok(w),
+            None => Err(std::io::Error::other("no volume open")),
         }
     }
 
-    /// fsync, make it readable, rename into place, then the sidecar.
-    fn persist(&mut self, path: &Path, digest: &Digest) -> Result<()> {
-        let Some(tmp) = self.temp.take() else {
+    fn open(&mut self, v: u32) -> std::io::Result<()> {
+        let dest = self.destinations.get(v as usize - 1).cloned().flatten();
+        let (out, temp): (Box<dyn Write + Send>, _) = match &dest {
+            None => (Box::new(std::io::stdout()), None),
+            Some(path) => {
+                let dir = parent_dir(path);
+                let name = path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let tmp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .suffix(".partial")
+                    .tempfile_in(&dir)?;
+                (Box::new(tmp.reopen()?), Some(tmp))
+            }
+        };
+        let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
+        let mut w = BundleWriter::new(hashing, self.level, self.threads, self.frame_max)?;
+        w.append(
+            INDEX_PATH,
+            self.index_bytes.len() as u64,
+            &mut &self.index_bytes[..],
+        )?;
+        if self.split {
+            let label = VolumeLabel::new(Digest::of(&self.index_bytes), v, self.count).to_bytes();
+            w.append(LABEL_PATH, label.len() as u64, &mut &label[..])?;
+        }
+        self.current = Some((v, w, temp));
+        Ok(())
+    }
+
+    fn close(&mut self) -> std::io::Result<()> {
+        let Some((v, w, temp)) = self.current.take() else {
             return Ok(());
         };
-        let tmp_name = tmp.path().display().to_string();
-        tmp.as_file().sync_all().map_err(Error::io(&tmp_name))?;
-        make_readable(tmp.as_file(), &tmp_name)?;
-        tmp.persist(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e.error,
-        })?;
-        write_sidecar(path, digest)
+        let (hashing, _) = w.finish()?;
+        let (buf, digest, size) = hashing.finish();
+        let mut out = buf.into_inner().map_err(|e| e.into_error())?;
+        out.flush()?;
+        self.done.push(WrittenFile {
+            path: self.destinations.get(v as usize - 1).cloned().flatten(),
+            temp,
+            digest,
+            size,
+        });
+        Ok(())
     }
+
+    fn finish(mut self) -> Written {
+        if self.current.is_none() {
+            self.open(1)?;
+        }
+        self.close()?;
+        if self.done.len() != self.count as usize {
+            return Err(std::io::Error::other(format!(
+                "{} of {} volumes written",
+                self.done.len(),
+                self.count
+            )));
+        }
+        Ok(self.done)
+    }
+}
+
+/// fsync, make it readable, rename into place, then the sidecar.
+fn persist(file: WrittenFile) -> Result<FileReport> {
+    let (Some(path), Some(tmp)) = (file.path, file.temp) else {
+        return Ok(FileReport {
+            path: "stdout".into(),
+            sha256: file.digest.hex(),
+            size: file.size,
+        });
+    };
+    let tmp_name = tmp.path().display().to_string();
+    tmp.as_file().sync_all().map_err(Error::io(&tmp_name))?;
+    make_readable(tmp.as_file(), &tmp_name)?;
+    tmp.persist(&path).map_err(|e| Error::Io {
+        path: path.display().to_string(),
+        source: e.error,
+    })?;
+    write_sidecar(&path, &file.digest)?;
+    Ok(FileReport {
+        path: path.display().to_string(),
+        sha256: file.digest.hex(),
+        size: file.size,
+    })
 }
 
 /// An error from the writer thread: a blob that failed its digest names the
@@ -222,9 +361,13 @@ impl Sink for BundleSink {
 
     fn prepare<'a>(&'a mut self, graph: &'a Graph) -> BoxFuture<'a, Result<Prepared>> {
         Box::pin(async move {
-            let (index, index_json) = BundleIndex::for_graph(graph);
+            let (mut index, index_json) = BundleIndex::for_graph(graph);
+            if let Some(size) = self.opts.volume_size {
+                super::volumes::plan_index(&mut index, size, self.opts.frame_max as u64)
+                    .map_err(|e| Error::Selection(format!("--volume-size: {e}")))?;
+            }
             let index_bytes = index.to_bytes();
-            self.start_writer(index_bytes.clone(), index.members.clone())?;
+            self.start_writer(index_bytes.clone(), index.clone())?;
             self.send(Item::Memory(Bytes::from_static(
                 crate::layout::OCI_LAYOUT_BYTES,
             )))
@@ -262,10 +405,22 @@ impl Sink for BundleSink {
 
     fn commit<'a>(&'a mut self, graph: &'a Graph) -> BoxFuture<'a, Result<SinkReport>> {
         Box::pin(async move {
-            let (digest, size) = self.finish_writer().await?;
-            if let Output::File(path) = self.output.clone() {
-                self.persist(&path, &digest)?;
-            }
+            let written = self.finish_writer().await?;
+            let split = written.len() > 1
+                || self
+                    .index
+                    .as_ref()
+                    .is_some_and(|(i, _)| i.volumes.is_some());
+            // Every volume is complete before the first is renamed into place.
+            let files = written
+                .into_iter()
+                .map(persist)
+                .collect::<Result<Vec<_>>>()?;
+            let (file, volumes) = if split {
+                (None, files)
+            } else {
+                (files.into_iter().next(), Vec::new())
+            };
             Ok(SinkReport {
                 destinations: vec![self.name(); graph.images.len()],
                 manifests_written: self
@@ -278,11 +433,8 @@ impl Sink for BundleSink {
                             .count()
                     })
                     .unwrap_or(0),
-                file: Some(FileReport {
-                    path: self.name(),
-                    sha256: digest.hex(),
-                    size,
-                }),
+                file,
+                volumes,
                 ..Default::default()
             })
         })

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::collections::HashMap;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -45,17 +45,35 @@ impl BundleSource {
     /// A bundle file: random access through its seek table, or a one-pass
     /// read when it has none.
     pub fn open_file(path: &Path) -> Result<BundleSource> {
-        let name = path.display().to_string();
-        match SeekableBundle::open(path)? {
-            Some(b) => Ok(BundleSource {
-                name,
-                positions: blob_positions(&b.index),
-                index: Some((b.index.clone(), b.digest.clone())),
-                kind: Kind::File(Arc::new(b)),
-                file_digest: None,
-            }),
+        BundleSource::open_files(&[path.to_path_buf()])
+    }
+
+    /// A bundle file, or every volume of a bundle in any order (a directory
+    /// stands for the bundle files in it). A missing or foreign volume is
+    /// refused here, before anything is read for real.
+    pub fn open_files(paths: &[PathBuf]) -> Result<BundleSource> {
+        let paths = super::volumes::expand_paths(paths)?;
+        let name = match paths.as_slice() {
+            [one] => one.display().to_string(),
+            many => format!(
+                "{} (and {} more volumes)",
+                many[0].display(),
+                many.len() - 1
+            ),
+        };
+        match SeekableBundle::open_set(&paths)? {
+            Some(b) => {
+                b.require_complete()?;
+                Ok(BundleSource {
+                    name,
+                    positions: blob_positions(&b.index),
+                    index: Some((b.index.clone(), b.digest.clone())),
+                    kind: Kind::File(Arc::new(b)),
+                    file_digest: None,
+                })
+            }
             None => {
-                let f = std::fs::File::open(path).map_err(Error::io(&name))?;
+                let f = std::fs::File::open(&paths[0]).map_err(Error::io(&name))?;
                 Ok(BundleSource::stream(Box::new(f), &name))
             }
         }

@@ -45,7 +45,7 @@ impl<W: Write> BundleWriter<W> {
         }
         let pad = (super::padded(size) - size) as usize;
         self.out.write_all(&[0u8; 512][..pad])?;
-        Ok(())
+        expect_end(path, data)
     }
 
     /// Raw tar bytes (a header and padded data), for tests that forge
@@ -61,5 +61,19 @@ impl<W: Write> BundleWriter<W> {
         self.out.cut()?;
         self.out.write_all(&[0u8; 1024])?;
         self.out.finish()
+    }
+}
+
+/// One more read at a member's end: a verifying reader checks its digest
+/// on the read that finds no more bytes (a `take` of exactly the size never
+/// makes that read), and a source longer than it claimed is an error.
+pub fn expect_end(path: &str, data: &mut dyn Read) -> io::Result<()> {
+    let mut probe = [0u8; 1];
+    match data.read(&mut probe)? {
+        0 => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path}: the source has more bytes than the index lists"),
+        )),
     }
 }

@@ -109,6 +109,9 @@ pub struct SinkReport {
     /// A file written (bundle): its sha256 and size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileReport>,
+    /// The volumes written, when the bundle was cut into volumes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<FileReport>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
