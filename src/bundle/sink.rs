@@ -62,11 +62,8 @@ enum Item {
     Blob(Blob),
 }
 
-/// One file written by the writer thread: where it goes, its temp file
-/// (none for stdout), its sha256 and size.
+/// One file written by the writer thread: its sha256 and size.
 struct WrittenFile {
-    path: Option<PathBuf>,
-    temp: Option<tempfile::NamedTempFile>,
     digest: Digest,
     size: u64,
 }
@@ -77,6 +74,10 @@ pub struct BundleSink {
     output: Output,
     opts: WriteOptions,
     index: Option<(BundleIndex, Vec<u8>)>,
+    /// Each output file's final path and temp file beside it. Owned here,
+    /// not by the writer thread: a failed copy drops the sink, and the temp
+    /// files go with it at once.
+    temps: Vec<(PathBuf, tempfile::NamedTempFile)>,
     tx: Option<mpsc::Sender<Item>>,
     writer: Option<tokio::task::JoinHandle<Written>>,
 }
@@ -97,6 +98,7 @@ impl BundleSink {
             output,
             opts,
             index: None,
+            temps: Vec::new(),
             tx: None,
             writer: None,
         })
@@ -135,8 +137,28 @@ impl BundleSink {
         Ok(paths.into_iter().map(Some).collect())
     }
 
+    /// A temp file beside each destination; the writer gets its handles.
+    fn open_temps(&mut self, index: &BundleIndex) -> Result<Vec<Option<std::fs::File>>> {
+        let mut outs = Vec::new();
+        for dest in self.destinations(index)? {
+            let Some(path) = dest else {
+                outs.push(None);
+                continue;
+            };
+            let dir = parent_dir(&path);
+            let tmp = tempfile::Builder::new()
+                .prefix(&format!(".{}.", file_name(&path)?))
+                .suffix(".partial")
+                .tempfile_in(&dir)
+                .map_err(Error::io(dir.display()))?;
+            outs.push(Some(tmp.reopen().map_err(Error::io(tmp.path().display()))?));
+            self.temps.push((path, tmp));
+        }
+        Ok(outs)
+    }
+
     fn start_writer(&mut self, index_bytes: Vec<u8>, index: BundleIndex) -> Result<()> {
-        let destinations = self.destinations(&index)?;
+        let destinations = self.open_temps(&index)?;
         let (tx, mut rx) = mpsc::channel::<Item>(self.opts.queue.max(1));
         let (level, threads, frame_max) = (self.opts.level, self.opts.threads, self.opts.frame_max);
         self.writer = Some(tokio::task::spawn_blocking(move || -> Written {
@@ -217,14 +239,15 @@ type FileWriter = BundleWriter<HashingWriter<BufWriter<Box<dyn Write + Send>>>>;
 /// The writer thread's files: one bundle, or volume after volume, each
 /// opened with the bundle index (and its label) when its first entry comes.
 struct VolumeFiles {
-    destinations: Vec<Option<PathBuf>>,
+    /// Each volume's temp file, or `None` for stdout.
+    destinations: Vec<Option<std::fs::File>>,
     index_bytes: Vec<u8>,
     count: u32,
     split: bool,
     level: i32,
     threads: usize,
     frame_max: usize,
-    current: Option<(u32, FileWriter, Option<tempfile::NamedTempFile>)>,
+    current: Option<(u32, FileWriter)>,
     done: Vec<WrittenFile>,
 }
 
@@ -245,27 +268,15 @@ impl VolumeFiles {
             self.open(next)?;
         }
         match self.current.as_mut() {
-            Some((_, w, _)) => Ok(w),
+            Some((_, w)) => Ok(w),
             None => Err(std::io::Error::other("no volume open")),
         }
     }
 
     fn open(&mut self, v: u32) -> std::io::Result<()> {
-        let dest = self.destinations.get(v as usize - 1).cloned().flatten();
-        let (out, temp): (Box<dyn Write + Send>, _) = match &dest {
-            None => (Box::new(std::io::stdout()), None),
-            Some(path) => {
-                let dir = parent_dir(path);
-                let name = path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let tmp = tempfile::Builder::new()
-                    .prefix(&format!(".{name}."))
-                    .suffix(".partial")
-                    .tempfile_in(&dir)?;
-                (Box::new(tmp.reopen()?), Some(tmp))
-            }
+        let out: Box<dyn Write + Send> = match self.destinations.get_mut(v as usize - 1) {
+            Some(Some(f)) => Box::new(f.try_clone()?),
+            _ => Box::new(std::io::stdout()),
         };
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));
         let mut w = BundleWriter::new(hashing, self.level, self.threads, self.frame_max)?;
@@ -278,24 +289,19 @@ impl VolumeFiles {
             let label = VolumeLabel::new(Digest::of(&self.index_bytes), v, self.count).to_bytes();
             w.append(LABEL_PATH, label.len() as u64, &mut &label[..])?;
         }
-        self.current = Some((v, w, temp));
+        self.current = Some((v, w));
         Ok(())
     }
 
     fn close(&mut self) -> std::io::Result<()> {
-        let Some((v, w, temp)) = self.current.take() else {
+        let Some((_, w)) = self.current.take() else {
             return Ok(());
         };
         let (hashing, _) = w.finish()?;
         let (buf, digest, size) = hashing.finish();
         let mut out = buf.into_inner().map_err(|e| e.into_error())?;
         out.flush()?;
-        self.done.push(WrittenFile {
-            path: self.destinations.get(v as usize - 1).cloned().flatten(),
-            temp,
-            digest,
-            size,
-        });
+        self.done.push(WrittenFile { digest, size });
         Ok(())
     }
 
@@ -316,8 +322,11 @@ impl VolumeFiles {
 }
 
 /// fsync, make it readable, rename into place, then the sidecar.
-fn persist(file: WrittenFile) -> Result<FileReport> {
-    let (Some(path), Some(tmp)) = (file.path, file.temp) else {
+fn persist(
+    file: WrittenFile,
+    temp: Option<(PathBuf, tempfile::NamedTempFile)>,
+) -> Result<FileReport> {
+    let Some((path, tmp)) = temp else {
         return Ok(FileReport {
             path: "stdout".into(),
             sha256: file.digest.hex(),
@@ -412,9 +421,10 @@ impl Sink for BundleSink {
                     .as_ref()
                     .is_some_and(|(i, _)| i.volumes.is_some());
             // Every volume is complete before the first is renamed into place.
+            let mut temps = std::mem::take(&mut self.temps).into_iter();
             let files = written
                 .into_iter()
-                .map(persist)
+                .map(|w| persist(w, temps.next()))
                 .collect::<Result<Vec<_>>>()?;
             let (file, volumes) = if split {
                 (None, files)
