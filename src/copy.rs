@@ -86,6 +86,33 @@ impl CopyReport {
     }
 }
 
+/// Blobs an incremental bundle relies on must be at the destination (or
+/// not wanted by it, as a bundle or a verification), before anything moves.
+fn check_external(graph: &Graph, prepared: &crate::store::Prepared, sink: &str) -> Result<()> {
+    let missing: Vec<String> = graph
+        .external
+        .iter()
+        .filter(|(d, _)| !prepared.present.contains(*d) && !prepared.unwanted.contains(*d))
+        .map(|(d, from)| {
+            let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+            match from {
+                Some(base) => format!(
+                    "{d} ({}), carried by {base}",
+                    crate::progress::human_bytes(size)
+                ),
+                None => format!("{d} ({})", crate::progress::human_bytes(size)),
+            }
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::BaseMissing {
+        destination: sink.to_string(),
+        missing,
+    })
+}
+
 /// Move every blob of `graph` from `source` to `sink`, then commit.
 pub async fn copy(
     source: &mut dyn Source,
@@ -94,6 +121,7 @@ pub async fn copy(
     opts: &CopyOptions,
 ) -> Result<CopyReport> {
     let prepared = sink.prepare(graph).await?;
+    check_external(graph, &prepared, &sink.name())?;
     let mut report = CopyReport::default();
     let mut todo: Vec<&BlobInfo> = Vec::new();
     for b in &graph.blobs {

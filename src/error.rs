@@ -71,6 +71,12 @@ pub enum Error {
     /// Verified intact, but not every image is trusted (the report says which).
     #[error("{0}")]
     NotTrusted(String),
+    /// An incremental bundle relies on blobs the destination does not have.
+    #[error("{destination} lacks {} blob(s) this incremental bundle relies on; nothing was pushed. Import the base bundle first (or export a full bundle):\n  {}", .missing.len(), .missing.join("\n  "))]
+    BaseMissing {
+        destination: String,
+        missing: Vec<String>,
+    },
     #[error("read-back after push failed: {0}")]
     ReadBack(String),
     #[error("{bundle}: file sha256 {actual} does not match {sidecar} ({expected})")]

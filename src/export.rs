@@ -38,6 +38,8 @@ pub struct ExportOptions {
     pub carry_trusted_root: Option<PathBuf>,
     /// Cut the bundle into volumes of at most this many bytes.
     pub volume_size: Option<u64>,
+    /// What the site has already: layers found here are left out.
+    pub base: crate::base::Base,
     /// Warnings and verdict lines (default: dropped).
     pub events: Arc<dyn Events>,
 }
@@ -57,6 +59,7 @@ impl ExportOptions {
             sign_key: None,
             carry_trusted_root: None,
             volume_size: None,
+            base: Default::default(),
             events: Arc::new(NoEvents),
         }
     }
@@ -100,6 +103,9 @@ pub struct ExportReport {
     pub manifests: usize,
     pub blobs: usize,
     pub blob_bytes: u64,
+    /// Layers left out because a base has them (an incremental bundle).
+    pub external_blobs: usize,
+    pub external_bytes: u64,
     /// Per image, the policy decision (when a policy or keys were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Vec<crate::trust::Verdict>>,
@@ -200,6 +206,7 @@ pub async fn export(
     if let Some(bytes) = carried {
         carry(&mut graph, bytes);
     }
+    let (external_blobs, external_bytes) = opts.base.apply(&mut graph);
     let gate = Gate {
         policy: opts.policy.as_deref(),
         require_signatures: opts.require_signatures,
@@ -256,13 +263,15 @@ pub async fn export(
         volumes,
         images: summaries(&graph, passed.unsigned),
         manifests: graph.manifests.len(),
-        blobs: graph.blobs.len(),
+        blobs: graph.blobs.len() - external_blobs,
         blob_bytes: graph
             .blobs
             .iter()
-            .filter(|b| b.media_type.is_none())
+            .filter(|b| b.media_type.is_none() && !graph.external.contains_key(&b.digest))
             .map(|b| b.size)
             .sum(),
+        external_blobs,
+        external_bytes,
         policy: passed.verdicts,
         signature,
         seconds: started.elapsed().as_secs_f64(),

@@ -52,6 +52,16 @@ pub struct BlobInfo {
     pub image: usize,
 }
 
+/// A previous bundle or a site inventory that an incremental bundle
+/// leaves blobs out against.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BaseRef {
+    /// `bundle` (its bundle digest) or `inventory` (the inventory file's sha256).
+    pub kind: String,
+    pub digest: Digest,
+}
+
 /// Everything a source offers for a copy, resolved before any blob moves.
 #[derive(Clone, Debug, Default)]
 pub struct Graph {
@@ -66,6 +76,12 @@ pub struct Graph {
     pub payloads: HashMap<Digest, Bytes>,
     /// Artifacts the source has but the copy leaves out, each named with why.
     pub skipped: Vec<String>,
+    /// Blobs of [`Graph::blobs`] an incremental bundle relies on without
+    /// carrying them, each with the base that carried it (when known): the
+    /// destination must have them already.
+    pub external: BTreeMap<Digest, Option<Digest>>,
+    /// What an incremental bundle was cut against.
+    pub bases: Vec<BaseRef>,
     /// Position of each blob in `blobs` (filled by [`Graph::add_blob`]).
     positions: HashMap<Digest, usize>,
 }

@@ -51,6 +51,17 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
         index.members.len() + 1,
         human_bytes(total)
     );
+    for b in &index.base {
+        let _ = writeln!(s, "base:          {} {}", b.kind, b.digest);
+    }
+    if !index.external.is_empty() {
+        let _ = writeln!(
+            s,
+            "incremental:   relies on {} blobs ({}) the site must have from its base",
+            index.external.len(),
+            human_bytes(index.external.iter().map(|e| e.size).sum())
+        );
+    }
     if let Some(root) = &index.trusted_root {
         let _ = writeln!(
             s,

@@ -301,6 +301,10 @@ enum Command {
         /// SIZE: bytes, 4.7GB, 4G, 700MiB, or dvd (4.7 GB), dvd-dl, fat32 (4 GiB - 1), bd25, bd50, cd.
         #[arg(long, value_name = "SIZE", value_parser = airlock::bundle::volumes::parse_size)]
         volume_size: Option<u64>,
+        /// Incremental: leave out every layer this earlier bundle carried (its file, one of
+        /// its volumes, their directory, or its airlock-bundle.json). Repeatable.
+        #[arg(long, value_name = "BUNDLE")]
+        base: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -405,6 +409,7 @@ async fn run(cli: Cli) -> Result<()> {
             sign_key,
             carry_trusted_root,
             volume_size,
+            base,
             json,
             trust,
             registry,
@@ -424,6 +429,9 @@ async fn run(cli: Cli) -> Result<()> {
             opts.sign_key = sign_key;
             opts.carry_trusted_root = carry_trusted_root;
             opts.volume_size = volume_size;
+            for b in &base {
+                opts.base.add_bundle(std::slice::from_ref(b))?;
+            }
             opts.policy = trust.load()?.map(Arc::new);
             export_cmd(file, refs, platforms, opts, json, registry).await
         }
@@ -543,6 +551,14 @@ async fn export_cmd(
         report.seconds,
         human_bytes((report.blob_bytes as f64 / report.seconds.max(0.001)) as u64),
     )?;
+    if report.external_blobs > 0 {
+        writeln!(
+            out,
+            "incremental: {} layers ({}) left out, the site has them from the base",
+            report.external_blobs,
+            human_bytes(report.external_bytes)
+        )?;
+    }
     writeln!(out, "bundle digest: {}", report.bundle_digest)?;
     if let Some(s) = &report.signature {
         writeln!(out, "bundle signature: {s}")?;
@@ -928,6 +944,13 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
             _ => " (no .sha256 file to compare)",
         }
     );
+    if report.external_blobs > 0 {
+        outln!(
+            "incremental bundle: relies on {} blobs ({}) the site must already have (import checks)",
+            report.external_blobs,
+            human_bytes(report.external_bytes)
+        );
+    }
     outln!(
         "bundle digest: {}  created {} by {}",
         report.bundle_digest,

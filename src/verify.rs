@@ -54,6 +54,10 @@ pub struct VerifyReport {
     /// Each volume file, when the bundle is cut into volumes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<VolumeCheck>,
+    /// Blobs an incremental bundle relies on without carrying them: the
+    /// site must have them (import checks that it does).
+    pub external_blobs: usize,
+    pub external_bytes: u64,
     /// Volumes not given: only the given ones were checked, and the images
     /// (graph, policy) are checked when every volume is given.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -310,6 +314,8 @@ async fn verify_some_volumes(
         verified: false,
         volumes,
         missing_volumes: missing,
+        external_blobs: index.external.len(),
+        external_bytes: index.external.iter().map(|e| e.size).sum(),
     };
     report.verified = !report.signature_failed();
     Ok(report)
@@ -397,6 +403,8 @@ async fn verify_read(
         images,
         volumes: Vec::new(),
         missing_volumes: Vec::new(),
+        external_blobs: index.external.len(),
+        external_bytes: index.external.iter().map(|e| e.size).sum(),
     };
     report.verified = !report.policy_failed() && !report.signature_failed();
     Ok((report, file_digest))

@@ -29,6 +29,13 @@ pub struct BundleIndex {
     /// Never trusted by itself: a site uses it only by pinning this digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trusted_root: Option<Digest>,
+    /// What an incremental bundle was cut against (docs/bundle-format.md §9).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub base: Vec<crate::graph::BaseRef>,
+    /// Blobs the images need that this bundle does not carry: the site has
+    /// them from a base. Not members.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external: Vec<ExternalBlob>,
     /// Set when the bundle is cut into volumes (docs/bundle-format.md §8).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub volumes: Option<super::volumes::Volumes>,
@@ -65,6 +72,18 @@ pub struct Member {
     /// Or, for a member larger than a volume, its chunks in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<super::volumes::Chunk>,
+}
+
+/// A blob an incremental bundle relies on without carrying it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub kind: MemberKind,
+    /// The base (bundle digest or inventory digest) that carried it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Digest>,
 }
 
 impl BundleIndex {
@@ -108,6 +127,8 @@ impl BundleIndex {
             images: Vec::new(),
             members,
             trusted_root: None,
+            base: Vec::new(),
+            external: Vec::new(),
             volumes: None,
         }
     }
@@ -149,7 +170,11 @@ impl BundleIndex {
                 graph
                     .blobs
                     .iter()
-                    .filter(|b| b.class == class && !graph.manifests.contains_key(&b.digest))
+                    .filter(|b| {
+                        b.class == class
+                            && !graph.manifests.contains_key(&b.digest)
+                            && !graph.external.contains_key(&b.digest)
+                    })
                     .map(|b| Member {
                         path: b.digest.layout_path(),
                         digest: b.digest.clone(),
@@ -169,6 +194,23 @@ impl BundleIndex {
             images: graph.images.clone(),
             members,
             trusted_root: graph.trusted_root.clone(),
+            base: graph.bases.clone(),
+            external: graph
+                .blobs
+                .iter()
+                .filter_map(|b| {
+                    let from = graph.external.get(&b.digest)?;
+                    Some(ExternalBlob {
+                        digest: b.digest.clone(),
+                        size: b.size,
+                        kind: match b.class {
+                            BlobClass::Small => MemberKind::Small,
+                            BlobClass::Layer => MemberKind::Layer,
+                        },
+                        from: from.clone(),
+                    })
+                })
+                .collect(),
             volumes: None,
         };
         (index, index_json)

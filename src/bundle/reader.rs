@@ -63,6 +63,7 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
         )));
     }
     let mut seen = HashSet::new();
+    let mut external = HashSet::new();
     for m in &index.members {
         if !is_layout_path(&m.path) || m.path == INDEX_PATH {
             return Err(bad(format!(
@@ -83,6 +84,17 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
     for required in ["oci-layout", "index.json"] {
         if !seen.contains(required) {
             return Err(bad(format!("no {required} member")));
+        }
+    }
+    for e in &index.external {
+        if !matches!(e.kind, super::MemberKind::Small | super::MemberKind::Layer)
+            || seen.contains(e.digest.layout_path().as_str())
+            || !external.insert(&e.digest)
+        {
+            return Err(bad(format!(
+                "external blob {} is listed twice, or is also a member",
+                e.digest
+            )));
         }
     }
     index.check_volumes(bundle)?;

@@ -400,6 +400,8 @@ impl Sink for BundleSink {
             self.index = Some((index, index_bytes));
             Ok(Prepared {
                 order: Some(order),
+                // Recorded in the index, not carried.
+                unwanted: graph.external.keys().cloned().collect(),
                 ..Default::default()
             })
         })

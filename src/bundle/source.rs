@@ -127,6 +127,7 @@ fn graph_of(
     let mut g = Graph::default();
     g.images = index.images.clone();
     g.trusted_root = index.trusted_root.clone();
+    g.bases = index.base.clone();
     g.payloads = payloads;
     for m in manifests {
         g.add_manifest(m);
@@ -144,6 +145,20 @@ fn graph_of(
             media_type: m.media_type.clone(),
             image: 0,
         });
+    }
+    for e in &index.external {
+        g.add_blob(BlobInfo {
+            digest: e.digest.clone(),
+            size: e.size,
+            class: if e.kind == MemberKind::Layer {
+                BlobClass::Layer
+            } else {
+                BlobClass::Small
+            },
+            media_type: None,
+            image: 0,
+        });
+        g.external.insert(e.digest.clone(), e.from.clone());
     }
     g
 }

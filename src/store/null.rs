@@ -63,6 +63,8 @@ impl Sink for NullSink {
             if self.reading_past {
                 p.unwanted = graph.blobs.iter().map(|b| b.digest.clone()).collect();
             }
+            // An incremental bundle's external blobs are not in it to check.
+            p.unwanted.extend(graph.external.keys().cloned());
             Ok(p)
         })
     }

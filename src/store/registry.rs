@@ -406,6 +406,62 @@ async fn presence(
     Ok((have, everywhere))
 }
 
+/// An incremental bundle's external blobs: when every one is in some
+/// target repository that needs it, mount it into the others (the only
+/// writes before the first blob of the bundle, and only once nothing is
+/// missing); a blob no repository has is left for the engine to name.
+async fn mount_external(
+    reg: &Registry,
+    graph: &Graph,
+    plan: &Plan,
+    have: &HashSet<(Digest, String)>,
+    present: &mut HashSet<Digest>,
+) -> Result<()> {
+    let holder = |d: &Digest| {
+        plan.blob_repos
+            .get(d)
+            .and_then(|repos| {
+                repos
+                    .iter()
+                    .find(|r| have.contains(&(d.clone(), (*r).clone())))
+            })
+            .cloned()
+    };
+    let pending: Vec<&Digest> = graph
+        .external
+        .keys()
+        .filter(|d| plan.blob_repos.contains_key(*d) && !present.contains(*d))
+        .collect();
+    if pending.iter().any(|d| holder(d).is_none()) {
+        return Ok(());
+    }
+    for d in pending {
+        let Some(from) = holder(d) else { continue };
+        let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+        let desc = Descriptor::blob(d.clone(), size);
+        for repo in plan.blob_repos.get(d).into_iter().flatten() {
+            if have.contains(&(d.clone(), repo.clone())) {
+                continue;
+            }
+            let outcome = reg
+                .push_absent_blob(repo, &desc, Some(&from), || async {
+                    Err(crate::registry::RegistryError::Protocol {
+                        what: format!("mount of {d} from {from} into {repo}"),
+                        detail: "the registry declined the mount, and an incremental bundle does not carry this blob".into(),
+                    })
+                })
+                .await?;
+            if outcome != PushOutcome::Mounted && outcome != PushOutcome::Exists {
+                return Err(Error::Target(format!(
+                    "{d} could not be mounted into {repo}"
+                )));
+            }
+        }
+        present.insert(d.clone());
+    }
+    Ok(())
+}
+
 impl Sink for RegistrySink<'_> {
     fn name(&self) -> String {
         format!("{}/{}", self.target.host, self.target.template)
@@ -416,7 +472,8 @@ impl Sink for RegistrySink<'_> {
             let plan = self.plan(graph)?;
             let reg = self.registries.get(&self.target.host).await?;
             self.skip_tags = preflight(&reg, &plan, self.on_existing_tag).await?;
-            let (have, present) = presence(&reg, graph, &plan, self.jobs).await?;
+            let (have, mut present) = presence(&reg, graph, &plan, self.jobs).await?;
+            mount_external(&reg, graph, &plan, &have, &mut present).await?;
             self.have = have;
             let unwanted = graph
                 .blobs
