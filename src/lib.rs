@@ -25,6 +25,7 @@ pub mod progress;
 pub mod reference;
 pub mod registry;
 pub mod selection;
+pub mod serve;
 /// Artifact discovery moved to [`store::discover`]; kept under its old name.
 pub use store::discover as signatures;
 pub mod store;

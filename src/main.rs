@@ -262,6 +262,12 @@ struct CopyArgs {
     registry: RegistryArgs,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum VerifyArg {
+    Full,
+    Lazy,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Pull images with their signatures into one bundle file.
@@ -360,6 +366,35 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Serve bundles (or volume sets) as a read-only OCI registry, straight from the files.
+    Serve {
+        /// Bundle files, volumes (any order) or directories holding them; several bundles at once.
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+        /// Address to listen on (default loopback only; 0.0.0.0:5000 for the network).
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        listen: std::net::SocketAddr,
+        /// Serve HTTPS with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, value_name = "PEM", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, value_name = "PEM", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// Require basic auth against this htpasswd file (bcrypt: htpasswd -B).
+        #[arg(long, value_name = "FILE")]
+        htpasswd: Option<PathBuf>,
+        /// Served names: PATH (a prefix) or a template with {repo} and {name}, as import --to.
+        #[arg(long, value_name = "TEMPLATE")]
+        prefix: Option<String>,
+        /// full: every member hashed before serving; lazy: each blob hashed as it is served
+        /// (the connection is cut on a mismatch, never completing a bad blob).
+        #[arg(long, value_enum, default_value_t = VerifyArg::Full)]
+        verify: VerifyArg,
+        /// Request log as JSON lines on stderr.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        trust: TrustArgs,
+    },
     /// Test fixtures: push the deterministic signed image set to a registry.
     #[cfg(feature = "fixtures")]
     #[command(hide = true)]
@@ -456,6 +491,26 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Serve {
+            bundles,
+            listen,
+            tls_cert,
+            tls_key,
+            htpasswd,
+            prefix,
+            verify,
+            json,
+            trust,
+        } => {
+            let tls = tls_cert.zip(tls_key);
+            let opts = airlock::serve::ServeOptions {
+                listen,
+                tls,
+                htpasswd,
+                log: Some(request_logger(json)),
+            };
+            serve_cmd(&bundles, prefix.as_deref(), verify, trust, opts).await
+        }
         Command::Inspect { bundle, json } => inspect_cmd(&bundle, json),
         Command::Verify {
             bundle,
@@ -761,6 +816,88 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// One line per request on stderr (JSON lines with --json); strings from
+/// the request are escaped.
+fn request_logger(json: bool) -> Arc<dyn Fn(&airlock::serve::RequestLog) + Send + Sync> {
+    Arc::new(move |r: &airlock::serve::RequestLog| {
+        let line = if json {
+            serde_json::to_string(r).unwrap_or_default()
+        } else {
+            format!(
+                "{} {} {} {} {}B {}ms{}",
+                r.remote,
+                r.method,
+                r.path,
+                r.status,
+                r.bytes,
+                r.ms,
+                r.user
+                    .as_ref()
+                    .map(|u| format!(" user={}", airlock::progress::printable(u)))
+                    .unwrap_or_default()
+            )
+        };
+        let _ = writeln!(std::io::stderr(), "{line}");
+    })
+}
+
+async fn serve_cmd(
+    bundles: &[PathBuf],
+    prefix: Option<&str>,
+    verify: VerifyArg,
+    trust: TrustArgs,
+    opts: airlock::serve::ServeOptions,
+) -> Result<()> {
+    let policy = trust.load()?;
+    let template = match prefix {
+        None => "{repo}".to_string(),
+        Some(p) => Target::parse(&format!("serve/{}", p.trim_start_matches('/')))?.template,
+    };
+    let mode = match verify {
+        VerifyArg::Full => airlock::serve::VerifyMode::Full,
+        VerifyArg::Lazy => airlock::serve::VerifyMode::Lazy,
+    };
+    let content =
+        airlock::serve::Content::load(bundles, &template, policy.as_ref(), mode, &StderrEvents)
+            .await?;
+    let (repos, tags): (usize, usize) = (
+        content.repos.len(),
+        content.repos.values().map(|r| r.tags.len()).sum(),
+    );
+    let names = content.bundle_names();
+    let server = airlock::serve::bind(content, &opts).await?;
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    eprintln!(
+        "serving {repos} repositories ({tags} tags) from {} at {scheme}://{}/v2/ (read-only{}; verify={}); Ctrl-C stops",
+        names.join(", "),
+        server.addr,
+        if opts.htpasswd.is_some() { ", basic auth" } else { "" },
+        match mode {
+            airlock::serve::VerifyMode::Full => "full",
+            airlock::serve::VerifyMode::Lazy => "lazy",
+        }
+    );
+    server.run(shutdown_signal()).await?;
+    eprintln!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
 }
 
 fn inspect_cmd(bundle: &[PathBuf], json: bool) -> Result<()> {

@@ -70,6 +70,24 @@ impl std::fmt::Debug for EventsHandle {
     }
 }
 
+/// A string from input (a bundle, a registry, a request) made safe to
+/// print: control characters are escaped, so it cannot move the cursor,
+/// erase a line or fake the output around it.
+pub fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;

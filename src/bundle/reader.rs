@@ -1001,3 +1001,48 @@ impl Read for Joined {
         }
     }
 }
+
+impl SeekableBundle {
+    /// Member `i`'s bytes from `start`, `len` of them, not verified: for a
+    /// `Range` request on a member already verified whole. Starts at the
+    /// frame holding `start`, so a range costs at most one frame of skipping.
+    pub fn open_range(
+        &self,
+        i: usize,
+        start: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send>, BundleError> {
+        let mut readers: Vec<io::Result<Box<dyn Read + Send>>> = Vec::new();
+        let (mut at, mut left) = (start, len);
+        for part in &self.parts[i] {
+            if left == 0 {
+                break;
+            }
+            if at >= part.size {
+                at -= part.size;
+                continue;
+            }
+            let file = self.file(part.file, &part.path)?;
+            let n = (part.size - at).min(left);
+            let dec = Self::decoder_at(file, part.offset + at)?;
+            readers.push(Ok(Box::new(dec.take(n))));
+            left -= n;
+            at = 0;
+        }
+        Ok(Box::new(Joined {
+            parts: readers.into_iter(),
+            current: None,
+        }))
+    }
+
+    /// Member index of each blob (configs, layers, artifact blobs, manifests).
+    pub fn blob_members(&self) -> Vec<(Digest, usize)> {
+        self.index
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.path.starts_with("blobs/"))
+            .map(|(i, m)| (m.digest.clone(), i))
+            .collect()
+    }
+}

@@ -105,6 +105,14 @@ impl BundleSource {
     pub fn is_seekable(&self) -> bool {
         matches!(self.kind, Kind::File(_))
     }
+
+    /// The file (or volume set) behind a seekable source, for random reads.
+    pub fn seekable(&self) -> Option<Arc<SeekableBundle>> {
+        match &self.kind {
+            Kind::File(b) => Some(b.clone()),
+            Kind::Stream(_) => None,
+        }
+    }
 }
 
 fn blob_positions(index: &BundleIndex) -> HashMap<Digest, usize> {
