@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 struct Served {
     child: Child,
     addr: String,
+    /// The request log (stderr lines after the banner).
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Served {
@@ -43,8 +45,14 @@ impl Served {
             seen.push(line);
         };
         // Keep draining the request log so the server never blocks on stderr.
-        std::thread::spawn(move || for _ in lines {});
-        Served { child, addr }
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for l in lines.map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        Served { child, addr, log }
     }
 }
 
@@ -430,4 +438,107 @@ async fn volumes_served_and_a_tampered_blob_never_completes() {
     )]);
     assert_eq!(status, 200);
     assert_eq!(airlock::digest::Digest::of(&body), first_layer.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_and_basic_auth() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = export_all(&src, &images[..1], work.path());
+    let ca = make_tls(work.path());
+    let served = Served::start(&[
+        bundle.to_str().unwrap(),
+        "--tls-cert",
+        work.path().join("server.crt").to_str().unwrap(),
+        "--tls-key",
+        work.path().join("server.key").to_str().unwrap(),
+        "--htpasswd",
+        work.path().join("htpasswd").to_str().unwrap(),
+    ]);
+    let base = format!("https://{}", served.addr);
+    let cacert = ca.to_str().unwrap();
+    // Anonymous: 401 with a Basic challenge; wrong password too.
+    let (status, head, body) = curl(&["--cacert", cacert, &format!("{base}/v2/")]);
+    assert_eq!(status, 401);
+    assert!(header(&head, "www-authenticate")
+        .unwrap()
+        .starts_with("basic"));
+    assert!(String::from_utf8_lossy(&body).contains("UNAUTHORIZED"));
+    let (status, _, _) = curl(&[
+        "--cacert",
+        cacert,
+        "-u",
+        &format!("{USER}:wrong"),
+        &format!("{base}/v2/"),
+    ]);
+    assert_eq!(status, 401);
+    // Without the CA, TLS fails.
+    let (status, _, _) = curl(&[&format!("{base}/v2/")]);
+    assert_eq!(status, 0);
+    // skopeo with the CA and the credentials.
+    let certs = work.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    std::fs::copy(&ca, certs.join("ca.crt")).unwrap();
+    let dst = TestRegistry::start();
+    let img = &images[0];
+    sh(Command::new("skopeo").args([
+        "copy",
+        "-q",
+        "--all",
+        "--preserve-digests",
+        "--src-cert-dir",
+        certs.to_str().unwrap(),
+        "--src-creds",
+        &format!("{USER}:{PASS}"),
+        "--dest-tls-verify=false",
+        &format!("docker://{}/{}:{}", served.addr, img.repository, img.tag),
+        &format!("docker://{}/{}:{}", dst.host, img.repository, img.tag),
+    ]));
+    let d = client(&dst, test_config()).await;
+    assert_eq!(
+        d.head_manifest(&img.repository, &img.tag).await.unwrap(),
+        Some(img.digest.clone())
+    );
+}
+
+/// airlock's own registry client finds OCI 1.1 referrers through the
+/// referrers API (the distribution registry of the other tests has none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn airlock_discovers_referrers_through_the_api() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let agent = images
+        .iter()
+        .find(|i| i.repository.ends_with("agent"))
+        .unwrap();
+    let bundle = export_all(&src, std::slice::from_ref(agent), work.path());
+    let (first, _) = airlock::inspect::read_index(&bundle).unwrap();
+    let served = Served::start(&[bundle.to_str().unwrap()]);
+    let again = work.path().join("again.tar.zst");
+    let (code, _, err) = airlock(&[
+        "export",
+        "-q",
+        "-o",
+        again.to_str().unwrap(),
+        &format!("{}/{}:{}", served.addr, agent.repository, agent.tag),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (second, _) = airlock::inspect::read_index(&again).unwrap();
+    let referrers = |i: &airlock::bundle::BundleIndex| {
+        i.images[0]
+            .artifacts
+            .iter()
+            .filter(|a| a.kind == airlock::graph::ArtifactKind::Referrer)
+            .map(|a| a.digest.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(!referrers(&first).is_empty());
+    assert_eq!(referrers(&second), referrers(&first));
+    assert_eq!(second.images[0].digest, first.images[0].digest);
+    let log = served.log.lock().unwrap().clone();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/referrers/sha256:") && l.contains(" 200 ")),
+        "no referrers API request in {log:?}"
+    );
 }

@@ -47,7 +47,9 @@ fn run(cmd: &mut Command) {
     );
 }
 
-fn make_tls(dir: &Path) -> PathBuf {
+/// A test CA, a server certificate for 127.0.0.1 and a bcrypt htpasswd
+/// (USER/PASS) in `dir`: `ca.crt`, `server.crt`, `server.key`, `htpasswd`.
+pub fn make_tls(dir: &Path) -> PathBuf {
     let p = |f: &str| dir.join(f);
     run(Command::new("openssl")
         .args([
