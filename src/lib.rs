@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod bundle;
+pub mod cache;
 pub mod copy;
 pub mod digest;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod import;
 pub mod inspect;
 pub mod layout;
 pub mod oci;
+pub mod output;
 pub mod progress;
 pub mod reference;
 pub mod registry;

@@ -192,10 +192,7 @@ impl BundleSink {
         let tmp_name = tmp.path().display().to_string();
         tmp.as_file().sync_all().map_err(Error::io(&tmp_name))?;
         make_readable(tmp.as_file(), &tmp_name)?;
-        tmp.persist(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e.error,
-        })?;
+        crate::output::publish(tmp, path, self.opts.force)?;
         write_sidecar(path, digest)
     }
 }
