@@ -64,6 +64,14 @@ impl OutputGuard {
                         dir.display()
                     )))
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(Error::Usage(format!(
+                        "{}: the directory for {} does not exist; create it or choose another \
+                         --output",
+                        parent_dir(output).display(),
+                        file_name(output)
+                    )))
+                }
                 Err(e) => return Err(Error::io(dir.display())(e)),
             }
             let lock_path = dir.join("lock");
