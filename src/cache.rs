@@ -57,6 +57,11 @@ impl BlobCache {
         &self.root
     }
 
+    /// Where downloads in flight (and spools of local blobs) are written.
+    pub fn temp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
     pub fn path_of(&self, digest: &Digest) -> PathBuf {
         self.blobs.join(digest.hex())
     }

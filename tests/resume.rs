@@ -52,7 +52,11 @@ fn setup() -> Setup {
             )
         })
         .collect();
-    let last_blob = blobs.last().expect("blobs in the bundle").digest.to_string();
+    let last_blob = blobs
+        .last()
+        .expect("blobs in the bundle")
+        .digest
+        .to_string();
     let n = blobs.len();
     Setup {
         proxy,
@@ -187,7 +191,11 @@ fn assert_only_verified_blobs(state: &Path) -> usize {
     for e in std::fs::read_dir(state.join("blobs/sha256")).unwrap() {
         let e = e.unwrap();
         let name = e.file_name().to_string_lossy().into_owned();
-        assert_eq!(sha256_file(&e.path()), name, "{name} is not what its name says");
+        assert_eq!(
+            sha256_file(&e.path()),
+            name,
+            "{name} is not what its name says"
+        );
         n += 1;
     }
     n
@@ -205,7 +213,8 @@ fn kill_9_mid_export_then_the_same_command_resumes() {
     let state = airlock::output::state_dir(&s.out());
     let left = s.out_dir_names();
     assert!(
-        left.iter().any(|n| n.starts_with(".b.tar.zst.") && n.ends_with(".partial")),
+        left.iter()
+            .any(|n| n.starts_with(".b.tar.zst.") && n.ends_with(".partial")),
         "the killed run left its temp output: {left:?}"
     );
     assert_eq!(assert_only_verified_blobs(&state), s.blobs - 1);
@@ -274,7 +283,10 @@ fn ctrl_c_stops_promptly_and_keeps_only_verified_blobs() {
     assert_eq!(inside, ["blobs", "lock"], "no download in flight is kept");
     assert_eq!(assert_only_verified_blobs(&state), s.blobs - 1);
     // The temp spool of older versions is not used for a file output.
-    assert!(!s.out_dir_names().iter().any(|n| n.contains("airlock-spool")));
+    assert!(!s
+        .out_dir_names()
+        .iter()
+        .any(|n| n.contains("airlock-spool")));
 }
 
 #[test]
@@ -294,7 +306,10 @@ fn two_exports_to_one_output_one_is_refused_at_once() {
     );
     let lock = airlock::output::state_dir(&s.out()).join("lock");
     assert!(stderr.contains(&lock.display().to_string()), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(10), "refused at once");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused at once"
+    );
     // The refused export took nothing from the running one.
     assert_eq!(
         airlock::output::count_blobs(&airlock::output::state_dir(&s.out())),
@@ -350,10 +365,18 @@ fn a_cache_dir_is_kept_and_a_corrupt_entry_is_fetched_again() {
     let cache = s.work.path().join("cache");
     let cache_arg = cache.to_str().unwrap();
     std::fs::create_dir_all(s.out().parent().unwrap()).unwrap();
-    let out = run_ok(&mut cmd(&s.out(), &s.refs, &["--json", "--cache-dir", cache_arg]));
+    let out = run_ok(&mut cmd(
+        &s.out(),
+        &s.refs,
+        &["--json", "--cache-dir", cache_arg],
+    ));
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(first["downloadedBlobs"], s.blobs as u64, "{first}");
-    assert_eq!(assert_only_verified_blobs(&cache), s.blobs, "the cache is kept");
+    assert_eq!(
+        assert_only_verified_blobs(&cache),
+        s.blobs,
+        "the cache is kept"
+    );
     assert_eq!(s.out_dir_names(), ["b.tar.zst", "b.tar.zst.sha256"]);
 
     // A power cut can leave a renamed blob without its data: same size,
@@ -364,7 +387,11 @@ fn a_cache_dir_is_kept_and_a_corrupt_entry_is_fetched_again() {
     let len = std::fs::metadata(&last).unwrap().len() as usize;
     std::fs::write(&last, vec![0u8; len]).unwrap();
     let second_out = s.work.path().join("out/c.tar.zst");
-    let out = run_ok(&mut cmd(&second_out, &s.refs, &["--json", "--cache-dir", cache_arg]));
+    let out = run_ok(&mut cmd(
+        &second_out,
+        &s.refs,
+        &["--json", "--cache-dir", cache_arg],
+    ));
     let second: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(second["reusedBlobs"], (s.blobs - 1) as u64, "{second}");
     assert_eq!(second["downloadedBlobs"], 1, "{second}");

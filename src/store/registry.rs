@@ -54,6 +54,9 @@ pub struct RegistrySource<'a> {
     spool: Spool,
     /// Per image of the graph, the store it came from.
     stores: Vec<Arc<dyn Resolver>>,
+    /// Per image of the graph, whether that store is a local layout
+    /// directory: its blobs are not worth keeping for a rerun.
+    local: Vec<bool>,
 }
 
 impl<'a> RegistrySource<'a> {
@@ -75,6 +78,7 @@ impl<'a> RegistrySource<'a> {
             jobs: jobs.max(1),
             spool: Spool::Temp(spool),
             stores: vec![],
+            local: vec![],
         })
     }
 
@@ -92,6 +96,7 @@ impl<'a> RegistrySource<'a> {
             jobs: jobs.max(1),
             spool: Spool::Cache(cache),
             stores: vec![],
+            local: vec![],
         }
     }
 
@@ -121,30 +126,25 @@ impl<'a> RegistrySource<'a> {
             .get(blob.image)
             .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
         let desc = Descriptor::blob(blob.digest.clone(), blob.size);
-        match &self.spool {
-            Spool::Temp(dir) => {
-                let mut spooled = Spooled::create_in(dir.path(), &blob.digest, blob.size)
-                    .map_err(Error::io(dir.path().display()))?;
-                let f = spooled
-                    .reopen_std()
-                    .map_err(Error::io(dir.path().display()))?;
-                let mut f = tokio::fs::File::from_std(f);
-                store.fetch_blob(&img.repository, &desc, &mut f).await?;
-                spooled.checked_by_download();
-                Ok(Arc::new(spooled))
-            }
+        let local = self.local.get(blob.image).copied().unwrap_or(false);
+        let cache = match &self.spool {
+            Spool::Cache(cache) if !local => cache,
             Spool::Cache(cache) => {
-                if let Some(hit) = cache.reuse(&blob.digest, blob.size).await? {
-                    return Ok(Arc::new(hit));
-                }
-                let tmp = cache.temp_file(&blob.digest)?;
-                let f = tmp.reopen().map_err(Error::io(tmp.path().display()))?;
-                let mut f = tokio::fs::File::from_std(f);
-                store.fetch_blob(&img.repository, &desc, &mut f).await?;
-                drop(f);
-                Ok(Arc::new(cache.admit(tmp, &blob.digest, blob.size)?))
+                return spool_into(cache.temp_dir(), store.as_ref(), &img.repository, &desc).await
             }
+            Spool::Temp(dir) => {
+                return spool_into(dir.path(), store.as_ref(), &img.repository, &desc).await
+            }
+        };
+        if let Some(hit) = cache.reuse(&blob.digest, blob.size).await? {
+            return Ok(Arc::new(hit));
         }
+        let tmp = cache.temp_file(&blob.digest)?;
+        let f = tmp.reopen().map_err(Error::io(tmp.path().display()))?;
+        let mut f = tokio::fs::File::from_std(f);
+        store.fetch_blob(&img.repository, &desc, &mut f).await?;
+        drop(f);
+        Ok(Arc::new(cache.admit(tmp, &blob.digest, blob.size)?))
     }
 
     /// Signature payloads for the policy, in memory (each at most 4 MiB).
@@ -185,9 +185,11 @@ impl Source for RegistrySource<'_> {
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             let mut resolved = Vec::new();
-            for (store, images) in self.resolve_all().await? {
+            let all = self.resolve_all().await?;
+            for ((store, images), sel) in all.into_iter().zip(&self.selection) {
                 for r in images {
                     self.stores.push(store.clone());
+                    self.local.push(sel.layout.is_some());
                     resolved.push(r);
                 }
             }
@@ -205,6 +207,22 @@ impl Source for RegistrySource<'_> {
     fn fetch<'a>(&'a self, graph: &'a Graph, blob: &'a BlobInfo) -> BoxFuture<'a, Result<Blob>> {
         Box::pin(self.spool_blob(graph, blob))
     }
+}
+
+/// A blob downloaded into a temp file in `dir` (gone when dropped).
+async fn spool_into(
+    dir: &std::path::Path,
+    store: &dyn Resolver,
+    repo: &str,
+    desc: &Descriptor,
+) -> Result<Blob> {
+    let mut spooled =
+        Spooled::create_in(dir, &desc.digest, desc.size).map_err(Error::io(dir.display()))?;
+    let f = spooled.reopen_std().map_err(Error::io(dir.display()))?;
+    let mut f = tokio::fs::File::from_std(f);
+    store.fetch_blob(repo, desc, &mut f).await?;
+    spooled.checked_by_download();
+    Ok(Arc::new(spooled))
 }
 
 // ------------------------------------------------------------------ sink
