@@ -185,6 +185,10 @@ async fn handle(
             .unwrap()
             .push(format!("{f:?} {method} {path}"));
     }
+    // An error means the proxy is gone: drop the request.
+    if matches!(fault, Some(Fault::Stall)) && log.released.wait_for(|r| *r).await.is_err() {
+        return Ok(());
+    }
     match fault {
         Some(Fault::Drop) => return Ok(()),
         Some(Fault::Status(code, retry_after)) => {
@@ -207,12 +211,6 @@ async fn handle(
             client.write_all(body).await?;
             let _ = client.shutdown().await;
             return Ok(());
-        }
-        Some(Fault::Stall) => {
-            // An error means the proxy is gone: drop the request.
-            if log.released.wait_for(|r| *r).await.is_err() {
-                return Ok(());
-            }
         }
         _ => {}
     }
