@@ -2,7 +2,8 @@
 //! over the library; one function per subcommand. Exit codes come from the
 //! library's error kinds in one place ([`exit_code`]): 0 success, 1 error,
 //! 2 usage, 3 integrity failure (corrupt or tampered bundle or layout),
-//! 4 policy not met (signatures, bundle signature).
+//! 4 policy not met (signatures, bundle signature); an export stopped by
+//! SIGINT or SIGTERM exits 128 + the signal's number (130, 143).
 #![forbid(unsafe_code)]
 
 use airlock::export::{self, ExportOptions};
