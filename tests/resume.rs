@@ -245,23 +245,25 @@ fn kill_9_mid_export_then_the_same_command_resumes() {
     );
 }
 
-#[test]
-fn ctrl_c_stops_promptly_and_keeps_only_verified_blobs() {
+/// Signal an export blocked on its last blob: it must stop at once with
+/// `code`, say in one line where its state is, and leave only that state
+/// directory, holding nothing but complete blobs.
+fn interrupt_mid_export(signal: libc::c_int, code: i32) {
     let s = setup();
     s.stall_last_blob();
     let mut child = s.spawn(&[]);
     s.wait_for_all_but_last(&mut child);
     let signalled = Instant::now();
     // SAFETY: kill(2) on our own child's pid, which has not been reaped.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0);
-    let (code, _, stderr) = wait(child, Duration::from_secs(10));
+    let (status, _, stderr) = wait(child, Duration::from_secs(10));
     assert!(
         signalled.elapsed() < Duration::from_secs(5),
         "took {:?}",
         signalled.elapsed()
     );
-    assert_eq!(code, Some(130), "{stderr}");
+    assert_eq!(status, Some(code), "{stderr}");
     let state = airlock::output::state_dir(&s.out());
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
@@ -285,6 +287,16 @@ fn ctrl_c_stops_promptly_and_keeps_only_verified_blobs() {
         .out_dir_names()
         .iter()
         .any(|n| n.contains("airlock-spool")));
+}
+
+#[test]
+fn ctrl_c_stops_promptly_and_keeps_only_verified_blobs() {
+    interrupt_mid_export(libc::SIGINT, 130);
+}
+
+#[test]
+fn sigterm_stops_like_ctrl_c() {
+    interrupt_mid_export(libc::SIGTERM, 143);
 }
 
 #[test]
