@@ -3,8 +3,10 @@
 //! Sinks accept nothing but [`Verified`]: a reader that fails at its end,
 //! instead of reporting EOF, unless the bytes have the expected size and
 //! sha256. [`Verified::new`] always wraps the raw reader in a
-//! [`VerifyingReader`]; the one other way in is a [`Spooled`] file whose
-//! bytes were hashed as they were written, read back with its size checked.
+//! [`VerifyingReader`]; the other way in is a local file whose bytes were
+//! hashed as they were written or just before (a [`Spooled`] file, a blob of
+//! the export's cache: [`Verified::checked_before`]), read back with its
+//! size checked.
 //! So a sink that commits on EOF (a rename, the last chunk of an upload,
 //! the end of a tar member) can never commit bad bytes, whatever the source.
 
@@ -35,6 +37,17 @@ impl Verified {
         let boxed: Box<dyn Read + Send> = Box::new(raw);
         Verified {
             inner: Inner::Hashing(VerifyingReader::new(boxed, digest.clone(), size, what)),
+            observer: None,
+        }
+    }
+
+    /// A local file whose bytes were hashed just before it is handed on (a
+    /// cache entry re-hashed for reuse, or renamed in after a checked
+    /// download): only its size is checked again, so a blob is not hashed
+    /// twice on its way.
+    pub(crate) fn checked_before(raw: Box<dyn Read + Send>, size: u64, what: String) -> Self {
+        Verified {
+            inner: Inner::Spool(raw.take(size), size, what),
             observer: None,
         }
     }

@@ -3,12 +3,14 @@
 //! [`BundleSink`], sign the bundle index.
 
 use crate::bundle::{self, BundleSink, Output, WriteOptions};
+use crate::cache::{BlobCache, CacheTally};
 use crate::copy::{copy, CopyOptions};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::gate::Gate;
 use crate::graph::{BlobClass, BlobInfo, Graph};
-use crate::progress::{Events, EventsHandle, NoEvents};
+use crate::output::OutputGuard;
+use crate::progress::{human_bytes, Events, EventsHandle, NoEvents};
 use crate::registry::Registries;
 use crate::selection::ImageSelection;
 use crate::store::registry::RegistrySource;
@@ -34,6 +36,9 @@ pub struct ExportOptions {
     pub frame_max: usize,
     pub require_signatures: bool,
     pub force: bool,
+    /// Keep verified downloads here (`DIR/blobs/sha256/<hex>`) across runs
+    /// instead of in the output's state directory; never deleted.
+    pub cache_dir: Option<PathBuf>,
     /// A sigstore trusted_root.json to carry in the bundle (sites pin it by digest).
     pub carry_trusted_root: Option<PathBuf>,
     /// Cut the bundle into volumes of at most this many bytes.
@@ -55,6 +60,7 @@ impl ExportOptions {
             frame_max: w.frame_max,
             require_signatures: false,
             force: false,
+            cache_dir: None,
             policy: None,
             sign_key: None,
             carry_trusted_root: None,
@@ -106,6 +112,11 @@ pub struct ExportReport {
     /// Layers left out because a base has them (an incremental bundle).
     pub external_blobs: usize,
     pub external_bytes: u64,
+    /// Blobs reused from the state directory or `--cache-dir` (a resumed
+    /// export) and blobs downloaded (`reusedBlobs`, `reusedBytes`,
+    /// `downloadedBlobs`, `downloadedBytes`).
+    #[serde(flatten)]
+    pub fetched: CacheTally,
     /// Per image, the policy decision (when a policy or keys were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Vec<crate::trust::Verdict>>,
@@ -166,12 +177,16 @@ fn summaries(graph: &Graph, unsigned: Vec<Vec<String>>) -> Vec<ImageSummary> {
 }
 
 /// Resolve the selection and write the bundle at `opts.output`.
+///
+/// A bundle file is guarded by [`OutputGuard`] (one export per output) and
+/// its downloads kept in the state directory `NAME.partial/` (or
+/// `opts.cache_dir`): a failed or interrupted export (its future dropped)
+/// keeps every verified blob, and the same call resumes from them.
 pub async fn export(
     registries: &Registries,
     selection: &[ImageSelection],
     opts: &ExportOptions,
 ) -> Result<ExportReport> {
-    let started = std::time::Instant::now();
     let write = WriteOptions {
         level: opts.level,
         threads: opts.threads,
@@ -180,7 +195,61 @@ pub async fn export(
         queue: opts.jobs.max(1),
         volume_size: opts.volume_size,
     };
-    let mut sink = BundleSink::new(opts.bundle_output(), write)?;
+    // Refuses an existing output before a state directory is made for it.
+    let sink = BundleSink::new(opts.bundle_output(), write)?;
+    let guard = match &opts.bundle_output() {
+        Output::File(path) => Some(OutputGuard::acquire(path)?),
+        Output::Stdout if opts.cache_dir.is_some() => {
+            return Err(Error::Usage(
+                "--cache-dir needs a bundle file (-o FILE), not stdout".into(),
+            ))
+        }
+        Output::Stdout => None,
+    };
+    let cache = match &guard {
+        Some(g) => {
+            let root = opts.cache_dir.as_deref().unwrap_or(g.dir());
+            let tmp = crate::output::temp_dir(g.dir());
+            Some(Arc::new(BlobCache::open(root, &tmp)?))
+        }
+        None => None,
+    };
+    let result = export_with(registries, selection, opts, sink, cache.clone()).await;
+    match (result, guard) {
+        (Ok(report), Some(g)) => {
+            g.finish()?;
+            Ok(report)
+        }
+        (Err(e), Some(g)) => {
+            let kept = g.kept_blobs();
+            if kept > 0 {
+                opts.events.note(&format!(
+                    "{kept} verified blobs kept in {}: rerun the same command to resume, or \
+                     delete that directory to start over",
+                    g.dir().display()
+                ));
+            } else if let (Some(c), Some(_)) = (&cache, &opts.cache_dir) {
+                if c.tally().downloaded_blobs > 0 {
+                    opts.events.note(&format!(
+                        "verified blobs kept in {}: rerun the same command to resume",
+                        c.root().display()
+                    ));
+                }
+            }
+            Err(e)
+        }
+        (result, None) => result,
+    }
+}
+
+async fn export_with(
+    registries: &Registries,
+    selection: &[ImageSelection],
+    opts: &ExportOptions,
+    mut sink: BundleSink,
+    cache: Option<Arc<BlobCache>>,
+) -> Result<ExportReport> {
+    let started = std::time::Instant::now();
     let signer = opts
         .sign_key
         .as_deref()
@@ -191,14 +260,10 @@ pub async fn export(
         .as_deref()
         .map(read_trusted_root)
         .transpose()?;
-    let spool_dir = match &opts.bundle_output() {
-        Output::File(p) => p
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf),
-        Output::Stdout => None,
+    let mut source = match &cache {
+        Some(c) => RegistrySource::with_cache(registries, selection.to_vec(), opts.jobs, c.clone()),
+        None => RegistrySource::new(registries, selection.to_vec(), opts.jobs, None)?,
     };
-    let mut source = RegistrySource::new(registries, selection.to_vec(), opts.jobs, spool_dir)?;
     let request = GraphRequest {
         payloads: opts.policy.is_some(),
     };
@@ -216,6 +281,20 @@ pub async fn export(
     let passed = gate.check(&graph, &source.name(), opts.events.as_ref())?;
     let copy_opts = CopyOptions::new(opts.jobs, "export", EventsHandle(opts.events.clone()));
     let copied = copy(&mut source, &graph, &mut sink, &copy_opts).await?;
+    let fetched = cache.as_ref().map(|c| c.tally()).unwrap_or_default();
+    if fetched.reused_blobs > 0 {
+        opts.events.note(&format!(
+            "resumed: reused {} verified blobs ({}) from {}, downloaded {} ({})",
+            fetched.reused_blobs,
+            human_bytes(fetched.reused_bytes),
+            cache
+                .as_ref()
+                .map(|c| c.root().display().to_string())
+                .unwrap_or_default(),
+            fetched.downloaded_blobs,
+            human_bytes(fetched.downloaded_bytes),
+        ));
+    }
     let index_bytes = sink.index_bytes().unwrap_or_default().to_vec();
     let volumes = copied.sink.volumes.clone();
     let signature = match (signer, &opts.bundle_output()) {
@@ -272,6 +351,7 @@ pub async fn export(
             .sum(),
         external_blobs,
         external_bytes,
+        fetched,
         policy: passed.verdicts,
         signature,
         seconds: started.elapsed().as_secs_f64(),

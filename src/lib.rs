@@ -8,6 +8,7 @@
 pub mod base;
 pub mod body;
 pub mod bundle;
+pub mod cache;
 pub mod copy;
 pub mod digest;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod import;
 pub mod inspect;
 pub mod layout;
 pub mod oci;
+pub mod output;
 pub mod progress;
 pub mod reference;
 pub mod registry;

@@ -2,7 +2,8 @@
 //! over the library; one function per subcommand. Exit codes come from the
 //! library's error kinds in one place ([`exit_code`]): 0 success, 1 error,
 //! 2 usage, 3 integrity failure (corrupt or tampered bundle or layout),
-//! 4 policy not met (signatures, bundle signature).
+//! 4 policy not met (signatures, bundle signature); an export stopped by
+//! SIGINT or SIGTERM exits 128 + the signal's number (130, 143).
 #![forbid(unsafe_code)]
 
 use airlock::export::{self, ExportOptions};
@@ -296,6 +297,10 @@ enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
+        /// Keep verified downloads in DIR/blobs/sha256/ across exports (never deleted by
+        /// airlock) instead of in the state directory OUTPUT.partial/; blobs there are reused.
+        #[arg(long, value_name = "DIR")]
+        cache_dir: Option<PathBuf>,
         /// Sign the bundle index with this PKCS#8 PEM ECDSA P-256 key (writes B.tar.zst.sig).
         #[arg(long, value_name = "KEY")]
         sign_key: Option<PathBuf>,
@@ -441,6 +446,7 @@ async fn run(cli: Cli) -> Result<()> {
             level,
             threads,
             force,
+            cache_dir,
             sign_key,
             carry_trusted_root,
             volume_size,
@@ -461,6 +467,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             opts.require_signatures = require_signatures;
             opts.force = force;
+            opts.cache_dir = cache_dir;
             opts.sign_key = sign_key;
             opts.carry_trusted_root = carry_trusted_root;
             opts.volume_size = volume_size;
@@ -578,7 +585,22 @@ async fn export_cmd(
     opts.jobs = registry.jobs;
     opts.events = Arc::new(StderrEvents);
     let to_stdout = opts.output.as_os_str() == "-";
-    let report = export::export(&registries, &sel, &opts).await?;
+    let report = {
+        let stop = interrupted()?;
+        let mut running = Box::pin(export::export(&registries, &sel, &opts));
+        let outcome = tokio::select! {
+            r = &mut running => Ok(r),
+            signal = stop => Err(signal),
+        };
+        // Dropping the export removes its temp output and downloads in
+        // flight, and keeps the verified blobs: before the message, which
+        // says what is left.
+        drop(running);
+        match outcome {
+            Ok(r) => r?,
+            Err(signal) => return Err(Interrupted::of_export(signal, &opts).into()),
+        }
+    };
     let mut out = report_out(to_stdout);
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -1141,6 +1163,66 @@ async fn fixtures_cmd(
     Ok(())
 }
 
+/// Ctrl-C or SIGTERM arrived: the operation was dropped, and the process
+/// exits with 128 + the signal's number, as a shell reports it.
+#[derive(Debug)]
+struct Interrupted {
+    signal: i32,
+    message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+impl Interrupted {
+    fn of_export(signal: i32, opts: &ExportOptions) -> Interrupted {
+        let state = airlock::output::state_dir(&opts.output);
+        let message = if opts.output.as_os_str() == "-" {
+            "export interrupted; nothing was kept".to_string()
+        } else if let Some(cache) = &opts.cache_dir {
+            format!(
+                "export interrupted; {} was not written; verified blobs are kept in {}: rerun the \
+                 same command to resume",
+                opts.output.display(),
+                cache.display()
+            )
+        } else if state.is_dir() {
+            format!(
+                "export interrupted; {} was not written; its resumable state is in {} \
+                 ({} verified blobs): rerun the same command to resume, or delete that \
+                 directory to start over",
+                opts.output.display(),
+                state.display(),
+                airlock::output::count_blobs(&state)
+            )
+        } else {
+            format!(
+                "export interrupted before any blob was downloaded; {} was not written",
+                opts.output.display()
+            )
+        };
+        Interrupted { signal, message }
+    }
+}
+
+/// Resolves with the signal's number on the first SIGINT or SIGTERM.
+fn interrupted() -> Result<impl std::future::Future<Output = i32>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => 2,
+            _ = term.recv() => 15,
+        }
+    })
+}
+
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
@@ -1179,6 +1261,10 @@ fn main() {
         if is_broken_pipe(&e) {
             // The reader went away (`| head`): nothing more to say.
             std::process::exit(0);
+        }
+        if let Some(i) = e.downcast_ref::<Interrupted>() {
+            eprintln!("airlock: {i}");
+            std::process::exit(128 + i.signal);
         }
         eprintln!("airlock: error: {e:#}");
         std::process::exit(exit_code(&e));

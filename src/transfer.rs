@@ -170,6 +170,12 @@ pub async fn transfer(
 ) -> Result<TransferReport> {
     let started = std::time::Instant::now();
     let mut sink = open_sink(registries, destination, opts)?;
+    // One writer per bundle file, as for export (a copy keeps no blobs to
+    // resume from, so its state directory holds only the lock).
+    let guard = match destination {
+        Endpoint::Bundle(p) => Some(crate::output::OutputGuard::acquire(p)?),
+        _ => None,
+    };
     let mut from = open_source(registries, source, opts)?;
     let request = GraphRequest {
         payloads: opts.policy.is_some(),
@@ -196,6 +202,9 @@ pub async fn transfer(
     }
     let copy_opts = CopyOptions::new(opts.jobs, "copy", events.clone());
     let copied = copy(from.source(), &graph, sink.as_mut(), &copy_opts).await?;
+    if let Some(g) = guard {
+        g.finish()?;
+    }
     Ok(TransferReport {
         images: graph
             .images

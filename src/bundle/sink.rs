@@ -325,6 +325,7 @@ impl VolumeFiles {
 fn persist(
     file: WrittenFile,
     temp: Option<(PathBuf, tempfile::NamedTempFile)>,
+    force: bool,
 ) -> Result<FileReport> {
     let Some((path, tmp)) = temp else {
         return Ok(FileReport {
@@ -336,10 +337,8 @@ fn persist(
     let tmp_name = tmp.path().display().to_string();
     tmp.as_file().sync_all().map_err(Error::io(&tmp_name))?;
     make_readable(tmp.as_file(), &tmp_name)?;
-    tmp.persist(&path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e.error,
-    })?;
+    // Never over a file that appeared meanwhile, unless --force.
+    crate::output::publish(tmp, &path, force)?;
     write_sidecar(&path, &file.digest)?;
     Ok(FileReport {
         path: path.display().to_string(),
@@ -426,7 +425,7 @@ impl Sink for BundleSink {
             let mut temps = std::mem::take(&mut self.temps).into_iter();
             let files = written
                 .into_iter()
-                .map(|w| persist(w, temps.next()))
+                .map(|w| persist(w, temps.next(), self.opts.force))
                 .collect::<Result<Vec<_>>>()?;
             let (file, volumes) = if split {
                 (None, files)

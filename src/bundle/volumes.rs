@@ -386,6 +386,24 @@ pub fn volume_path(base: &Path, v: u32, count: u32) -> PathBuf {
     base.with_file_name(format!("{stem}.{v:0width$}{ext}"))
 }
 
+/// True when `name` is the file name of one of `base`'s volumes
+/// (`mirror.tar.zst` → `mirror.007.tar.zst`).
+pub fn is_volume_name(base: &Path, name: &str) -> bool {
+    let probe = volume_path(base, 0, 1);
+    let probe = probe
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    // The probe is STEM.000EXT: what surrounds the number is fixed.
+    let Some(at) = probe.find(".000") else {
+        return false;
+    };
+    let (stem, ext) = (&probe[..at + 1], &probe[at + 4..]);
+    name.strip_prefix(stem)
+        .and_then(|r| r.strip_suffix(ext))
+        .is_some_and(|digits| digits.len() >= 3 && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// `--volume-size`: bytes, `K/M/G/T` (powers of 1000, with or without `B`),
 /// `KiB/MiB/GiB/TiB`, or a preset: `dvd` (4.7 GB), `dvd-dl` (8.5 GB),
 /// `fat32` (4 GiB − 1), `bd25`, `bd50`, `cd` (700 MiB).
@@ -465,6 +483,12 @@ mod tests {
             volume_path(Path::new("m.bin"), 12, 1200),
             Path::new("m.0012.bin")
         );
+        let base = Path::new("/x/mirror.tar.zst");
+        assert!(is_volume_name(base, "mirror.002.tar.zst"));
+        assert!(is_volume_name(base, "mirror.1234.tar.zst"));
+        assert!(!is_volume_name(base, "mirror.tar.zst"));
+        assert!(!is_volume_name(base, "other.002.tar.zst"));
+        assert!(!is_volume_name(base, "mirror.0a2.tar.zst"));
     }
 
     #[test]

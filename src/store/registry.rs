@@ -5,6 +5,7 @@
 use super::resolve::{self, Resolved};
 use super::{GraphRequest, Prepared, Put, Resolver, Sink, SinkReport, Source};
 use crate::body::{upload_body, Blob, Spooled};
+use crate::cache::BlobCache;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::graph::{BlobInfo, Graph, ImageGraph, ManifestPush};
@@ -35,15 +36,27 @@ async fn resolve_one(
     Ok((store, r))
 }
 
+/// Where downloads go.
+enum Spool {
+    /// Temp files, gone with the source (`copy`, `verify`, export to stdout).
+    Temp(tempfile::TempDir),
+    /// A content-addressed cache kept across runs (an export to a file):
+    /// verified blobs stay for a rerun, and blobs there are reused.
+    Cache(Arc<BlobCache>),
+}
+
 /// Images selected at registries (and OCI layout directories named in the
 /// selection): the source of `export` and `copy`.
 pub struct RegistrySource<'a> {
     registries: &'a Registries,
     selection: Vec<ImageSelection>,
     jobs: usize,
-    spool: tempfile::TempDir,
+    spool: Spool,
     /// Per image of the graph, the store it came from.
     stores: Vec<Arc<dyn Resolver>>,
+    /// Per image of the graph, whether that store is a local layout
+    /// directory: its blobs are not worth keeping for a rerun.
+    local: Vec<bool>,
 }
 
 impl<'a> RegistrySource<'a> {
@@ -63,9 +76,28 @@ impl<'a> RegistrySource<'a> {
             registries,
             selection,
             jobs: jobs.max(1),
-            spool,
+            spool: Spool::Temp(spool),
             stores: vec![],
+            local: vec![],
         })
+    }
+
+    /// Downloads go into `cache` (and stay there); blobs it already holds
+    /// intact are not downloaded again.
+    pub fn with_cache(
+        registries: &'a Registries,
+        selection: Vec<ImageSelection>,
+        jobs: usize,
+        cache: Arc<BlobCache>,
+    ) -> Self {
+        RegistrySource {
+            registries,
+            selection,
+            jobs: jobs.max(1),
+            spool: Spool::Cache(cache),
+            stores: vec![],
+            local: vec![],
+        }
     }
 
     async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>)>> {
@@ -81,9 +113,10 @@ impl<'a> RegistrySource<'a> {
             .await
     }
 
-    /// Download a blob of image `image` into a spool file (hash checked on
-    /// the fly, retried from scratch).
-    async fn spool_blob(&self, graph: &Graph, blob: &BlobInfo) -> Result<Spooled> {
+    /// Download a blob of image `image` into a spool file or the cache
+    /// (hash checked on the fly, retried from scratch), unless the cache
+    /// holds it intact.
+    async fn spool_blob(&self, graph: &Graph, blob: &BlobInfo) -> Result<Blob> {
         let img = graph
             .images
             .get(blob.image)
@@ -92,16 +125,26 @@ impl<'a> RegistrySource<'a> {
             .stores
             .get(blob.image)
             .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
-        let mut spooled = Spooled::create_in(self.spool.path(), &blob.digest, blob.size)
-            .map_err(Error::io(self.spool.path().display()))?;
         let desc = Descriptor::blob(blob.digest.clone(), blob.size);
-        let f = spooled
-            .reopen_std()
-            .map_err(Error::io(self.spool.path().display()))?;
+        let local = self.local.get(blob.image).copied().unwrap_or(false);
+        let cache = match &self.spool {
+            Spool::Cache(cache) if !local => cache,
+            Spool::Cache(cache) => {
+                return spool_into(cache.temp_dir(), store.as_ref(), &img.repository, &desc).await
+            }
+            Spool::Temp(dir) => {
+                return spool_into(dir.path(), store.as_ref(), &img.repository, &desc).await
+            }
+        };
+        if let Some(hit) = cache.reuse(&blob.digest, blob.size).await? {
+            return Ok(Arc::new(hit));
+        }
+        let tmp = cache.temp_file(&blob.digest)?;
+        let f = tmp.reopen().map_err(Error::io(tmp.path().display()))?;
         let mut f = tokio::fs::File::from_std(f);
         store.fetch_blob(&img.repository, &desc, &mut f).await?;
-        spooled.checked_by_download();
-        Ok(spooled)
+        drop(f);
+        Ok(Arc::new(cache.admit(tmp, &blob.digest, blob.size)?))
     }
 
     /// Signature payloads for the policy, in memory (each at most 4 MiB).
@@ -118,7 +161,6 @@ impl<'a> RegistrySource<'a> {
             };
             let spooled = self.spool_blob(graph, &blob).await?;
             let bytes = tokio::task::spawn_blocking(move || {
-                use crate::body::OpenBlob;
                 spooled.open().and_then(|r| r.read_all(blob.size))
             })
             .await
@@ -143,9 +185,11 @@ impl Source for RegistrySource<'_> {
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             let mut resolved = Vec::new();
-            for (store, images) in self.resolve_all().await? {
+            let all = self.resolve_all().await?;
+            for ((store, images), sel) in all.into_iter().zip(&self.selection) {
                 for r in images {
                     self.stores.push(store.clone());
+                    self.local.push(sel.layout.is_some());
                     resolved.push(r);
                 }
             }
@@ -161,8 +205,24 @@ impl Source for RegistrySource<'_> {
     }
 
     fn fetch<'a>(&'a self, graph: &'a Graph, blob: &'a BlobInfo) -> BoxFuture<'a, Result<Blob>> {
-        Box::pin(async move { Ok(Arc::new(self.spool_blob(graph, blob).await?) as Blob) })
+        Box::pin(self.spool_blob(graph, blob))
     }
+}
+
+/// A blob downloaded into a temp file in `dir` (gone when dropped).
+async fn spool_into(
+    dir: &std::path::Path,
+    store: &dyn Resolver,
+    repo: &str,
+    desc: &Descriptor,
+) -> Result<Blob> {
+    let mut spooled =
+        Spooled::create_in(dir, &desc.digest, desc.size).map_err(Error::io(dir.display()))?;
+    let f = spooled.reopen_std().map_err(Error::io(dir.display()))?;
+    let mut f = tokio::fs::File::from_std(f);
+    store.fetch_blob(repo, desc, &mut f).await?;
+    spooled.checked_by_download();
+    Ok(Arc::new(spooled))
 }
 
 // ------------------------------------------------------------------ sink

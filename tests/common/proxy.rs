@@ -2,7 +2,9 @@
 //! request gets its own upstream connection (`Connection: close`), so every
 //! request can be matched against the rules: answer with a status (5xx,
 //! 429 with Retry-After), drop the connection, forward the request and
-//! cut the response body in half, or answer 200 with a body of its own.
+//! cut the response body in half, answer 200 with a body of its own, or
+//! hold the request until the test releases it (to catch an export in the
+//! middle). Every request is logged (`requests`).
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,6 +17,8 @@ pub enum Fault {
     Truncate,
     /// 200 with this content type and body, in place of the registry's answer.
     Respond(&'static str, Vec<u8>),
+    /// Hold the request until [`Proxy::release`], then forward it.
+    Stall,
 }
 
 #[derive(Clone, Debug)]
@@ -30,6 +34,9 @@ pub struct Proxy {
     pub host: String,
     rules: Arc<Mutex<Vec<Rule>>>,
     pub injected: Arc<Mutex<Vec<String>>>,
+    /// `METHOD PATH` of every request, in arrival order.
+    pub requests: Arc<Mutex<Vec<String>>>,
+    released: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,12 +52,19 @@ impl Proxy {
         let host = listener.local_addr().unwrap().to_string();
         let rules = Arc::new(Mutex::new(rules));
         let injected = Arc::new(Mutex::new(Vec::new()));
-        let (r, i, up) = (rules.clone(), injected.clone(), upstream.to_string());
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (released, release_rx) = tokio::sync::watch::channel(false);
+        let log = Log {
+            injected: injected.clone(),
+            requests: requests.clone(),
+            released: release_rx,
+        };
+        let (r, up) = (rules.clone(), upstream.to_string());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
-                let (r, i, up) = (r.clone(), i.clone(), up.clone());
+                let (r, log, up) = (r.clone(), log.clone(), up.clone());
                 tokio::spawn(async move {
-                    let _ = handle(conn, &up, r, i).await;
+                    let _ = handle(conn, &up, r, log).await;
                 });
             }
         });
@@ -58,8 +72,25 @@ impl Proxy {
             host,
             rules,
             injected,
+            requests,
+            released,
             task,
         }
+    }
+
+    /// Let every stalled request (and any later one) through.
+    pub fn release(&self) {
+        let _ = self.released.send(true);
+    }
+
+    /// How many requests matched `method` and contain `path_contains`.
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with(&format!("{method} ")) && r.contains(path_contains))
+            .count()
     }
 
     pub fn set_rules(&self, rules: Vec<Rule>) {
@@ -101,11 +132,18 @@ fn force_close(head: &[u8]) -> Vec<u8> {
     out.into_bytes()
 }
 
+#[derive(Clone)]
+struct Log {
+    injected: Arc<Mutex<Vec<String>>>,
+    requests: Arc<Mutex<Vec<String>>>,
+    released: tokio::sync::watch::Receiver<bool>,
+}
+
 async fn handle(
     mut client: TcpStream,
     upstream: &str,
     rules: Arc<Mutex<Vec<Rule>>>,
-    injected: Arc<Mutex<Vec<String>>>,
+    mut log: Log,
 ) -> std::io::Result<()> {
     // The client tries TLS first on loopback: pass a TLS handshake through
     // to the plain registry, which refuses it at once as it would directly,
@@ -127,6 +165,10 @@ async fn handle(
         .to_string();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    log.requests
+        .lock()
+        .unwrap()
+        .push(format!("{method} {path}"));
     let fault = {
         let mut rules = rules.lock().unwrap();
         rules
@@ -138,10 +180,14 @@ async fn handle(
             })
     };
     if let Some(f) = &fault {
-        injected
+        log.injected
             .lock()
             .unwrap()
             .push(format!("{f:?} {method} {path}"));
+    }
+    // An error means the proxy is gone: drop the request.
+    if matches!(fault, Some(Fault::Stall)) && log.released.wait_for(|r| *r).await.is_err() {
+        return Ok(());
     }
     match fault {
         Some(Fault::Drop) => return Ok(()),
