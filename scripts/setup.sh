@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what airlock's tests and demo need, when missing (Debian/Ubuntu):
-# the CNCF distribution registry, skopeo, htpasswd, zstd, openssl, curl.
+# the CNCF distribution registry, skopeo, podman, htpasswd, zstd, openssl, curl.
 # Sourced by test.sh, demo.sh and bench.sh; safe to run twice.
 set -euo pipefail
 
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
 command -v skopeo >/dev/null || need+=(skopeo)
+command -v podman >/dev/null || need+=(podman)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v zstd >/dev/null || need+=(zstd)
 command -v openssl >/dev/null || need+=(openssl)

@@ -542,3 +542,26 @@ async fn airlock_discovers_referrers_through_the_api() {
         "no referrers API request in {log:?}"
     );
 }
+
+/// podman pulls from a served bundle (its own storage in a temp dir).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_from_a_served_bundle() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = export_all(&src, &images[..1], work.path());
+    let served = Served::start(&[bundle.to_str().unwrap(), "--verify", "lazy"]);
+    let img = &images[0];
+    let root = work.path().join("podman");
+    let podman = |args: &[&str]| {
+        let mut c = Command::new("podman");
+        c.args(["--root", root.join("root").to_str().unwrap()])
+            .args(["--runroot", root.join("run").to_str().unwrap()])
+            .args(["--storage-driver", "vfs"])
+            .args(args);
+        sh(&mut c)
+    };
+    let reference = format!("{}/{}:{}", served.addr, img.repository, img.tag);
+    podman(&["pull", "-q", "--tls-verify=false", &reference]);
+    let digest = podman(&["image", "inspect", "--format", "{{.Digest}}", &reference]);
+    assert_eq!(digest.trim(), img.digest.to_string());
+}
