@@ -473,6 +473,23 @@ impl Walker<'_> {
                 detail: format!("{}: {t:?} is not a valid tag", entry.source),
             });
         }
+        // So do the repository and a selection target: names from a source
+        // are input, checked against the distribution grammar.
+        for (what, name) in [
+            ("repository", Some(&entry.repository)),
+            ("target", entry.target.as_ref()),
+        ] {
+            if let Some(n) = name.filter(|n| !crate::reference::is_valid_repository(n)) {
+                return Err(GraphError::Inconsistent {
+                    origin: self.bundle.into(),
+                    detail: format!(
+                        "{}: {what} {:?} is not a valid repository name",
+                        crate::progress::printable(&entry.source),
+                        crate::progress::printable(n)
+                    ),
+                });
+            }
+        }
         let root = view(self.bundle, self.manifests, &entry.digest, &entry.source)?;
         self.check_platform_list(entry, &root)?;
         self.check_filtered(entry, &root)?;

@@ -56,8 +56,20 @@ fn index_of(entries: &Entries) -> BundleIndex {
     serde_json::from_slice(&entries[0].1).unwrap()
 }
 
+/// Replace the bundle index, keeping `index.json` consistent with it, as
+/// an attacker forging a whole bundle would (so the checks behind that one
+/// are reached).
 fn set_index(entries: &mut Entries, index: &BundleIndex) {
-    entries[0].1 = serde_json::to_vec_pretty(index).unwrap();
+    let mut index = index.clone();
+    let layout_index = airlock::layout::index_json(&index.images);
+    if let Some(m) = index.members.iter_mut().find(|m| m.path == "index.json") {
+        m.digest = airlock::digest::Digest::of(&layout_index);
+        m.size = layout_index.len() as u64;
+    }
+    if let Some(e) = entries.iter_mut().find(|e| e.0 == "index.json") {
+        e.1 = layout_index;
+    }
+    entries[0].1 = serde_json::to_vec_pretty(&index).unwrap();
 }
 
 fn first_of_kind(entries: &Entries, kind: MemberKind) -> usize {

@@ -18,6 +18,8 @@ pub const SKIPPABLE_SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
 pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
 /// Largest amount of uncompressed data in one frame.
 pub const DEFAULT_FRAME_MAX: usize = 4 << 20;
+/// Frames are never larger than this (readers cap their window to it).
+pub const MAX_FRAME: usize = 16 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameEntry {
@@ -46,6 +48,7 @@ pub struct FramedWriter<W: Write> {
 impl<W: Write> FramedWriter<W> {
     pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
         let threads = threads.max(1);
+        let frame_max = frame_max.clamp(4096, MAX_FRAME);
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();

@@ -80,10 +80,39 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
                 m.path, m.digest
             )));
         }
+        // What is read into memory has one limit everywhere, checked here,
+        // before any reader allocates for it.
+        let limit = match m.kind {
+            super::MemberKind::Manifest => Some(crate::oci::MAX_MANIFEST_BYTES),
+            super::MemberKind::Layout => Some(crate::layout::MAX_INDEX_JSON),
+            _ => None,
+        };
+        if let Some(limit) = limit.filter(|l| m.size > *l) {
+            return Err(bad(format!(
+                "member {} ({:?}) claims {} bytes; at most {limit} are allowed",
+                m.path, m.kind, m.size
+            )));
+        }
     }
     for required in ["oci-layout", "index.json"] {
         if !seen.contains(required) {
             return Err(bad(format!("no {required} member")));
+        }
+    }
+    // The layout's own files say nothing the bundle index does not: what a
+    // tool reading the extracted layout sees (index.json's ref names) is
+    // exactly what the images of the bundle index are.
+    for m in &index.members {
+        let expected = match m.path.as_str() {
+            "oci-layout" => Digest::of(crate::layout::OCI_LAYOUT_BYTES),
+            "index.json" => Digest::of(&crate::layout::index_json(&index.images)),
+            _ => continue,
+        };
+        if m.digest != expected {
+            return Err(bad(format!(
+                "{} does not match the images of the bundle index (another ref name, or another digest)",
+                m.path
+            )));
         }
     }
     for e in &index.external {
@@ -100,6 +129,10 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
     index.check_volumes(bundle)?;
     Ok(index)
 }
+
+/// The largest zstd window a reader accepts (16 MiB): the writer's frames
+/// are never larger (`frames::MAX_FRAME`).
+pub const MAX_WINDOW_LOG: u32 = 24;
 
 /// The one check of a tar header block, for every read path (stream,
 /// file, volume): a valid ustar checksum, a regular file with the mode and
@@ -207,7 +240,7 @@ pub fn read_whole(
     member: &Member,
     data: &mut dyn Read,
 ) -> Result<Vec<u8>, BundleError> {
-    let mut b = Vec::with_capacity(member.size as usize);
+    let mut b = Vec::with_capacity(member.size.min(1 << 20) as usize);
     data.read_to_end(&mut b)
         .map_err(|e| member_error(bundle, member, e))?;
     Ok(b)
@@ -348,9 +381,10 @@ fn decoder<R: Read>(
     bundle: &str,
 ) -> Result<zstd::stream::read::Decoder<'static, BufReader<R>>, BundleError> {
     let mut dec = zstd::stream::read::Decoder::new(input).map_err(|e| corrupt(bundle, e))?;
-    // airlock writes frames of at most a few MiB; a frame that asks for a
-    // larger window than zstd's default limit is refused, not allocated.
-    dec.window_log_max(27).map_err(|e| corrupt(bundle, e))?;
+    // airlock writes frames of at most 16 MiB (4 MiB by default); a frame
+    // that asks for a larger window is refused, not allocated.
+    dec.window_log_max(MAX_WINDOW_LOG)
+        .map_err(|e| corrupt(bundle, e))?;
     Ok(dec)
 }
 
@@ -665,10 +699,12 @@ fn open_head(path: &Path) -> Result<Option<Head>, BundleError> {
         return Err(BundleError::NotAFile { path: name });
     }
     let mut f = File::open(path).map_err(io_err)?;
+    // A table that is missing or does not add up to the file is unusable:
+    // the caller reads the file as a stream instead (docs/bundle-format.md §3).
     let table = match SeekTable::read(&mut f) {
         Ok(t) => t,
-        Err(super::frames::SeekTableError::Missing) => return Ok(None),
-        Err(e) => return Err(corrupt(&name, e)),
+        Err(super::frames::SeekTableError::Io(e)) => return Err(io_err(e)),
+        Err(_) => return Ok(None),
     };
     f.seek(SeekFrom::Start(0)).map_err(io_err)?;
     let w = Walk::start(decoder(BufReader::new(f), &name)?, &name)?;
@@ -967,7 +1003,7 @@ impl SeekableBundle {
     /// Read a (small) member whole, verified.
     pub fn read_member(&self, i: usize) -> Result<Vec<u8>, BundleError> {
         let mut r = self.open_member(i)?;
-        let mut out = Vec::with_capacity(self.index.members[i].size as usize);
+        let mut out = Vec::with_capacity(self.index.members[i].size.min(1 << 20) as usize);
         r.read_to_end(&mut out).map_err(|e| {
             member_error(&self.path.display().to_string(), &self.index.members[i], e)
         })?;

@@ -371,7 +371,8 @@ impl Sink for BundleSink {
         Box::pin(async move {
             let (mut index, index_json) = BundleIndex::for_graph(graph);
             if let Some(size) = self.opts.volume_size {
-                super::volumes::plan_index(&mut index, size, self.opts.frame_max as u64)
+                let frame_max = self.opts.frame_max.clamp(4096, super::frames::MAX_FRAME);
+                super::volumes::plan_index(&mut index, size, frame_max as u64)
                     .map_err(|e| Error::Selection(format!("--volume-size: {e}")))?;
             }
             let index_bytes = index.to_bytes();
