@@ -38,6 +38,25 @@ pub struct ImportOptions {
     pub policy: Option<Arc<crate::trust::Policy>>,
     /// Require a bundle signature: (public key, base64 signature over the bundle index).
     pub bundle_key: Option<(PathBuf, String)>,
+    /// Re-hash every member of a bundle file before the first push (two
+    /// passes). Without it each blob is verified as it is uploaded (its last
+    /// bytes held back until the digest matches) and no manifest or tag is
+    /// pushed before every blob of the graph was verified; a corrupt member
+    /// can then leave valid blobs of the bundle unreferenced at the target.
+    pub verify_first: bool,
+}
+
+impl ImportOptions {
+    pub fn new(target: Target) -> Self {
+        ImportOptions {
+            target,
+            on_existing_tag: OnExistingTag::Refuse,
+            jobs: 6,
+            policy: None,
+            bundle_key: None,
+            verify_first: false,
+        }
+    }
 }
 
 fn check_bundle_signature(opts: &ImportOptions, digest: &Digest) -> Result<()> {
@@ -173,15 +192,19 @@ pub async fn import_into(
         names_unique: false,
     };
     let passed = gate.check(&graph, &name, events.0.as_ref())?;
-    let mode = if source.is_seekable() {
-        // Random access: re-hash every member in parallel before the first
-        // push, so a corrupt member anywhere pushes nothing.
-        let mut null = NullSink::new(&name);
-        let check = CopyOptions::new(cores().min(opts.jobs.max(1)), "verify", events.clone());
-        copy(&mut source, &graph, &mut null, &check).await?;
-        "seekable"
-    } else {
-        "stream"
+    let mode = match (source.is_seekable(), opts.verify_first) {
+        (true, true) => {
+            // Re-hash every member in parallel before the first push, so a
+            // corrupt member anywhere pushes nothing at all.
+            let mut null = NullSink::new(&name);
+            let check = CopyOptions::new(cores().min(opts.jobs.max(1)), "verify", events.clone());
+            copy(&mut source, &graph, &mut null, &check).await?;
+            "seekable, verified first"
+        }
+        // Every blob hashed once, as it is uploaded; manifests and tags only
+        // after the last one was proven (the engine commits last).
+        (true, false) => "seekable",
+        (false, _) => "stream",
     };
     let copy_opts = CopyOptions::new(opts.jobs, "import", events.clone());
     let copied = copy(&mut source, &graph, sink, &copy_opts).await?;

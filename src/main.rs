@@ -335,6 +335,10 @@ enum Command {
         /// What to do when a tag at the target points to another digest.
         #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
         on_existing_tag: TagPolicy,
+        /// Re-hash the whole bundle before the first push (two passes; a corrupt member
+        /// then leaves nothing at all at the target, not even unreferenced blobs).
+        #[arg(long)]
+        verify_first: bool,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -481,6 +485,7 @@ async fn run(cli: Cli) -> Result<()> {
             bundle,
             to,
             on_existing_tag,
+            verify_first,
             json,
             trust,
             bundle_key,
@@ -489,7 +494,7 @@ async fn run(cli: Cli) -> Result<()> {
             import_cmd(
                 &bundle,
                 &to,
-                on_existing_tag.into(),
+                (on_existing_tag.into(), verify_first),
                 json,
                 trust,
                 bundle_key,
@@ -701,7 +706,7 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
 async fn import_cmd(
     bundle: &[String],
     to: &str,
-    on_existing_tag: OnExistingTag,
+    (on_existing_tag, verify_first): (OnExistingTag, bool),
     json: bool,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
@@ -740,6 +745,7 @@ async fn import_cmd(
         jobs: registry.jobs,
         policy,
         bundle_key,
+        verify_first,
     };
     let mut registry_sink;
     let mut dir_sink;

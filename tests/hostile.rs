@@ -85,15 +85,30 @@ async fn exported() -> (TestRegistry, tempfile::TempDir, PathBuf) {
     (src, work, out)
 }
 
+/// Refused in both import modes: one pass (no tag, no image manifest may
+/// reach the registry; valid blobs may) and `--verify-first` (nothing at all).
 async fn assert_rejected(bundle: &Path, expect: &str) {
     let dst = TestRegistry::start();
-    let opts = ImportOptions {
+    let mut opts = ImportOptions {
         target: Target::parse(&dst.host).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
         jobs: 4,
         policy: None,
         bundle_key: None,
+        verify_first: false,
     };
+    let err = import::import_file(&Registries::new(test_config()), bundle, &opts)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(expect), "expected {expect:?} in: {err}");
+    assert!(
+        dst.all_tags().await.is_empty(),
+        "no tag may reach the registry"
+    );
+    let dst = TestRegistry::start();
+    opts.target = Target::parse(&dst.host).unwrap();
+    opts.verify_first = true;
     let err = import::import_file(&Registries::new(test_config()), bundle, &opts)
         .await
         .unwrap_err()

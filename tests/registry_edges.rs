@@ -241,6 +241,7 @@ async fn import_survives_injected_faults() {
         jobs: 3,
         policy: None,
         bundle_key: None,
+        verify_first: false,
     };
     import::import_file(&Registries::new(cfg), &bundle, &opts)
         .await

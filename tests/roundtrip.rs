@@ -15,6 +15,7 @@ fn import_opts(host: &str, template: &str) -> ImportOptions {
         jobs: 4,
         policy: None,
         bundle_key: None,
+        verify_first: false,
     }
 }
 

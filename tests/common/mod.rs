@@ -171,6 +171,23 @@ impl TestRegistry {
         format!("{scheme}://{}", self.host)
     }
 
+    /// Every `repo:tag` in the registry (no manifest is reachable by a
+    /// tag when this is empty).
+    pub async fn all_tags(&self) -> Vec<String> {
+        let client = Registries::new(test_config());
+        let mut out = Vec::new();
+        if self.ca.is_some() {
+            return out;
+        }
+        let reg = client.get(&self.host).await.unwrap();
+        for repo in self.catalog().await {
+            for t in reg.list_tags(&repo).await.unwrap_or_default() {
+                out.push(format!("{repo}:{t}"));
+            }
+        }
+        out
+    }
+
     /// Repositories in the registry's catalog.
     pub async fn catalog(&self) -> Vec<String> {
         let mut b = reqwest::Client::builder();
