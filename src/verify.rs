@@ -13,7 +13,6 @@ use crate::store::{GraphRequest, Source};
 use serde::Serialize;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 /// The error of a verification (one error type for every operation).
 pub type VerifyError = Error;
@@ -160,65 +159,45 @@ pub fn verify_with_policy(
     })
 }
 
-/// The audit itself: one pass over the file (or `input`), nothing kept.
+/// The audit itself (or of `input`, a stream read once), nothing kept.
 pub async fn verify_bundle(
     path: &Path,
     input: Option<Box<dyn Read + Send>>,
     policy: Option<&crate::trust::Policy>,
     bundle_key: &Option<(std::path::PathBuf, String)>,
 ) -> Result<VerifyReport> {
-    let name = path.display().to_string();
-    let from_file = input.is_none();
-    let raw: Box<dyn Read + Send> = match input {
-        Some(r) => r,
-        None => {
-            let head = crate::inspect::read_head(path)?;
-            if head.0.volumes.is_some() {
-                return verify_volumes(&[path.to_path_buf()], policy, bundle_key).await;
-            }
-            Box::new(std::fs::File::open(path).map_err(Error::io(&name))?)
+    match input {
+        Some(raw) => {
+            let source = BundleSource::stream(raw, &path.display().to_string());
+            verify_source(source, policy, bundle_key).await
         }
-    };
-    verify_one(path, raw, from_file, policy, bundle_key).await
+        None => verify_volumes(&[path.to_path_buf()], policy, bundle_key).await,
+    }
 }
 
-/// One bundle file (or stream), then its sidecar.
-async fn verify_one(
-    path: &Path,
-    raw: Box<dyn Read + Send>,
-    from_file: bool,
-    policy: Option<&crate::trust::Policy>,
-    bundle_key: &Option<(PathBuf, String)>,
-) -> Result<VerifyReport> {
-    let name = path.display().to_string();
-    let (mut report, file_digest) = verify_read(&name, raw, policy, bundle_key).await?;
-    report.sidecar_ok = check_sidecar(path, from_file, &file_digest)?;
-    Ok(report)
-}
-
-/// The volumes of a bundle (files or directories, any order). With every
-/// volume: one pass over them in order, as one stream, plus each volume's
-/// sidecar. With some: each given volume checked alone.
+/// A bundle file or the volumes of a bundle (files or directories, any
+/// order). With a seek table, the members are hashed in parallel while
+/// each file is hashed whole on a thread of its own (for its `.sha256`);
+/// without one, the file is read once as a stream. With some volumes only,
+/// each given volume is checked alone.
 pub async fn verify_volumes(
     paths: &[PathBuf],
     policy: Option<&crate::trust::Policy>,
     bundle_key: &Option<(PathBuf, String)>,
 ) -> Result<VerifyReport> {
     let paths = crate::bundle::volumes::expand_paths(paths)?;
-    let set = crate::bundle::SeekableBundle::open_set(&paths)?.ok_or_else(|| {
-        Error::from(crate::bundle::BundleError::Corrupt {
-            bundle: paths[0].display().to_string(),
-            detail: "no seek table at its end: truncated or damaged".into(),
-        })
-    })?;
+    let Some(set) = crate::bundle::SeekableBundle::open_set(&paths)? else {
+        let path = &paths[0];
+        let f = std::fs::File::open(path).map_err(Error::io(path.display()))?;
+        let source = BundleSource::stream(Box::new(f), &path.display().to_string());
+        let mut report = verify_source(source, policy, bundle_key).await?;
+        let digest = Digest::from_hex(&report.file_sha256).unwrap_or_else(|_| Digest::of(b""));
+        report.sidecar_ok = check_sidecar(path, true, &digest)?;
+        return Ok(report);
+    };
     let files = set.volume_files();
     let count = set.index.volume_count();
     let missing = set.missing_volumes();
-    if set.index.volumes.is_none() {
-        let path = &files[0].1;
-        let f = std::fs::File::open(path).map_err(Error::io(path.display()))?;
-        return verify_one(path, Box::new(f), true, policy, bundle_key).await;
-    }
     if !missing.is_empty() {
         if policy.is_some() {
             return Err(Error::Usage(format!(
@@ -228,40 +207,52 @@ pub async fn verify_volumes(
         }
         return verify_some_volumes(&set, files, missing, bundle_key).await;
     }
-    let name = format!("{} ({count} volumes)", files[0].1.display());
-    let hashes = Arc::new(Mutex::new(Vec::new()));
-    let chain = VolumeChain {
-        files: files.iter().map(|(_, p)| p.clone()).collect(),
-        next: 0,
-        current: None,
-        hashes: hashes.clone(),
-    };
-    let (mut report, _) = verify_read(&name, Box::new(chain), policy, bundle_key).await?;
-    let hashes = hashes.lock().map(|h| h.clone()).unwrap_or_default();
-    for ((v, path), (digest, size)) in files.iter().zip(hashes) {
-        let _ = size;
+    let hashing: Vec<_> = files
+        .iter()
+        .map(|(_, p)| {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || hash_file(&p))
+        })
+        .collect();
+    let source = BundleSource::open_files(&paths)?;
+    let mut report = verify_source(source, policy, bundle_key).await?;
+    let mut digests = Vec::new();
+    for (h, (_, p)) in hashing.into_iter().zip(&files) {
+        digests.push(h.await.map_err(Error::task(p.display()))??);
+    }
+    if set.index.volumes.is_none() {
+        report.file_sha256 = digests[0].hex();
+        report.sidecar_ok = check_sidecar(&files[0].1, true, &digests[0])?;
+        return Ok(report);
+    }
+    for ((v, path), digest) in files.iter().zip(digests) {
+        let entries = set.index.volume_entries(*v);
         report.volumes.push(VolumeCheck {
             volume: *v,
             count,
             path: path.display().to_string(),
             file_sha256: digest.hex(),
             sidecar_ok: check_sidecar(path, true, &digest)?,
-            members: set
-                .index
-                .volume_entries(*v)
-                .iter()
-                .filter(|e| e.chunk == 0)
-                .count(),
-            chunks: set
-                .index
-                .volume_entries(*v)
-                .iter()
-                .filter(|e| e.chunk > 0)
-                .count(),
+            members: entries.iter().filter(|e| e.chunk == 0).count(),
+            chunks: entries.iter().filter(|e| e.chunk > 0).count(),
         });
     }
-    report.file_sha256 = String::new();
     Ok(report)
+}
+
+/// sha256 of a whole file, read in large blocks.
+fn hash_file(path: &Path) -> Result<Digest> {
+    let f = std::fs::File::open(path).map_err(Error::io(path.display()))?;
+    let mut r = crate::digest::HashingReader::new(f);
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return Err(Error::io(path.display())(e)),
+        }
+    }
+    Ok(r.finish().0)
 }
 
 /// Some volumes only: each one read alone (its whole members against the
@@ -321,62 +312,37 @@ async fn verify_some_volumes(
     Ok(report)
 }
 
-/// Volume files read one after the other as one stream, each hashed on
-/// its own for its sidecar.
-struct VolumeChain {
-    files: Vec<PathBuf>,
-    next: usize,
-    current: Option<crate::digest::HashingReader<std::fs::File>>,
-    hashes: Arc<Mutex<Vec<(Digest, u64)>>>,
-}
-
-impl Read for VolumeChain {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.current.is_none() {
-                let Some(path) = self.files.get(self.next) else {
-                    return Ok(0);
-                };
-                self.next += 1;
-                self.current = Some(crate::digest::HashingReader::new(std::fs::File::open(
-                    path,
-                )?));
-            }
-            if let Some(r) = self.current.as_mut() {
-                let n = r.read(buf)?;
-                if n > 0 || buf.is_empty() {
-                    return Ok(n);
-                }
-            }
-            if let Some(done) = self.current.take() {
-                if let Ok(mut h) = self.hashes.lock() {
-                    h.push(done.finish());
-                }
-            }
-        }
-    }
-}
-
-/// One pass over a bundle stream: every member, the graph, the policy.
-async fn verify_read(
-    name: &str,
-    raw: Box<dyn Read + Send>,
+/// Every member of a bundle source checked: its index, every manifest, the
+/// graph, every blob (in parallel with random access), the layout files,
+/// the end of each file; then the policy and the bundle signature.
+async fn verify_source(
+    mut source: BundleSource,
     policy: Option<&crate::trust::Policy>,
     bundle_key: &Option<(PathBuf, String)>,
-) -> Result<(VerifyReport, Digest)> {
-    let name = name.to_string();
-    let mut source = BundleSource::stream(raw, &name);
+) -> Result<VerifyReport> {
+    let name = source.name();
     let request = GraphRequest {
         payloads: policy.is_some(),
     };
     let graph = source.graph(request).await?;
     let graphs = graph.walk(&name)?;
-    let mut null = NullSink::reading_past(&name);
-    copy(&mut source, &graph, &mut null, &CopyOptions::default()).await?;
-    let file_digest = source.file_digest().cloned().ok_or_else(|| Error::Task {
-        what: name.clone(),
-        detail: "the file digest is missing after the read".into(),
-    })?;
+    let seekable = source.seekable();
+    let (mut null, jobs) = match &seekable {
+        Some(b) => {
+            check_layout_members(b.clone(), &name).await?;
+            (NullSink::new(&name), cores())
+        }
+        // A stream verifies every member as it reads past it.
+        None => (NullSink::reading_past(&name), 6),
+    };
+    copy(
+        &mut source,
+        &graph,
+        &mut null,
+        &CopyOptions::new(jobs, "verify", Default::default()),
+    )
+    .await?;
+    let file_sha256 = source.file_digest().map(|d| d.hex()).unwrap_or_default();
     let (index, bundle_digest) = source.index().cloned().ok_or_else(|| Error::Task {
         what: name.clone(),
         detail: "the bundle index is missing after the read".into(),
@@ -389,7 +355,7 @@ async fn verify_read(
         policy: policy.map(|p| crate::gate::evaluate(p, &graph)),
         bundle: name,
         bundle_digest,
-        file_sha256: file_digest.hex(),
+        file_sha256,
         sidecar_ok: None,
         created: index.created.clone(),
         tool: index.tool.clone(),
@@ -407,7 +373,30 @@ async fn verify_read(
         external_bytes: index.external.iter().map(|e| e.size).sum(),
     };
     report.verified = !report.policy_failed() && !report.signature_failed();
-    Ok((report, file_digest))
+    Ok(report)
+}
+
+/// `oci-layout` and `index.json` are no blobs of the graph: read them too.
+async fn check_layout_members(
+    b: std::sync::Arc<crate::bundle::SeekableBundle>,
+    name: &str,
+) -> Result<()> {
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        for (i, m) in b.index.members.iter().enumerate() {
+            if m.kind == crate::bundle::MemberKind::Layout {
+                b.read_member(i)?;
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(Error::task(name))?
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
 }
 
 fn check_sidecar(path: &Path, from_file: bool, file_digest: &Digest) -> Result<Option<bool>> {
