@@ -172,7 +172,7 @@ struct Cli {
     quiet: bool,
 }
 
-#[derive(Args, Clone)]
+#[derive(Args, Clone, Default)]
 struct RegistryArgs {
     /// Extra CA certificate (PEM) to trust, on top of the system roots (repeatable).
     #[arg(long = "ca-file", value_name = "PEM")]
@@ -195,11 +195,43 @@ struct RegistryArgs {
     /// Concurrent blob transfers.
     #[arg(long, short, default_value_t = 6)]
     jobs: usize,
+    /// Credentials file (containers auth.json format) instead of the standard ones.
+    #[arg(long, value_name = "PATH", env = "REGISTRY_AUTH_FILE")]
+    authfile: Option<PathBuf>,
+    /// Credentials USER:PASSWORD for the registries of this command.
+    #[arg(long, value_name = "USER:PASS", conflicts_with_all = ["username", "password_stdin"])]
+    creds: Option<String>,
+    /// false: accept any certificate (and plain HTTP) from every registry (as skopeo's flag).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    tls_verify: bool,
+    /// Certificates for every registry: *.crt CAs, NAME.cert + NAME.key client certificate
+    /// (mTLS). /etc/containers/certs.d/HOST/ and /etc/docker/certs.d/HOST/ are read too.
+    #[arg(long, value_name = "DIR")]
+    cert_dir: Vec<PathBuf>,
 }
 
 impl RegistryArgs {
     fn config(&self, credential_hosts: &[String]) -> Result<RegistryConfig> {
         let mut credentials = CredentialStore::default();
+        if let Some(f) = &self.authfile {
+            credentials.files = Some(vec![f.clone()]);
+        }
+        if let Some(creds) = &self.creds {
+            let Some((user, password)) = creds.split_once(':') else {
+                bail!(airlock::Error::Usage(
+                    "--creds USER:PASSWORD (or --username USER --password-stdin)".into()
+                ));
+            };
+            for h in credential_hosts {
+                credentials.explicit.insert(
+                    h.clone(),
+                    Credential::Basic {
+                        username: user.to_string(),
+                        password: password.to_string(),
+                    },
+                );
+            }
+        }
         if let Some(user) = &self.username {
             let mut password = String::new();
             std::io::stdin()
@@ -226,6 +258,12 @@ impl RegistryArgs {
                 ..RetryPolicy::default()
             },
             upload_chunk_size: self.upload_chunk_size,
+            insecure_all: !self.tls_verify,
+            cert_dirs: self.cert_dir.clone(),
+            certs_d: vec![
+                PathBuf::from("/etc/containers/certs.d"),
+                PathBuf::from("/etc/docker/certs.d"),
+            ],
         })
     }
 }
@@ -375,6 +413,34 @@ enum Command {
         #[command(flatten)]
         registry: RegistryArgs,
     },
+    /// Log in to a registry: check the credentials, then save them where skopeo and podman
+    /// read them ($REGISTRY_AUTH_FILE, else $XDG_RUNTIME_DIR/containers/auth.json).
+    Login {
+        /// Registry host[:port].
+        host: String,
+        #[arg(long, short = 'u')]
+        username: String,
+        /// Read the password (or token) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The credentials file to write.
+        #[arg(long, value_name = "PATH", env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+        #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+        tls_verify: bool,
+        #[arg(long, value_name = "DIR")]
+        cert_dir: Vec<PathBuf>,
+        #[arg(long = "ca-file", value_name = "PEM")]
+        ca_files: Vec<PathBuf>,
+    },
+    /// Remove a registry's saved credentials (or every one with --all).
+    Logout {
+        host: Option<String>,
+        #[arg(long, conflicts_with = "host")]
+        all: bool,
+        #[arg(long, value_name = "PATH", env = "REGISTRY_AUTH_FILE")]
+        authfile: Option<PathBuf>,
+    },
     /// Serve bundles (or volume sets) as a read-only OCI registry, straight from the files.
     Serve {
         /// Bundle files, volumes (any order) or directories holding them; several bundles at once.
@@ -503,6 +569,34 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Login {
+            host,
+            username,
+            password_stdin,
+            authfile,
+            tls_verify,
+            cert_dir,
+            ca_files,
+        } => {
+            login_cmd(
+                &host,
+                &username,
+                password_stdin,
+                authfile,
+                RegistryArgs {
+                    tls_verify,
+                    cert_dir,
+                    ca_files,
+                    ..Default::default()
+                },
+            )
+            .await
+        }
+        Command::Logout {
+            host,
+            all,
+            authfile,
+        } => logout_cmd(host.as_deref(), all, authfile),
         Command::Serve {
             bundles,
             listen,
@@ -844,6 +938,73 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+fn auth_file(authfile: Option<PathBuf>) -> Result<PathBuf> {
+    authfile
+        .or_else(CredentialStore::default_auth_file)
+        .ok_or_else(|| {
+            anyhow::anyhow!(airlock::Error::Usage(
+                "no credentials file: give --authfile PATH (or set REGISTRY_AUTH_FILE)".into()
+            ))
+        })
+}
+
+async fn login_cmd(
+    host: &str,
+    username: &str,
+    password_stdin: bool,
+    authfile: Option<PathBuf>,
+    mut registry: RegistryArgs,
+) -> Result<()> {
+    let host = host.trim_start_matches("docker://").trim_end_matches('/');
+    if !password_stdin {
+        bail!(airlock::Error::Usage(
+            "give the password on stdin: --password-stdin (it is never taken from the command line)".into()
+        ));
+    }
+    let mut password = String::new();
+    std::io::stdin()
+        .read_to_string(&mut password)
+        .context("reading the password from stdin")?;
+    let password = password.trim_end_matches(['\n', '\r']).to_string();
+    let file = auth_file(authfile)?;
+    registry.creds = Some(format!("{username}:{password}"));
+    registry.retries = 1;
+    let config = registry.config(&[host.to_string()])?;
+    let reg = Registries::new(config).get(host).await?;
+    reg.check_login().await?;
+    airlock::registry::auth::save_login(&file, host, Some((username, &password)))?;
+    outln!("Login Succeeded: {host} (saved in {})", file.display());
+    Ok(())
+}
+
+fn logout_cmd(host: Option<&str>, all: bool, authfile: Option<PathBuf>) -> Result<()> {
+    let file = auth_file(authfile)?;
+    if all {
+        if file.exists() {
+            std::fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?;
+        }
+        outln!("Removed every login in {}", file.display());
+        return Ok(());
+    }
+    let Some(host) = host else {
+        bail!(airlock::Error::Usage(
+            "airlock logout HOST, or --all".into()
+        ));
+    };
+    if airlock::registry::auth::save_login(&file, host, None)? {
+        outln!(
+            "Removed login credentials for {host} from {}",
+            file.display()
+        );
+        Ok(())
+    } else {
+        bail!(airlock::Error::Usage(format!(
+            "not logged in to {host} (no entry in {})",
+            file.display()
+        )))
+    }
 }
 
 /// One line per request on stderr (JSON lines with --json); strings from

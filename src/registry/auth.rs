@@ -1,10 +1,12 @@
 //! Registry credentials and `WWW-Authenticate` challenges.
 //!
-//! Credentials come, in order, from explicit ones (`--username` +
-//! `--password-stdin`), docker's `config.json` (`DOCKER_CONFIG` or
-//! `~/.docker/config.json`: `credHelpers`, `auths`, `credsStore`) and the
-//! containers `auth.json` (`REGISTRY_AUTH_FILE`, `$XDG_RUNTIME_DIR/containers`,
-//! `~/.config/containers`). Secrets are never formatted into errors or logs:
+//! Credentials come, in order, from explicit ones (`--creds`, `--username` +
+//! `--password-stdin`), then, as skopeo and podman look them up, the
+//! containers `auth.json` (`--authfile`, else `REGISTRY_AUTH_FILE`,
+//! `$XDG_RUNTIME_DIR/containers/auth.json`, `~/.config/containers/auth.json`)
+//! and docker's `config.json` (`DOCKER_CONFIG` or `~/.docker/config.json`:
+//! `credHelpers`, `auths`, `credsStore`). `airlock login` writes the file
+//! `skopeo login` writes. Secrets are never formatted into errors or logs:
 //! `Credential`'s Debug impl redacts them.
 
 use base64::Engine as _;
@@ -79,17 +81,11 @@ pub struct CredentialStore {
 }
 
 impl CredentialStore {
+    /// The files skopeo reads, in its order: `REGISTRY_AUTH_FILE`, the
+    /// containers auth files, then docker's `config.json`.
     pub fn standard_files() -> Vec<PathBuf> {
         let mut out = Vec::new();
         let home = std::env::var_os("HOME").map(PathBuf::from);
-        match std::env::var_os("DOCKER_CONFIG") {
-            Some(d) => out.push(PathBuf::from(d).join("config.json")),
-            None => {
-                if let Some(h) = &home {
-                    out.push(h.join(".docker/config.json"));
-                }
-            }
-        }
         if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
             out.push(PathBuf::from(f));
         }
@@ -99,7 +95,27 @@ impl CredentialStore {
         if let Some(h) = &home {
             out.push(h.join(".config/containers/auth.json"));
         }
+        match std::env::var_os("DOCKER_CONFIG") {
+            Some(d) => out.push(PathBuf::from(d).join("config.json")),
+            None => {
+                if let Some(h) = &home {
+                    out.push(h.join(".docker/config.json"));
+                }
+            }
+        }
         out
+    }
+
+    /// The file `login` writes when no `--authfile` is given: where
+    /// `skopeo login` and `podman login` write.
+    pub fn default_auth_file() -> Option<PathBuf> {
+        if let Some(f) = std::env::var_os("REGISTRY_AUTH_FILE") {
+            return Some(PathBuf::from(f));
+        }
+        if let Some(d) = std::env::var_os("XDG_RUNTIME_DIR") {
+            return Some(PathBuf::from(d).join("containers/auth.json"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/containers/auth.json"))
     }
 
     /// Find a credential for `host` (e.g. `127.0.0.1:5443`, `docker.io`).
@@ -169,12 +185,18 @@ fn lookup_in_config(
                     path: path.to_path_buf(),
                     detail: format!("the \"auth\" entry for {host} is not base64 of user:password"),
                 })?;
-            if let Some((u, p)) = decoded.split_once(':') {
-                return Ok(Some(Credential::Basic {
-                    username: u.to_string(),
-                    password: p.to_string(),
-                }));
-            }
+            let Some((u, p)) = decoded.split_once(':') else {
+                return Err(CredentialError::File {
+                    path: path.to_path_buf(),
+                    detail: format!(
+                        "the \"auth\" entry for {host} has no \"user:password\" in it; log in again (airlock login {host})"
+                    ),
+                });
+            };
+            return Ok(Some(Credential::Basic {
+                username: u.to_string(),
+                password: p.to_string(),
+            }));
         }
         if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
             return Ok(Some(Credential::Basic {
@@ -187,6 +209,66 @@ fn lookup_in_config(
         return run_helper(store, host);
     }
     Ok(None)
+}
+
+/// Store (or with `None`, remove) `host`'s credentials in an auth file in
+/// the containers format (`{"auths": {HOST: {"auth": base64(user:pass)}}}`),
+/// keeping every other entry and key; written atomically, mode 0600.
+pub fn save_login(
+    file: &std::path::Path,
+    host: &str,
+    login: Option<(&str, &str)>,
+) -> Result<bool, CredentialError> {
+    let err = |detail: String| CredentialError::File {
+        path: file.to_path_buf(),
+        detail,
+    };
+    let mut doc: serde_json::Value = match std::fs::read(file) {
+        Ok(b) if !b.is_empty() => {
+            serde_json::from_slice(&b).map_err(|e| err(format!("not valid JSON ({e})")))?
+        }
+        Ok(_) => serde_json::json!({}),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => serde_json::json!({}),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let root = doc
+        .as_object_mut()
+        .ok_or_else(|| err("not a JSON object".into()))?;
+    let auths = root
+        .entry("auths")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .ok_or_else(|| err("\"auths\" is not an object".into()))?;
+    let changed = match login {
+        Some((user, pass)) => {
+            let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+            auths.insert(host.to_string(), serde_json::json!({ "auth": auth }));
+            true
+        }
+        None => {
+            let keys: Vec<String> = auths
+                .keys()
+                .filter(|k| host_keys_match(k, host))
+                .cloned()
+                .collect();
+            for k in &keys {
+                auths.remove(k);
+            }
+            !keys.is_empty()
+        }
+    };
+    let dir = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    std::fs::create_dir_all(&dir).map_err(|e| err(e.to_string()))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| err(e.to_string()))?;
+    let bytes = serde_json::to_vec_pretty(&doc).map_err(|e| err(e.to_string()))?;
+    tmp.write_all(&bytes).map_err(|e| err(e.to_string()))?;
+    tmp.as_file().sync_all().map_err(|e| err(e.to_string()))?;
+    tmp.persist(file).map_err(|e| err(e.error.to_string()))?;
+    Ok(changed)
 }
 
 /// Run `docker-credential-<helper> get` (the docker credential-helper protocol).

@@ -66,6 +66,15 @@ pub struct RegistryConfig {
     pub ca_files: Vec<PathBuf>,
     /// Hosts reached over plain HTTP, or HTTPS without certificate checks.
     pub insecure_hosts: Vec<String>,
+    /// Every host so (`--tls-verify=false`).
+    pub insecure_all: bool,
+    /// Directories of certificates for every host (`--cert-dir`): `*.crt`
+    /// CA certificates, and a `NAME.cert` + `NAME.key` client pair (mTLS).
+    pub cert_dirs: Vec<PathBuf>,
+    /// Roots holding one such directory per host (`ROOT/HOST[:PORT]/`), as
+    /// containers and docker read them: `/etc/containers/certs.d`,
+    /// `/etc/docker/certs.d`.
+    pub certs_d: Vec<PathBuf>,
     pub retry: RetryPolicy,
     /// Upload blobs in PATCH chunks of this size instead of one streamed PUT.
     pub upload_chunk_size: Option<usize>,
@@ -201,6 +210,67 @@ async fn body_excerpt(resp: Response) -> String {
     t.trim().to_string()
 }
 
+/// What certificate directories hold for `host`: CA certificates (`*.crt`)
+/// and one client certificate (`NAME.cert` with `NAME.key`, for mTLS).
+fn read_cert_dirs(
+    host: &str,
+    dirs: &[PathBuf],
+) -> Result<(Vec<reqwest::Certificate>, Option<reqwest::Identity>), RegistryError> {
+    let tls = |detail: String| RegistryError::Tls {
+        host: host.to_string(),
+        detail,
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| RegistryError::Io {
+            what: format!("certificate file {}", p.display()),
+            source: e,
+        })
+    };
+    let (mut cas, mut identity) = (Vec::new(), None);
+    for dir in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| RegistryError::Io {
+                what: format!("certificate directory {}", dir.display()),
+                source: e,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        for f in &files {
+            match f.extension().and_then(|e| e.to_str()) {
+                Some("crt") => cas.extend(
+                    reqwest::Certificate::from_pem_bundle(&read(f)?).map_err(|e| {
+                        tls(format!("{} is not PEM certificates: {e}", f.display()))
+                    })?,
+                ),
+                Some("cert") if identity.is_none() => {
+                    let key = f.with_extension("key");
+                    if !key.is_file() {
+                        return Err(tls(format!(
+                            "client certificate {} has no key {} beside it",
+                            f.display(),
+                            key.display()
+                        )));
+                    }
+                    let mut pem = read(f)?;
+                    pem.push(b'\n');
+                    pem.extend(read(&key)?);
+                    identity = Some(reqwest::Identity::from_pem(&pem).map_err(|e| {
+                        tls(format!(
+                            "client certificate {} / {}: {}",
+                            f.display(),
+                            key.display(),
+                            error_chain(&e)
+                        ))
+                    })?);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok((cas, identity))
+}
+
 fn scope_pull(repo: &str) -> String {
     format!("repository:{repo}:pull")
 }
@@ -210,7 +280,7 @@ fn scope_push(repo: &str) -> String {
 
 impl Registry {
     async fn connect(host: &str, config: &RegistryConfig) -> Result<Registry, RegistryError> {
-        let insecure = config.insecure_hosts.iter().any(|h| h == host);
+        let insecure = config.insecure_all || config.insecure_hosts.iter().any(|h| h == host);
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(20))
@@ -228,6 +298,18 @@ impl Registry {
                     detail: format!("CA file {} is not PEM certificates: {e}", f.display()),
                 })?;
             extra.extend(certs);
+        }
+        let dirs: Vec<PathBuf> = config
+            .cert_dirs
+            .iter()
+            .cloned()
+            .chain(config.certs_d.iter().map(|root| root.join(host)))
+            .filter(|d| d.is_dir())
+            .collect();
+        let (cas, identity) = read_cert_dirs(host, &dirs)?;
+        extra.extend(cas);
+        if let Some(id) = identity {
+            builder = builder.identity(id);
         }
         if !extra.is_empty() {
             builder = builder.tls_certs_merge(extra);
@@ -720,6 +802,24 @@ impl Registry {
     // ---------------------------------------------------------------- tags and referrers
 
     /// Every tag of `repo` (following `Link` pagination); empty if the repository is unknown.
+    /// `GET /v2/` with the credentials (a token without scope where the
+    /// registry wants tokens): what `login` checks before it saves them.
+    pub async fn check_login(&self) -> Result<(), RegistryError> {
+        let what = format!("login to {}", self.host);
+        let url = self.url("v2/");
+        let (status, _, body) = self
+            .request_bytes(&[], &what, 1 << 20, &|c| c.get(url.clone()))
+            .await?;
+        if status.is_success() {
+            return Ok(());
+        }
+        Err(RegistryError::Status {
+            what,
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+        })
+    }
+
     pub async fn list_tags(&self, repo: &str) -> Result<Vec<String>, RegistryError> {
         #[derive(serde::Deserialize)]
         struct TagList {

@@ -109,6 +109,36 @@ pub fn make_tls(dir: &Path) -> PathBuf {
     p("ca.crt")
 }
 
+/// A client certificate signed by the test CA in `dir`: `client.cert`, `client.key`.
+pub fn make_client_cert(dir: &Path) {
+    let p = |f: &str| dir.join(f);
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args(["-subj", "/CN=airlock test client", "-keyout"])
+        .arg(p("client.key"))
+        .arg("-out")
+        .arg(p("client.csr")));
+    std::fs::write(p("client-ext.cnf"), "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n").unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(p("client.csr"))
+        .arg("-CA")
+        .arg(p("ca.crt"))
+        .arg("-CAkey")
+        .arg(p("ca.key"))
+        .arg("-out")
+        .arg(p("client.cert"))
+        .arg("-extfile")
+        .arg(p("client-ext.cnf")));
+}
+
 impl TestRegistry {
     pub fn start() -> TestRegistry {
         Self::start_with(false)
@@ -117,7 +147,24 @@ impl TestRegistry {
         Self::start_with(true)
     }
 
+    /// TLS that also requires a client certificate signed by the test CA
+    /// (`client.cert`/`client.key` in [`TestRegistry::dir`]), and htpasswd.
+    pub fn start_mtls() -> TestRegistry {
+        let reg = Self::start_with_mtls(true, true);
+        make_client_cert(reg.dir.path());
+        reg
+    }
+
+    /// The registry's own directory (CA, certificates, htpasswd).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn start_with(secure: bool) -> TestRegistry {
+        Self::start_with_mtls(secure, false)
+    }
+
+    fn start_with_mtls(secure: bool, mtls: bool) -> TestRegistry {
         let mut dir = tempfile::tempdir().expect("temp dir");
         let ca = secure.then(|| make_tls(dir.path()));
         for _ in 0..5 {
@@ -128,7 +175,15 @@ impl TestRegistry {
             );
             if secure {
                 let d = dir.path().display();
-                cfg.push_str(&format!("  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\nauth:\n  htpasswd:\n    realm: airlock-test\n    path: {d}/htpasswd\n"));
+                cfg.push_str(&format!(
+                    "  tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n"
+                ));
+                if mtls {
+                    cfg.push_str(&format!("    clientcas:\n      - {d}/ca.crt\n"));
+                }
+                cfg.push_str(&format!(
+                    "auth:\n  htpasswd:\n    realm: airlock-test\n    path: {d}/htpasswd\n"
+                ));
             }
             let cfg_path = dir.path().join("config.yml");
             std::fs::write(&cfg_path, cfg).unwrap();
