@@ -377,6 +377,10 @@ enum Command {
         /// then leaves nothing at all at the target, not even unreferenced blobs).
         #[arg(long)]
         verify_first: bool,
+        /// Append one JSON line per import to this audit log (who, what, from which bundle,
+        /// under which keys or policy, result).
+        #[arg(long, value_name = "FILE", env = "AIRLOCK_AUDIT_LOG")]
+        audit_log: Option<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -552,12 +556,26 @@ async fn run(cli: Cli) -> Result<()> {
             to,
             on_existing_tag,
             verify_first,
+            audit_log,
             json,
             trust,
             bundle_key,
             registry,
         } => {
-            import_cmd(
+            let mut audit = audit_log.as_ref().map(|_| {
+                let mut r = airlock::audit::AuditRecord::new("import");
+                r.bundle = bundle.clone();
+                r.destination = Some(to.clone());
+                r.bundle_key = bundle_key.bundle_key.clone();
+                r.trust.keys = trust
+                    .keys
+                    .iter()
+                    .map(|k| airlock::audit::KeyFile::of(k))
+                    .collect();
+                r.trust.policy = trust.policy.as_deref().map(airlock::audit::KeyFile::of);
+                r
+            });
+            let result = import_cmd(
                 &bundle,
                 &to,
                 (on_existing_tag.into(), verify_first),
@@ -566,7 +584,17 @@ async fn run(cli: Cli) -> Result<()> {
                 bundle_key,
                 registry,
             )
-            .await
+            .await;
+            if let (Some(log), Some(record)) = (audit_log, audit.as_mut()) {
+                match &result {
+                    Ok(report) => audit_import(record, report),
+                    Err(e) => record.failed(e),
+                }
+                record
+                    .append(&log)
+                    .with_context(|| format!("appending to the audit log {}", log.display()))?;
+            }
+            result.map(|_| ())
         }
         Command::Copy(args) => copy_cmd(args).await,
         Command::Login {
@@ -805,7 +833,7 @@ async fn import_cmd(
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
     registry: RegistryArgs,
-) -> Result<()> {
+) -> Result<import::ImportReport> {
     let policy = trust.load()?.map(Arc::new);
     let stdin = bundle.len() == 1 && bundle[0] == "-";
     if !stdin && bundle.iter().any(|b| b == "-") {
@@ -861,7 +889,40 @@ async fn import_cmd(
     } else {
         import::import_files_into(&files, sink, &opts, &stderr_events()).await?
     };
-    print_import(&report, json)
+    print_import(&report, json)?;
+    Ok(report)
+}
+
+/// What an import did, in its audit record.
+fn audit_import(record: &mut airlock::audit::AuditRecord, report: &import::ImportReport) {
+    record.bundle_digest = report.bundle_digest.clone();
+    record.images = report
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let verdict = report.policy.as_ref().and_then(|v| v.get(i));
+            airlock::audit::AuditImage {
+                source: img.source.clone(),
+                destination: img.target.clone(),
+                digest: img.digest.clone(),
+                verdict: match verdict {
+                    None => "not checked (no keys or policy given)".into(),
+                    Some(v) if v.admitted => "admitted".into(),
+                    Some(_) => "rejected".into(),
+                },
+                rule: verdict.and_then(|v| v.admitted_by.clone().or(v.rule.clone())),
+            }
+        })
+        .collect();
+    record.counts = serde_json::json!({
+        "blobsUploaded": report.blobs_uploaded,
+        "blobsMounted": report.blobs_mounted,
+        "blobsPresent": report.blobs_present,
+        "bytesSent": report.bytes_sent,
+        "manifestsPushed": report.manifests_pushed,
+        "tagsSet": report.tags_set,
+    });
 }
 
 async fn copy_cmd(args: CopyArgs) -> Result<()> {
