@@ -445,6 +445,17 @@ enum Command {
         #[arg(long, value_name = "PATH", env = "REGISTRY_AUTH_FILE")]
         authfile: Option<PathBuf>,
     },
+    /// Shell completions: airlock completions bash > /etc/bash_completion.d/airlock
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Man pages (roff), generated from this CLI: airlock man > airlock.1,
+    /// airlock man import > airlock-import.1
+    Man {
+        /// A subcommand's own page.
+        command: Option<String>,
+    },
     /// Serve bundles (or volume sets) as a read-only OCI registry, straight from the files.
     Serve {
         /// Bundle files, volumes (any order) or directories holding them; several bundles at once.
@@ -597,6 +608,30 @@ async fn run(cli: Cli) -> Result<()> {
             result.map(|_| ())
         }
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "airlock", &mut out);
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
+        Command::Man { command } => {
+            let cli = <Cli as clap::CommandFactory>::command();
+            let page = match &command {
+                None => cli,
+                Some(name) => {
+                    let Some(sub) = cli.find_subcommand(name).cloned() else {
+                        bail!(airlock::Error::Usage(format!("no subcommand {name:?}")));
+                    };
+                    let title: &'static str = Box::leak(format!("airlock-{name}").into_boxed_str());
+                    sub.name(title)
+                }
+            };
+            let mut out = Vec::new();
+            clap_mangen::Man::new(page).render(&mut out)?;
+            std::io::stdout().write_all(&out)?;
+            Ok(())
+        }
         Command::Login {
             host,
             username,
