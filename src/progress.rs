@@ -1,5 +1,6 @@
-//! Progress for long transfers: a live line (bytes, rate, ETA) on a
-//! terminal, nothing but start/end lines otherwise, silence with `--quiet`.
+//! Progress for long transfers: a live bar (bytes, rate, ETA) on a
+//! terminal (indicatif), a plain line every few seconds otherwise (logs,
+//! CI), silence with `--quiet`.
 
 use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,16 +13,35 @@ pub fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);
 }
 
+/// Every bar on the terminal, so that notes print above them.
+fn bars() -> &'static indicatif::MultiProgress {
+    static BARS: std::sync::OnceLock<indicatif::MultiProgress> = std::sync::OnceLock::new();
+    BARS.get_or_init(|| {
+        indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(5))
+    })
+}
+
+/// How often a progress line is written when stderr is not a terminal:
+/// 5 s, or `AIRLOCK_PROGRESS_INTERVAL` seconds (a CI log may want fewer).
+fn line_every() -> Duration {
+    std::env::var("AIRLOCK_PROGRESS_INTERVAL")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.1)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::from_secs(5))
+}
+
 /// A human message on stderr (never on stdout, which `--json` owns).
 pub fn note(msg: &str) {
     if QUIET.load(Ordering::Relaxed) {
         return;
     }
-    let mut err = std::io::stderr().lock();
-    if err.is_terminal() {
-        let _ = write!(err, "\r\x1b[2K");
+    if std::io::stderr().is_terminal() {
+        let _ = bars().println(msg);
+        return;
     }
-    let _ = writeln!(err, "{msg}");
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }
 
 /// Where the library's notes and progress go (unsigned-image warnings,
@@ -114,28 +134,51 @@ struct Inner {
     done: AtomicU64,
     start: Instant,
     stop: AtomicBool,
+    /// The terminal bar, when stderr is one.
+    bar: Option<indicatif::ProgressBar>,
+    /// Plain lines were written (then a last one says it finished).
+    lines: AtomicBool,
 }
 
 impl Progress {
-    /// A counter that draws itself every 200 ms while stderr is a terminal.
+    /// A counter shown as a bar on a terminal, or as a line every few
+    /// seconds on other stderr (nothing with `--quiet`).
     pub fn start(label: &str, total: u64) -> Progress {
+        Progress::new(label, total, !QUIET.load(Ordering::Relaxed))
+    }
+
+    fn new(label: &str, total: u64, shown: bool) -> Progress {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = (shown && terminal).then(|| {
+            let style = indicatif::ProgressStyle::with_template(
+                "{msg}: {bytes} / {total_bytes} ({binary_bytes_per_sec}, ETA {eta}) {wide_bar}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+            bars().add(
+                indicatif::ProgressBar::new(total)
+                    .with_style(style)
+                    .with_message(label.to_string()),
+            )
+        });
         let p = Progress {
             inner: Arc::new(Inner {
                 label: label.to_string(),
                 total: AtomicU64::new(total),
                 done: AtomicU64::new(0),
                 start: Instant::now(),
-                stop: AtomicBool::new(false),
+                stop: AtomicBool::new(!shown),
+                bar,
+                lines: AtomicBool::new(false),
             }),
         };
-        if std::io::stderr().is_terminal() && !QUIET.load(Ordering::Relaxed) {
-            let inner = p.inner.clone();
-            std::thread::spawn(move || {
-                while !inner.stop.load(Ordering::Relaxed) {
-                    std::thread::sleep(Duration::from_millis(200));
-                    if !inner.stop.load(Ordering::Relaxed) {
-                        inner.draw();
-                    }
+        if shown && !terminal {
+            let inner = Arc::downgrade(&p.inner);
+            let every = line_every();
+            std::thread::spawn(move || loop {
+                std::thread::sleep(every);
+                match inner.upgrade() {
+                    Some(i) if !i.stop.load(Ordering::Relaxed) => i.line(),
+                    _ => return,
                 }
             });
         }
@@ -144,27 +187,34 @@ impl Progress {
 
     /// A counter that never draws (library use, tests).
     pub fn hidden() -> Progress {
-        let p = Progress::start("", 0);
-        p.inner.stop.store(true, Ordering::Relaxed);
-        p
+        Progress::new("", 0, false)
     }
 
     pub fn add(&self, n: u64) {
         self.inner.done.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.inner.bar {
+            b.inc(n);
+        }
     }
     pub fn add_total(&self, n: u64) {
         self.inner.total.fetch_add(n, Ordering::Relaxed);
+        if let Some(b) = &self.inner.bar {
+            b.inc_length(n);
+        }
     }
     /// Bytes counted so far.
     pub fn done(&self) -> u64 {
         self.inner.done.load(Ordering::Relaxed)
     }
     pub fn finish(&self) {
-        if !self.inner.stop.swap(true, Ordering::Relaxed)
-            && std::io::stderr().is_terminal()
-            && !QUIET.load(Ordering::Relaxed)
-        {
-            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        if self.inner.stop.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(b) = &self.inner.bar {
+            b.finish_and_clear();
+            bars().remove(b);
+        } else if self.inner.lines.load(Ordering::Relaxed) {
+            self.inner.line();
         }
     }
 }
@@ -176,19 +226,23 @@ impl Drop for Inner {
 }
 
 impl Inner {
-    fn draw(&self) {
+    /// One plain progress line: bytes, rate since the start, ETA.
+    fn line(&self) {
+        self.lines.store(true, Ordering::Relaxed);
         let done = self.done.load(Ordering::Relaxed);
         let total = self.total.load(Ordering::Relaxed);
         let secs = self.start.elapsed().as_secs_f64().max(0.001);
         let rate = done as f64 / secs;
-        let eta = if rate > 0.0 && total > done {
-            format!("{:.0}s", (total - done) as f64 / rate)
+        let eta = if done >= total {
+            format!("done in {secs:.1}s")
+        } else if rate > 0.0 {
+            format!("ETA {:.0}s", (total - done) as f64 / rate)
         } else {
-            "-".into()
+            "ETA -".into()
         };
-        let _ = write!(
-            std::io::stderr(),
-            "\r\x1b[2K{}: {} / {} ({}/s, ETA {eta})",
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "{}: {} / {} ({}/s, {eta})",
             self.label,
             human_bytes(done),
             human_bytes(total),

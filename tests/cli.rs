@@ -39,3 +39,55 @@ fn version_and_exit_codes() {
         assert!(help.contains(code), "exit code {code} not in --help");
     }
 }
+
+/// Without a terminal, long phases write a progress line every few
+/// seconds (here every 0.3 s) with bytes, rate and ETA, then a last one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_lines_without_a_terminal() {
+    use common::proxy::{Fault, Proxy, Rule};
+    let (src, images) = seeded_source().await;
+    let s = client(&src, test_config()).await;
+    let platform = s
+        .get_manifest(&images[0].repository, &images[0].platforms[0].1.to_string())
+        .await
+        .unwrap();
+    let layer = platform.view().unwrap().layers[0].digest.clone();
+    let proxy = Proxy::start(
+        &src.host,
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/blobs/{layer}"),
+            fault: Fault::Stall,
+            times: usize::MAX,
+        }],
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("p.tar.zst");
+    let child = airlock_cmd()
+        .env("AIRLOCK_PROGRESS_INTERVAL", "0.3")
+        .args(["export", "-o", out.to_str().unwrap()])
+        .arg(format!(
+            "{}/{}:{}",
+            proxy.host, images[0].repository, images[0].tag
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    proxy.release();
+    let o = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("export: ")).collect();
+    assert!(lines.len() >= 2, "progress lines: {err}");
+    assert!(lines.iter().any(|l| l.contains("/s, ETA")), "{err}");
+    assert!(lines.last().unwrap().contains("done in"), "{err}");
+    assert!(
+        !err.contains('\r') && !err.contains('\x1b'),
+        "no terminal codes in a log"
+    );
+}
