@@ -11,6 +11,7 @@ pub mod body;
 pub mod bundle;
 pub mod cache;
 pub mod copy;
+pub mod diff;
 pub mod digest;
 pub mod error;
 pub mod export;

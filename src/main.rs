@@ -445,6 +445,15 @@ enum Command {
         #[arg(long, value_name = "PATH", env = "REGISTRY_AUTH_FILE")]
         authfile: Option<PathBuf>,
     },
+    /// What changed between two bundles: images and tags added, removed or moved, bytes new.
+    Diff {
+        /// The earlier bundle (a file or one of its volumes).
+        from: PathBuf,
+        /// The later bundle.
+        to: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Shell completions: airlock completions bash > /etc/bash_completion.d/airlock
     Completions {
         #[arg(value_enum)]
@@ -608,6 +617,17 @@ async fn run(cli: Cli) -> Result<()> {
             result.map(|_| ())
         }
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Diff { from, to, json } => {
+            let (ia, da) = inspect::read_index(&from).map_err(airlock::Error::from)?;
+            let (ib, db) = inspect::read_index(&to).map_err(airlock::Error::from)?;
+            let d = airlock::diff::diff((&ia, &da), (&ib, &db));
+            if json {
+                print_json(&d)
+            } else {
+                write!(std::io::stdout(), "{}", airlock::diff::render(&d))?;
+                Ok(())
+            }
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut out = Vec::new();

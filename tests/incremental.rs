@@ -76,6 +76,43 @@ async fn month_two_carries_only_what_is_new() {
         "incremental {inc_len} vs full {full_len}"
     );
 
+    // `airlock diff` says what month 2 changes and what it adds.
+    let (code, out, err) = airlock(&[
+        "diff",
+        m1.to_str().unwrap(),
+        full.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let d: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        d["added"],
+        serde_json::json!([format!("{}:{}", op2.repository, op2.tag)])
+    );
+    assert_eq!(
+        d["removed"],
+        serde_json::json!([format!("{}:{}", op1.repository, op1.tag)])
+    );
+    assert_eq!(d["unchanged"], 2);
+    let new_bytes = d["newBytes"].as_u64().unwrap();
+    let carried: u64 = i2
+        .members
+        .iter()
+        .filter(|m| m.path.starts_with("blobs/"))
+        .map(|m| m.size)
+        .sum();
+    // The incremental bundle carries what is new, plus the manifests,
+    // configs and signatures that always travel.
+    assert!(
+        new_bytes > 0 && new_bytes <= carried,
+        "new {new_bytes}, carried {carried}"
+    );
+    let (_, text, _) = airlock(&["diff", m1.to_str().unwrap(), full.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("+ {}:{}", op2.repository, op2.tag)),
+        "{text}"
+    );
+
     // The base given as its bundle index alone (kept on the connected side).
     let kept = work.path().join("kept");
     std::fs::create_dir(&kept).unwrap();
