@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 use airlock::export::{self, ExportOptions};
-use airlock::import::{self, ImportOptions, OnExistingTag, Target};
+use airlock::import::{self, ImportOptions, OnExistingArtifact, OnExistingTag, Target};
 use airlock::progress::{self, human_bytes, StderrEvents};
 use airlock::registry::{Credential, CredentialStore, Registries, RegistryConfig, RetryPolicy};
 use airlock::store::endpoint::Endpoint;
@@ -47,6 +47,32 @@ impl From<TagPolicy> for OnExistingTag {
             TagPolicy::Refuse => OnExistingTag::Refuse,
             TagPolicy::Overwrite => OnExistingTag::Overwrite,
             TagPolicy::Skip => OnExistingTag::Skip,
+        }
+    }
+}
+
+/// `--on-existing-artifact`: signature, attestation, SBOM and referrers-index tags.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum ArtifactPolicy {
+    /// Apply the update when it keeps every layer (signature) of the registry's
+    /// manifest and adds some; refuse, before anything is pushed, when it drops one.
+    #[default]
+    Merge,
+    /// Move the tag to the bundle's digest.
+    Overwrite,
+    /// Leave the existing tag as it is.
+    Skip,
+    /// Stop before pushing anything.
+    Refuse,
+}
+
+impl From<ArtifactPolicy> for OnExistingArtifact {
+    fn from(t: ArtifactPolicy) -> OnExistingArtifact {
+        match t {
+            ArtifactPolicy::Merge => OnExistingArtifact::Merge,
+            ArtifactPolicy::Overwrite => OnExistingArtifact::Overwrite,
+            ArtifactPolicy::Skip => OnExistingArtifact::Skip,
+            ArtifactPolicy::Refuse => OnExistingArtifact::Refuse,
         }
     }
 }
@@ -246,6 +272,10 @@ struct CopyArgs {
     /// What to do when a tag or ref name at the destination points to another digest.
     #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
     on_existing_tag: TagPolicy,
+    /// What to do when a signature, attestation, SBOM or referrers-index tag at a
+    /// registry destination points to another digest (image tags: --on-existing-tag).
+    #[arg(long, value_enum, default_value_t = ArtifactPolicy::Merge)]
+    on_existing_artifact: ArtifactPolicy,
     /// Fail if any image or platform manifest has no signature.
     #[arg(long)]
     require_signatures: bool,
@@ -312,9 +342,14 @@ enum Command {
         /// (docker:// optional), or oci:DIR for an OCI layout directory.
         #[arg(long)]
         to: String,
-        /// What to do when a tag at the target points to another digest.
+        /// What to do when an image tag at the target points to another digest.
         #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
         on_existing_tag: TagPolicy,
+        /// What to do when a signature, attestation, SBOM or referrers-index tag at a
+        /// registry target points to another digest (an OCI layout target follows
+        /// --on-existing-tag for every name).
+        #[arg(long, value_enum, default_value_t = ArtifactPolicy::Merge)]
+        on_existing_artifact: ArtifactPolicy,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -416,6 +451,7 @@ async fn run(cli: Cli) -> Result<()> {
             bundle,
             to,
             on_existing_tag,
+            on_existing_artifact,
             json,
             trust,
             bundle_key,
@@ -424,7 +460,7 @@ async fn run(cli: Cli) -> Result<()> {
             import_cmd(
                 &bundle,
                 &to,
-                on_existing_tag.into(),
+                (on_existing_tag.into(), on_existing_artifact.into()),
                 json,
                 trust,
                 bundle_key,
@@ -555,6 +591,15 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
     for t in &report.tags_skipped {
         outln!("left as it was: {t}");
     }
+    for u in &report.artifacts_updated {
+        outln!(
+            "artifact updated: {} {} -> {} ({} added, every existing one kept)",
+            u.tag,
+            u.old,
+            u.new,
+            u.added
+        );
+    }
     outln!(
         "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
         report.images.len(),
@@ -578,7 +623,7 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
 async fn import_cmd(
     bundle: &str,
     to: &str,
-    on_existing_tag: OnExistingTag,
+    (on_existing_tag, on_existing_artifact): (OnExistingTag, OnExistingArtifact),
     json: bool,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
@@ -598,6 +643,7 @@ async fn import_cmd(
     let opts = ImportOptions {
         target: target.clone(),
         on_existing_tag,
+        on_existing_artifact,
         jobs: registry.jobs,
         policy,
         bundle_key,
@@ -612,6 +658,7 @@ async fn import_cmd(
         None => {
             registry_sink =
                 airlock::store::registry::RegistrySink::new(&registries, target, on_existing_tag)
+                    .with_on_existing_artifact(on_existing_artifact)
                     .with_jobs(registry.jobs);
             &mut registry_sink
         }
@@ -660,6 +707,7 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
         selection,
         platforms: args.platforms.clone(),
         on_existing_tag: args.on_existing_tag.into(),
+        on_existing_artifact: args.on_existing_artifact.into(),
         require_signatures: args.require_signatures,
         force: args.force,
         jobs: args.registry.jobs,
@@ -682,6 +730,13 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
     }
     for (img, dest) in report.images.iter().zip(&report.destinations) {
         writeln!(out, "{} -> {dest}  {}", img.source, img.digest)?;
+    }
+    for u in &report.copy.sink.artifacts_updated {
+        writeln!(
+            out,
+            "artifact updated: {} {} -> {} ({} added, every existing one kept)",
+            u.tag, u.old, u.new, u.added
+        )?;
     }
     writeln!(
         out,
