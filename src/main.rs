@@ -362,6 +362,23 @@ enum Command {
     /// Copy images between any two of: registry (docker://HOST/REPO[:TAG]),
     /// OCI layout directory (oci:DIR[:REF]), bundle file, - (stdin/stdout).
     Copy(CopyArgs),
+    /// List what a registry holds (every manifest and blob digest, with sizes) into a
+    /// small file, for the next export on the connected side to leave out.
+    Inventory {
+        /// HOST[/PREFIX] (docker:// optional): the registry, and only the repositories
+        /// at or under PREFIX.
+        #[arg(long = "registry", value_name = "HOST[/PREFIX]")]
+        registry_path: String,
+        /// Output file, e.g. site.json (written whole or not at all); - for stdout.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Sign the file with this PKCS#8 PEM ECDSA P-256 key (writes FILE.sig, as a
+        /// bundle signature).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Show what a bundle holds.
     Inspect {
         bundle: PathBuf,
@@ -469,6 +486,12 @@ async fn run(cli: Cli) -> Result<()> {
             .await
         }
         Command::Copy(args) => copy_cmd(args).await,
+        Command::Inventory {
+            registry_path,
+            output,
+            sign_key,
+            registry,
+        } => inventory_cmd(&registry_path, &output, sign_key, registry).await,
         Command::Inspect { bundle, json } => inspect_cmd(&bundle, json),
         Command::Verify {
             bundle,
@@ -757,6 +780,81 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
             f.path,
             human_bytes(f.size),
             f.sha256
+        )?;
+    }
+    Ok(())
+}
+
+async fn inventory_cmd(
+    registry_path: &str,
+    output: &std::path::Path,
+    sign_key: Option<PathBuf>,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let path = registry_path
+        .strip_prefix("docker://")
+        .unwrap_or(registry_path)
+        .trim_end_matches('/');
+    let (host, prefix) = match path.split_once('/') {
+        Some((h, p)) => (h, Some(p)),
+        None => (path, None),
+    };
+    if host.is_empty() {
+        bail!(airlock::Error::Usage(format!(
+            "--registry {registry_path:?}: expected HOST[/PREFIX]"
+        )));
+    }
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && sign_key.is_some() {
+        bail!(airlock::Error::Usage(
+            "--sign-key needs an inventory file (-o FILE), not stdout".into()
+        ));
+    }
+    // Read the key first: a bad key should not cost a walk of the registry.
+    let signer = sign_key
+        .as_deref()
+        .map(airlock::trust::BundleSigner::from_file)
+        .transpose()
+        .map_err(airlock::Error::from)?;
+    let registries = Registries::new(registry.config(&[host.to_string()])?);
+    let reg = registries.get(host).await?;
+    let inventory =
+        airlock::inventory::take(&reg, prefix, registry.jobs, &stderr_events()).await?;
+    let bytes = inventory.to_bytes();
+    if to_stdout {
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        airlock::bundle::write_atomically(output, &bytes)?;
+        if let Some(s) = &signer {
+            let sig = airlock::bundle::signature_path(output);
+            airlock::bundle::write_atomically(&sig, s.sign_b64(&bytes).as_bytes())?;
+        }
+    }
+    let mut out = report_out(to_stdout);
+    let blob_bytes: u64 = inventory.blobs.iter().map(|b| b.size).sum();
+    writeln!(
+        out,
+        "inventory of {registry_path}: {} repositories, {} manifests, {} blobs ({}) -> {}",
+        inventory.repositories,
+        inventory.manifests.len(),
+        inventory.blobs.len(),
+        human_bytes(blob_bytes),
+        if to_stdout {
+            "stdout".to_string()
+        } else {
+            output.display().to_string()
+        }
+    )?;
+    writeln!(
+        out,
+        "file sha256: {}",
+        airlock::digest::Digest::of(&bytes).hex()
+    )?;
+    if signer.is_some() {
+        writeln!(
+            out,
+            "signature: {}",
+            airlock::bundle::signature_path(output).display()
         )?;
     }
     Ok(())
