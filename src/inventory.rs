@@ -322,7 +322,10 @@ async fn walk_repository(
                 let _p = permits.acquire().await;
                 let got = reg.get_manifest(repo, &reference).await;
                 let referrers = match &got {
-                    Ok(m) => reg.referrers(repo, &m.digest).await.map(Option::unwrap_or_default),
+                    Ok(m) => reg
+                        .referrers(repo, &m.digest)
+                        .await
+                        .map(Option::unwrap_or_default),
                     Err(_) => Ok(vec![]),
                 };
                 (reference, got, referrers)

@@ -818,8 +818,7 @@ async fn inventory_cmd(
         .map_err(airlock::Error::from)?;
     let registries = Registries::new(registry.config(&[host.to_string()])?);
     let reg = registries.get(host).await?;
-    let inventory =
-        airlock::inventory::take(&reg, prefix, registry.jobs, &stderr_events()).await?;
+    let inventory = airlock::inventory::take(&reg, prefix, registry.jobs, &stderr_events()).await?;
     let bytes = inventory.to_bytes();
     if to_stdout {
         std::io::stdout().write_all(&bytes)?;
