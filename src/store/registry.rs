@@ -910,7 +910,7 @@ mod tests {
             "annotations": {"dev.cosignproject.cosign/signature": signature}})
     }
 
-    fn sig(layers: &[serde_json::Value]) -> Manifest {
+    fn sig(layers: Vec<serde_json::Value>) -> Manifest {
         let doc = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
             "config":{"mediaType":"application/vnd.oci.image.config.v1+json",
                 "digest":Digest::of(b"{}").to_string(),"size":2},
@@ -932,16 +932,16 @@ mod tests {
         let a = layer("p1", "s1");
         let b = layer("p2", "s2");
         assert_eq!(
-            artifact_merge(&sig(&[a.clone()]), &sig(&[a.clone(), b.clone()])),
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![a.clone(), b.clone()])),
             Ok(1)
         );
         // Order does not matter; a layer listed twice must stay twice.
         assert_eq!(
-            artifact_merge(&sig(&[a.clone()]), &sig(&[b.clone(), a.clone()])),
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![b.clone(), a.clone()])),
             Ok(1)
         );
         assert!(matches!(
-            artifact_merge(&sig(&[a.clone(), a.clone()]), &sig(&[a.clone(), b.clone()])),
+            artifact_merge(&sig(vec![a.clone(), a.clone()]), &sig(vec![a.clone(), b.clone()])),
             Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
         ));
     }
@@ -951,13 +951,13 @@ mod tests {
         let a = layer("p1", "s1");
         let b = layer("p2", "s2");
         assert!(matches!(
-            artifact_merge(&sig(&[a.clone(), b.clone()]), &sig(&[b.clone()])),
+            artifact_merge(&sig(vec![a.clone(), b.clone()]), &sig(vec![b.clone()])),
             Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
         ));
         // Same payload, another signature in the annotations: the old one is gone.
         let a_resigned = layer("p1", "other");
         assert!(matches!(
-            artifact_merge(&sig(&[a.clone()]), &sig(&[a_resigned, b])),
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![a_resigned, b])),
             Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
         ));
     }
@@ -973,7 +973,7 @@ mod tests {
             Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"r1")]
         ));
         assert!(matches!(
-            artifact_merge(&fallback(&["r1"]), &sig(&[layer("p1", "s1")])),
+            artifact_merge(&fallback(&["r1"]), &sig(vec![layer("p1", "s1")])),
             Err(NotAMerge::Unlike(_))
         ));
     }
