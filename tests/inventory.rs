@@ -128,6 +128,19 @@ async fn inventory_lists_exactly_what_the_site_holds() {
         all.blob_digests().into_iter().collect::<BTreeSet<_>>(),
         digests
     );
+    // The catalog follows its Link pages, and stops at its limit.
+    let mut repos = reg.catalog_in_pages(10, 1).await.unwrap();
+    repos.sort();
+    assert_eq!(
+        repos,
+        [
+            "other/vendor/gateway",
+            "site/vendor/agent",
+            "site/vendor/operator"
+        ]
+    );
+    let err = reg.catalog_in_pages(2, 1).await.unwrap_err().to_string();
+    assert!(err.contains("more than 2 repositories"), "{err}");
     // A prefix is a path, not a string prefix: "sit" holds nothing.
     let none = inventory::take(&reg, Some("sit"), 3, &events)
         .await

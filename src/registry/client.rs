@@ -769,6 +769,15 @@ impl Registry {
     /// nothing new while pointing to a next one (a registry that loops) is
     /// an error, not an endless walk.
     pub async fn catalog(&self, limit: usize) -> Result<Vec<String>, RegistryError> {
+        self.catalog_in_pages(limit, 1000).await
+    }
+
+    /// [`Registry::catalog`], asking for `page_size` repositories a page.
+    pub async fn catalog_in_pages(
+        &self,
+        limit: usize,
+        page_size: usize,
+    ) -> Result<Vec<String>, RegistryError> {
         #[derive(serde::Deserialize)]
         struct Catalog {
             #[serde(default)]
@@ -776,7 +785,7 @@ impl Registry {
         }
         let what = format!("repository catalog of {}", self.host);
         let scopes = ["registry:catalog:*".to_string()];
-        let mut next = Some(self.url("v2/_catalog?n=1000"));
+        let mut next = Some(self.url(&format!("v2/_catalog?n={}", page_size.max(1))));
         let mut repos = Vec::new();
         let mut seen = std::collections::HashSet::new();
         let mut urls = std::collections::HashSet::new();
