@@ -46,7 +46,20 @@ impl Base {
         Ok(())
     }
 
-    /// An inventory of the site's registry: every blob it lists.
+    /// An inventory of the site's registry (`airlock inventory`): every
+    /// blob and manifest it lists. With `keys`, its `.sig` must verify with
+    /// one of them (an inventory carried back across the gap is input too).
+    pub fn add_inventory(&mut self, path: &Path, keys: &[PathBuf]) -> Result<()> {
+        let (inventory, digest) = crate::inventory::load(path)?;
+        if !keys.is_empty() {
+            let bytes = std::fs::read(path).map_err(Error::io(path.display()))?;
+            crate::inventory::verify_signature(path, &bytes, keys)?;
+        }
+        self.add_digests("inventory", digest, inventory.blob_digests());
+        Ok(())
+    }
+
+    /// Blobs known to be at the site, with what says so.
     pub fn add_digests(
         &mut self,
         kind: &str,

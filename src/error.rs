@@ -60,6 +60,10 @@ pub enum Error {
     Target(String),
     #[error("tag conflicts at the target, nothing was pushed (use --on-existing-tag=overwrite or skip):\n  {}", .0.join("\n  "))]
     TagConflicts(Vec<String>),
+    /// Artifact tags (signatures, attestations, SBOMs, referrers fallback
+    /// indexes) whose update the `--on-existing-artifact` rule refuses.
+    #[error("artifact tags at the target cannot be updated as the bundle asks, nothing was pushed (--on-existing-artifact=overwrite replaces them, skip keeps the registry's):\n  {}", .0.join("\n  "))]
+    ArtifactConflicts(Vec<String>),
     /// An enforcing policy rule rejected images; `outcome` says what was not done.
     #[error("policy not met, {outcome}:\n  {}", .blocked.join("\n  "))]
     Policy {

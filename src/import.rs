@@ -24,7 +24,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use crate::store::registry::{OnExistingTag, Target};
+pub use crate::store::registry::{ArtifactUpdate, OnExistingArtifact, OnExistingTag, Target};
 
 /// The error of an import (one error type for every operation).
 pub type ImportError = Error;
@@ -33,6 +33,8 @@ pub type ImportError = Error;
 pub struct ImportOptions {
     pub target: Target,
     pub on_existing_tag: OnExistingTag,
+    /// Signature, attestation, SBOM and referrers-index tags (registry targets).
+    pub on_existing_artifact: OnExistingArtifact,
     pub jobs: usize,
     /// Checked before anything is pushed; `None` = digests only.
     pub policy: Option<Arc<crate::trust::Policy>>,
@@ -55,6 +57,7 @@ impl ImportOptions {
             policy: None,
             bundle_key: None,
             verify_first: false,
+            on_existing_artifact: Default::default(),
         }
     }
 }
@@ -81,6 +84,8 @@ pub struct ImportReport {
     pub manifests_present: usize,
     pub tags_set: usize,
     pub tags_skipped: Vec<String>,
+    /// Artifact tags moved to a manifest that keeps and extends the registry's.
+    pub artifacts_updated: Vec<ArtifactUpdate>,
     /// Per image, the policy decision (when a policy or keys were given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<Vec<crate::trust::Verdict>>,
@@ -104,6 +109,7 @@ pub async fn import_file(
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
     let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag)
+        .with_on_existing_artifact(opts.on_existing_artifact)
         .with_jobs(opts.jobs);
     import_file_into(path, &mut sink, opts, &EventsHandle::default()).await
 }
@@ -116,6 +122,7 @@ pub async fn import_stream(
     opts: &ImportOptions,
 ) -> Result<ImportReport> {
     let mut sink = RegistrySink::new(registries, opts.target.clone(), opts.on_existing_tag)
+        .with_on_existing_artifact(opts.on_existing_artifact)
         .with_jobs(opts.jobs);
     import_into(
         BundleSource::stream(input, name),
@@ -258,6 +265,7 @@ fn report(
         manifests_present: copied.sink.manifests_present,
         tags_set: copied.sink.tags_set,
         tags_skipped: copied.sink.tags_skipped,
+        artifacts_updated: copied.sink.artifacts_updated,
         policy,
         seconds: started.elapsed().as_secs_f64(),
         mode: mode.into(),

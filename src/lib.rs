@@ -22,6 +22,7 @@ pub mod graph;
 pub mod image;
 pub mod import;
 pub mod inspect;
+pub mod inventory;
 pub mod layout;
 pub mod oci;
 pub mod output;

@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use airlock::export::{self, ExportOptions};
-use airlock::import::{self, ImportOptions, OnExistingTag, Target};
+use airlock::import::{self, ImportOptions, OnExistingArtifact, OnExistingTag, Target};
 use airlock::progress::{self, human_bytes, StderrEvents};
 use airlock::registry::{Credential, CredentialStore, Registries, RegistryConfig, RetryPolicy};
 use airlock::store::endpoint::Endpoint;
@@ -48,6 +48,32 @@ impl From<TagPolicy> for OnExistingTag {
             TagPolicy::Refuse => OnExistingTag::Refuse,
             TagPolicy::Overwrite => OnExistingTag::Overwrite,
             TagPolicy::Skip => OnExistingTag::Skip,
+        }
+    }
+}
+
+/// `--on-existing-artifact`: signature, attestation, SBOM and referrers-index tags.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+enum ArtifactPolicy {
+    /// Apply the update when it keeps every layer (signature) of the registry's
+    /// manifest and adds some; refuse, before anything is pushed, when it drops one.
+    #[default]
+    Merge,
+    /// Move the tag to the bundle's digest.
+    Overwrite,
+    /// Leave the existing tag as it is.
+    Skip,
+    /// Stop before pushing anything.
+    Refuse,
+}
+
+impl From<ArtifactPolicy> for OnExistingArtifact {
+    fn from(t: ArtifactPolicy) -> OnExistingArtifact {
+        match t {
+            ArtifactPolicy::Merge => OnExistingArtifact::Merge,
+            ArtifactPolicy::Overwrite => OnExistingArtifact::Overwrite,
+            ArtifactPolicy::Skip => OnExistingArtifact::Skip,
+            ArtifactPolicy::Refuse => OnExistingArtifact::Refuse,
         }
     }
 }
@@ -285,6 +311,10 @@ struct CopyArgs {
     /// What to do when a tag or ref name at the destination points to another digest.
     #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
     on_existing_tag: TagPolicy,
+    /// What to do when a signature, attestation, SBOM or referrers-index tag at a
+    /// registry destination points to another digest (image tags: --on-existing-tag).
+    #[arg(long, value_enum, default_value_t = ArtifactPolicy::Merge)]
+    on_existing_artifact: ArtifactPolicy,
     /// Fail if any image or platform manifest has no signature.
     #[arg(long)]
     require_signatures: bool,
@@ -354,6 +384,13 @@ enum Command {
         /// its volumes, their directory, or its airlock-bundle.json). Repeatable.
         #[arg(long, value_name = "BUNDLE")]
         base: Vec<PathBuf>,
+        /// Incremental: leave out every layer this inventory of the site's registry lists
+        /// (written by `airlock inventory` on the disconnected side). Repeatable.
+        #[arg(long, value_name = "FILE")]
+        base_inventory: Vec<PathBuf>,
+        /// The inventory must carry a signature (FILE.sig) by this public key.
+        #[arg(long, value_name = "PUB", requires = "base_inventory")]
+        inventory_key: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -370,7 +407,7 @@ enum Command {
         /// (docker:// optional), or oci:DIR for an OCI layout directory.
         #[arg(long)]
         to: String,
-        /// What to do when a tag at the target points to another digest.
+        /// What to do when an image tag at the target points to another digest.
         #[arg(long, value_enum, default_value_t = TagPolicy::Refuse)]
         on_existing_tag: TagPolicy,
         /// Re-hash the whole bundle before the first push (two passes; a corrupt member
@@ -381,6 +418,11 @@ enum Command {
         /// under which keys or policy, result).
         #[arg(long, value_name = "FILE", env = "AIRLOCK_AUDIT_LOG")]
         audit_log: Option<PathBuf>,
+        /// What to do when a signature, attestation, SBOM or referrers-index tag at a
+        /// registry target points to another digest (an OCI layout target follows
+        /// --on-existing-tag for every name).
+        #[arg(long, value_enum, default_value_t = ArtifactPolicy::Merge)]
+        on_existing_artifact: ArtifactPolicy,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -393,6 +435,23 @@ enum Command {
     /// Copy images between any two of: registry (docker://HOST/REPO[:TAG]),
     /// OCI layout directory (oci:DIR[:REF]), bundle file, - (stdin/stdout).
     Copy(CopyArgs),
+    /// List what a registry holds (every manifest and blob digest, with sizes) into a
+    /// small file, for the next export on the connected side to leave out.
+    Inventory {
+        /// HOST[/PREFIX] (docker:// optional): the registry, and only the repositories
+        /// at or under PREFIX.
+        #[arg(long = "registry", value_name = "HOST[/PREFIX]")]
+        registry_path: String,
+        /// Output file, e.g. site.json (written whole or not at all); - for stdout.
+        #[arg(long, short)]
+        output: PathBuf,
+        /// Sign the file with this PKCS#8 PEM ECDSA P-256 key (writes FILE.sig, as a
+        /// bundle signature).
+        #[arg(long, value_name = "KEY")]
+        sign_key: Option<PathBuf>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
     /// Show what a bundle holds.
     Inspect {
         /// Bundle file, or one or more of its volumes.
@@ -545,6 +604,8 @@ async fn run(cli: Cli) -> Result<()> {
             carry_trusted_root,
             volume_size,
             base,
+            base_inventory,
+            inventory_key,
             json,
             trust,
             registry,
@@ -568,6 +629,9 @@ async fn run(cli: Cli) -> Result<()> {
             for b in &base {
                 opts.base.add_bundle(std::slice::from_ref(b))?;
             }
+            for i in &base_inventory {
+                opts.base.add_inventory(i, &inventory_key)?;
+            }
             opts.policy = trust.load()?.map(Arc::new);
             export_cmd(file, refs, platforms, opts, json, registry).await
         }
@@ -577,6 +641,7 @@ async fn run(cli: Cli) -> Result<()> {
             on_existing_tag,
             verify_first,
             audit_log,
+            on_existing_artifact,
             json,
             trust,
             bundle_key,
@@ -598,7 +663,11 @@ async fn run(cli: Cli) -> Result<()> {
             let result = import_cmd(
                 &bundle,
                 &to,
-                (on_existing_tag.into(), verify_first),
+                (
+                    on_existing_tag.into(),
+                    on_existing_artifact.into(),
+                    verify_first,
+                ),
                 json,
                 trust,
                 bundle_key,
@@ -700,6 +769,12 @@ async fn run(cli: Cli) -> Result<()> {
             };
             serve_cmd(&bundles, prefix.as_deref(), verify, trust, opts).await
         }
+        Command::Inventory {
+            registry_path,
+            output,
+            sign_key,
+            registry,
+        } => inventory_cmd(&registry_path, &output, sign_key, registry).await,
         Command::Inspect { bundle, json } => inspect_cmd(&bundle, json),
         Command::Verify {
             bundle,
@@ -860,6 +935,15 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
     for t in &report.tags_skipped {
         outln!("left as it was: {t}");
     }
+    for u in &report.artifacts_updated {
+        outln!(
+            "artifact updated: {} {} -> {} ({} added, every existing one kept)",
+            u.tag,
+            u.old,
+            u.new,
+            u.added
+        );
+    }
     outln!(
         "imported {} images ({} mode): {} blobs uploaded ({}), {} mounted, {} already present ({} skipped); {} manifests pushed, {} present; {} tags; {:.1}s",
         report.images.len(),
@@ -883,7 +967,11 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
 async fn import_cmd(
     bundle: &[String],
     to: &str,
-    (on_existing_tag, verify_first): (OnExistingTag, bool),
+    (on_existing_tag, on_existing_artifact, verify_first): (
+        OnExistingTag,
+        OnExistingArtifact,
+        bool,
+    ),
     json: bool,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
@@ -919,6 +1007,7 @@ async fn import_cmd(
     let opts = ImportOptions {
         target: target.clone(),
         on_existing_tag,
+        on_existing_artifact,
         jobs: registry.jobs,
         policy,
         bundle_key,
@@ -934,6 +1023,7 @@ async fn import_cmd(
         None => {
             registry_sink =
                 airlock::store::registry::RegistrySink::new(&registries, target, on_existing_tag)
+                    .with_on_existing_artifact(on_existing_artifact)
                     .with_jobs(registry.jobs);
             &mut registry_sink
         }
@@ -1009,6 +1099,7 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
         selection,
         platforms: args.platforms.clone(),
         on_existing_tag: args.on_existing_tag.into(),
+        on_existing_artifact: args.on_existing_artifact.into(),
         require_signatures: args.require_signatures,
         force: args.force,
         jobs: args.registry.jobs,
@@ -1031,6 +1122,13 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
     }
     for (img, dest) in report.images.iter().zip(&report.destinations) {
         writeln!(out, "{} -> {dest}  {}", img.source, img.digest)?;
+    }
+    for u in &report.copy.sink.artifacts_updated {
+        writeln!(
+            out,
+            "artifact updated: {} {} -> {} ({} added, every existing one kept)",
+            u.tag, u.old, u.new, u.added
+        )?;
     }
     writeln!(
         out,
@@ -1121,6 +1219,80 @@ fn logout_cmd(host: Option<&str>, all: bool, authfile: Option<PathBuf>) -> Resul
             file.display()
         )))
     }
+}
+
+async fn inventory_cmd(
+    registry_path: &str,
+    output: &std::path::Path,
+    sign_key: Option<PathBuf>,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let path = registry_path
+        .strip_prefix("docker://")
+        .unwrap_or(registry_path)
+        .trim_end_matches('/');
+    let (host, prefix) = match path.split_once('/') {
+        Some((h, p)) => (h, Some(p)),
+        None => (path, None),
+    };
+    if host.is_empty() {
+        bail!(airlock::Error::Usage(format!(
+            "--registry {registry_path:?}: expected HOST[/PREFIX]"
+        )));
+    }
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && sign_key.is_some() {
+        bail!(airlock::Error::Usage(
+            "--sign-key needs an inventory file (-o FILE), not stdout".into()
+        ));
+    }
+    // Read the key first: a bad key should not cost a walk of the registry.
+    let signer = sign_key
+        .as_deref()
+        .map(airlock::trust::BundleSigner::from_file)
+        .transpose()
+        .map_err(airlock::Error::from)?;
+    let registries = Registries::new(registry.config(&[host.to_string()])?);
+    let reg = registries.get(host).await?;
+    let inventory = airlock::inventory::take(&reg, prefix, registry.jobs, &stderr_events()).await?;
+    let bytes = inventory.to_bytes();
+    if to_stdout {
+        std::io::stdout().write_all(&bytes)?;
+    } else {
+        airlock::bundle::write_atomically(output, &bytes)?;
+        if let Some(s) = &signer {
+            let sig = airlock::bundle::signature_path(output);
+            airlock::bundle::write_atomically(&sig, s.sign_b64(&bytes).as_bytes())?;
+        }
+    }
+    let mut out = report_out(to_stdout);
+    let blob_bytes: u64 = inventory.blobs.iter().map(|b| b.size).sum();
+    writeln!(
+        out,
+        "inventory of {registry_path}: {} repositories, {} manifests, {} blobs ({}) -> {}",
+        inventory.repositories,
+        inventory.manifests.len(),
+        inventory.blobs.len(),
+        human_bytes(blob_bytes),
+        if to_stdout {
+            "stdout".to_string()
+        } else {
+            output.display().to_string()
+        }
+    )?;
+    writeln!(
+        out,
+        "file sha256: {}",
+        airlock::digest::Digest::of(&bytes).hex()
+    )?;
+    if signer.is_some() {
+        writeln!(
+            out,
+            "signature: {}",
+            airlock::bundle::signature_path(output).display()
+        )?;
+    }
+    Ok(())
 }
 
 /// One line per request on stderr (JSON lines with --json); strings from

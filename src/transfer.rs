@@ -15,7 +15,7 @@ use crate::registry::Registries;
 use crate::store::dir::DirSink;
 use crate::store::endpoint::{registry_destination, Endpoint};
 use crate::store::null::NullSink;
-use crate::store::registry::{OnExistingTag, RegistrySink, RegistrySource};
+use crate::store::registry::{OnExistingArtifact, OnExistingTag, RegistrySink, RegistrySource};
 use crate::store::{GraphRequest, Sink, Source};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -28,6 +28,8 @@ pub struct TransferOptions {
     /// Keep only these platforms (registry and layout sources).
     pub platforms: Vec<String>,
     pub on_existing_tag: OnExistingTag,
+    /// Signature, attestation, SBOM and referrers-index tags (registry destinations).
+    pub on_existing_artifact: OnExistingArtifact,
     pub require_signatures: bool,
     /// Replace an existing bundle file.
     pub force: bool,
@@ -237,7 +239,9 @@ fn open_sink<'a>(
         Endpoint::Registry(r) => {
             let d = registry_destination(r)?;
             Box::new(
-                RegistrySink::new(registries, d.target, opts.on_existing_tag).with_jobs(opts.jobs),
+                RegistrySink::new(registries, d.target, opts.on_existing_tag)
+                    .with_on_existing_artifact(opts.on_existing_artifact)
+                    .with_jobs(opts.jobs),
             )
         }
         Endpoint::Layout { dir, .. } => Box::new(DirSink::new(dir, opts.on_existing_tag)),

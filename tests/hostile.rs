@@ -92,6 +92,7 @@ async fn assert_rejected(bundle: &Path, expect: &str) {
     let mut opts = ImportOptions {
         target: Target::parse(&dst.host).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
+        on_existing_artifact: Default::default(),
         jobs: 4,
         policy: None,
         bundle_key: None,

@@ -206,3 +206,72 @@ async fn layers_held_in_another_repository_are_mounted() {
             .unwrap());
     }
 }
+
+/// The site's inventory, signed on the disconnected side and carried back,
+/// is a base too: month 2 leaves out what the site's registry holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_site_inventory_is_a_base() {
+    let (src, images) = seeded_source().await;
+    let (op1, op2, agent) = (&images[0], &images[1], &images[2]);
+    let work = tempfile::tempdir().unwrap();
+    let m1 = work.path().join("m1.tar.zst");
+    export(&src, &[op1, agent], &m1, &[]);
+    let site = TestRegistry::start();
+    assert_eq!(import(&m1, &site.host).0, 0);
+
+    let key = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/keys/cosign-test.key");
+    let inv = work.path().join("site.json");
+    let (code, _, err) = airlock(&[
+        "inventory",
+        "--registry",
+        &site.host,
+        "-o",
+        inv.to_str().unwrap(),
+        "--sign-key",
+        key,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let inv_digest = airlock::digest::Digest::of(&std::fs::read(&inv).unwrap());
+
+    let m2 = work.path().join("m2.tar.zst");
+    export(
+        &src,
+        &[op2, agent],
+        &m2,
+        &[
+            "--base-inventory".into(),
+            inv.display().to_string(),
+            "--inventory-key".into(),
+            COSIGN_TEST_PUB.into(),
+        ],
+    );
+    let (i2, _) = index(&m2);
+    assert!(!i2.external.is_empty());
+    assert!(i2
+        .external
+        .iter()
+        .all(|e| e.from.as_ref() == Some(&inv_digest)));
+    assert_eq!(i2.base[0].kind, "inventory");
+    let (code, _, err) = import(&m2, &site.host);
+    assert_eq!(code, 0, "{err}");
+    let s = client(&src, test_config()).await;
+    let d = client(&site, test_config()).await;
+    assert_same_image(&s, &d, op2, &op2.repository, &op2.tag).await;
+
+    // An inventory edited after it was signed is refused.
+    let mut text = std::fs::read_to_string(&inv).unwrap();
+    text = text.replacen("\"size\": ", "\"size\": 1", 1);
+    std::fs::write(&inv, text).unwrap();
+    let m3 = work.path().join("m3.tar.zst");
+    let mut args = vec!["export".to_string(), "-o".into(), m3.display().to_string()];
+    args.extend([
+        "--base-inventory".into(),
+        inv.display().to_string(),
+        "--inventory-key".into(),
+        COSIGN_TEST_PUB.into(),
+    ]);
+    args.push(format!("{}/{}:{}", src.host, op2.repository, op2.tag));
+    let (code, _, err) = airlock(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code, 4, "{err}");
+    assert!(!m3.exists());
+}

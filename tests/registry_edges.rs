@@ -238,6 +238,7 @@ async fn import_survives_injected_faults() {
     let opts = ImportOptions {
         target: Target::parse(&proxy.host).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
+        on_existing_artifact: Default::default(),
         jobs: 3,
         policy: None,
         bundle_key: None,

@@ -12,6 +12,7 @@ fn import_opts(host: &str, template: &str) -> ImportOptions {
     ImportOptions {
         target: Target::parse(&format!("{host}/{template}")).unwrap(),
         on_existing_tag: OnExistingTag::Refuse,
+        on_existing_artifact: Default::default(),
         jobs: 4,
         policy: None,
         bundle_key: None,

@@ -864,6 +864,83 @@ impl Registry {
         Ok(tags)
     }
 
+    /// Every repository of the registry (`GET /v2/_catalog`, following
+    /// `Link` pagination). At most `limit` repositories; a page that brings
+    /// nothing new while pointing to a next one (a registry that loops) is
+    /// an error, not an endless walk.
+    pub async fn catalog(&self, limit: usize) -> Result<Vec<String>, RegistryError> {
+        self.catalog_in_pages(limit, 1000).await
+    }
+
+    /// [`Registry::catalog`], asking for `page_size` repositories a page.
+    pub async fn catalog_in_pages(
+        &self,
+        limit: usize,
+        page_size: usize,
+    ) -> Result<Vec<String>, RegistryError> {
+        #[derive(serde::Deserialize)]
+        struct Catalog {
+            #[serde(default)]
+            repositories: Option<Vec<String>>,
+        }
+        let what = format!("repository catalog of {}", self.host);
+        let scopes = ["registry:catalog:*".to_string()];
+        let mut next = Some(self.url(&format!("v2/_catalog?n={}", page_size.max(1))));
+        let mut repos = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut urls = std::collections::HashSet::new();
+        while let Some(url) = next.take() {
+            if !urls.insert(url.to_string()) {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: format!("catalog pagination repeats the page {url}"),
+                });
+            }
+            let (status, headers, body) = self
+                .request_bytes(&scopes, &what, 64 << 20, &|c| c.get(url.clone()))
+                .await?;
+            if status == StatusCode::NOT_FOUND {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: "the registry does not offer /v2/_catalog (it may be disabled)".into(),
+                });
+            }
+            if !status.is_success() {
+                return Err(RegistryError::Status {
+                    what,
+                    status: status.as_u16(),
+                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                });
+            }
+            let page: Catalog =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Protocol {
+                    what: what.clone(),
+                    detail: format!("catalog is not JSON: {e}"),
+                })?;
+            let mut fresh = 0;
+            for r in page.repositories.unwrap_or_default() {
+                if seen.insert(r.clone()) {
+                    fresh += 1;
+                    repos.push(r);
+                }
+            }
+            if repos.len() > limit {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: format!("more than {limit} repositories"),
+                });
+            }
+            next = next_link(&headers).and_then(|l| url.join(&l).ok());
+            if next.is_some() && fresh == 0 {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: format!("catalog page {url} repeats repositories already listed"),
+                });
+            }
+        }
+        Ok(repos)
+    }
+
     /// OCI 1.1 referrers of `digest`; `None` when the registry has no referrers API.
     pub async fn referrers(
         &self,

@@ -106,6 +106,9 @@ pub struct SinkReport {
     pub manifests_present: usize,
     pub tags_set: usize,
     pub tags_skipped: Vec<String>,
+    /// Artifact tags moved because the new manifest keeps and extends the
+    /// registry's (`--on-existing-artifact=merge`).
+    pub artifacts_updated: Vec<registry::ArtifactUpdate>,
     /// A file written (bundle): its sha256 and size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<FileReport>,

@@ -15,7 +15,7 @@ use crate::registry::{PushOutcome, Registries, Registry};
 use crate::selection::ImageSelection;
 use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -240,6 +240,110 @@ pub enum OnExistingTag {
     Skip,
 }
 
+/// What to do when an artifact tag (a cosign `.sig`, `.att` or `.sbom`, a
+/// referrers fallback index `sha256-<hex>`) at the destination points to
+/// another digest. Artifact tags move by design: a vendor who signs an image
+/// again appends a layer to its `.sig` manifest, so next month's bundle
+/// carries a new digest under the same tag. Image tags keep following
+/// [`OnExistingTag`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnExistingArtifact {
+    /// Apply the update when it keeps everything the registry's manifest
+    /// has (every layer, or every referrer of a fallback index) and adds to
+    /// it; refuse, before anything is pushed, when it would drop some.
+    #[default]
+    Merge,
+    /// Move the tag to the bundle's digest.
+    Overwrite,
+    /// Leave the existing tag as it is.
+    Skip,
+    /// Stop before pushing anything, as for image tags.
+    Refuse,
+}
+
+/// An artifact tag moved by [`OnExistingArtifact::Merge`]: the bundle's
+/// manifest keeps every layer (or referrer) of the registry's and adds some.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactUpdate {
+    /// `HOST/REPO:TAG`.
+    pub tag: String,
+    pub old: Digest,
+    pub new: Digest,
+    /// Layers (or fallback index entries) the new manifest adds.
+    pub added: usize,
+}
+
+/// Why an artifact update is not a merge.
+#[derive(Debug, PartialEq, Eq)]
+enum NotAMerge {
+    /// Entries of the registry's manifest the bundle's lacks.
+    Drops(Vec<Digest>),
+    /// Not the same kind of document (an index against a manifest, or
+    /// something that does not parse), so nothing can be compared.
+    Unlike(String),
+}
+
+/// Whether `new` keeps everything `old` has: for an image manifest, every
+/// layer; for an index (the referrers fallback), every listed manifest.
+/// A layer is kept only if one of the new layers has its digest *and* its
+/// annotations: cosign puts the signature (and certificate, bundle) in the
+/// layer's annotations, and two signatures of one image share the payload
+/// digest, so a digest alone would not notice a signature replaced.
+/// Counted as a multiset, so a duplicated layer must stay duplicated.
+/// Returns how many entries `new` adds.
+fn artifact_merge(
+    old: &crate::oci::Manifest,
+    new: &crate::oci::Manifest,
+) -> Result<usize, NotAMerge> {
+    let unlike = |e: String| NotAMerge::Unlike(e);
+    let ov = old.view().map_err(|e| unlike(e.to_string()))?;
+    let nv = new.view().map_err(|e| unlike(e.to_string()))?;
+    if ov.is_index() != nv.is_index() {
+        return Err(NotAMerge::Unlike(format!(
+            "the registry has {} ({}), the bundle {} ({})",
+            old.digest, ov.media_type, new.digest, nv.media_type
+        )));
+    }
+    type Key = (Digest, BTreeMap<String, String>);
+    let key = |d: &Descriptor, with_annotations: bool| -> Key {
+        let annotations = if with_annotations {
+            d.annotations.clone()
+        } else {
+            BTreeMap::new()
+        };
+        (d.digest.clone(), annotations)
+    };
+    let (olds, news): (Vec<Key>, Vec<Key>) = if ov.is_index() {
+        // A referrer is its manifest digest; the annotations of its entry are copies.
+        (
+            ov.manifests.iter().map(|d| key(d, false)).collect(),
+            nv.manifests.iter().map(|d| key(d, false)).collect(),
+        )
+    } else {
+        (
+            ov.layers.iter().map(|d| key(d, true)).collect(),
+            nv.layers.iter().map(|d| key(d, true)).collect(),
+        )
+    };
+    let mut pool = news.clone();
+    let mut dropped = Vec::new();
+    for k in &olds {
+        match pool.iter().position(|n| n == k) {
+            Some(i) => {
+                pool.swap_remove(i);
+            }
+            None => dropped.push(k.0.clone()),
+        }
+    }
+    if dropped.is_empty() {
+        Ok(news.len() - olds.len())
+    } else {
+        Err(NotAMerge::Drops(dropped))
+    }
+}
+
 /// Where images land: `HOST[/PATH-TEMPLATE]`. The template may use
 /// `{repo}` (the full source repository path) and `{name}` (its last
 /// component); a path without braces is a prefix (`HOST/mirror` =
@@ -325,9 +429,12 @@ pub struct RegistrySink<'a> {
     registries: &'a Registries,
     target: Target,
     on_existing_tag: OnExistingTag,
+    on_existing_artifact: OnExistingArtifact,
     reg: Option<Arc<Registry>>,
     plan: Option<Plan>,
     skip_tags: HashSet<(String, String)>,
+    /// Artifact tags the preflight found to be merges, reported at commit.
+    merges: Vec<ArtifactUpdate>,
     /// (blob, repository) pairs found at the registry by `prepare`.
     have: HashSet<(Digest, String)>,
     jobs: usize,
@@ -340,13 +447,21 @@ impl<'a> RegistrySink<'a> {
             registries,
             target,
             on_existing_tag,
+            on_existing_artifact: OnExistingArtifact::default(),
             reg: None,
             plan: None,
             skip_tags: HashSet::new(),
+            merges: Vec::new(),
             have: HashSet::new(),
             jobs: 6,
             progress: Progress::hidden(),
         }
+    }
+
+    /// The rule for artifact tags (default [`OnExistingArtifact::Merge`]).
+    pub fn with_on_existing_artifact(mut self, rule: OnExistingArtifact) -> Self {
+        self.on_existing_artifact = rule;
+        self
     }
 
     /// Requests at once while preparing (HEADs).
@@ -381,13 +496,29 @@ impl<'a> RegistrySink<'a> {
     }
 }
 
+/// A tag the copy would set: where, which digest, and whether it is an
+/// artifact's (signature, attestation, SBOM, referrers fallback index).
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PlannedTag {
+    repo: String,
+    tag: String,
+    digest: Digest,
+    artifact: bool,
+}
+
 /// Every tag the copy would set, with the digest it would point to.
-fn planned_tags(plan: &Plan) -> Vec<(String, String, Digest)> {
+fn planned_tags(plan: &Plan) -> Vec<PlannedTag> {
     let mut out = Vec::new();
     for p in &plan.images {
-        for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
+        let manifests = p.graph.manifests.iter().map(|m| (m, false));
+        for (m, artifact) in manifests.chain(p.graph.artifacts.iter().map(|m| (m, true))) {
             if let Some(t) = &m.tag {
-                out.push((p.repo.clone(), t.clone(), m.digest.clone()));
+                out.push(PlannedTag {
+                    repo: p.repo.clone(),
+                    tag: t.clone(),
+                    digest: m.digest.clone(),
+                    artifact,
+                });
             }
         }
     }
@@ -396,34 +527,101 @@ fn planned_tags(plan: &Plan) -> Vec<(String, String, Digest)> {
     out
 }
 
-/// Check every tag before the first byte is pushed.
+/// What the preflight decided: tags to leave alone, artifact tags to merge.
+#[derive(Default)]
+struct Preflight {
+    skip: HashSet<(String, String)>,
+    merges: Vec<ArtifactUpdate>,
+}
+
+/// Check every tag before the first byte is pushed: image tags against
+/// `--on-existing-tag`, artifact tags against `--on-existing-artifact` (a
+/// merge is decided here, from the registry's manifest, so that a refusal
+/// leaves the registry untouched).
 async fn preflight(
     reg: &Registry,
+    graph: &Graph,
     plan: &Plan,
     on_existing_tag: OnExistingTag,
-) -> Result<HashSet<(String, String)>> {
+    on_existing_artifact: OnExistingArtifact,
+) -> Result<Preflight> {
     let mut conflicts = Vec::new();
-    let mut skip = HashSet::new();
-    for (repo, tag, digest) in planned_tags(plan) {
-        if let Some(existing) = reg.head_manifest(&repo, &tag).await? {
-            if existing != digest {
-                match on_existing_tag {
-                    OnExistingTag::Refuse => conflicts.push(format!(
-                        "{}/{repo}:{tag} points to {existing}, the source has {digest}",
-                        reg.host()
+    let mut artifact_conflicts = Vec::new();
+    let mut out = Preflight::default();
+    for t in planned_tags(plan) {
+        let Some(existing) = reg.head_manifest(&t.repo, &t.tag).await? else {
+            continue;
+        };
+        if existing == t.digest {
+            continue;
+        }
+        let at = format!("{}/{}:{}", reg.host(), t.repo, t.tag);
+        if !t.artifact {
+            match on_existing_tag {
+                OnExistingTag::Refuse => conflicts.push(format!(
+                    "{at} points to {existing}, the source has {}",
+                    t.digest
+                )),
+                OnExistingTag::Skip => {
+                    out.skip.insert((t.repo, t.tag));
+                }
+                OnExistingTag::Overwrite => {}
+            }
+            continue;
+        }
+        match on_existing_artifact {
+            OnExistingArtifact::Overwrite => {}
+            OnExistingArtifact::Skip => {
+                out.skip.insert((t.repo, t.tag));
+            }
+            OnExistingArtifact::Refuse => artifact_conflicts.push(format!(
+                "{at} points to {existing}, the source has {} (--on-existing-artifact=refuse)",
+                t.digest
+            )),
+            OnExistingArtifact::Merge => {
+                let new = graph.manifests.get(&t.digest).ok_or_else(|| {
+                    Error::Target(format!("manifest {} is not in the graph", t.digest))
+                })?;
+                // By digest: the bytes are checked against it (and size-limited).
+                let old = reg.get_manifest(&t.repo, &existing.to_string()).await?;
+                match artifact_merge(&old, new) {
+                    Ok(added) => out.merges.push(ArtifactUpdate {
+                        tag: at,
+                        old: existing,
+                        new: t.digest,
+                        added,
+                    }),
+                    Err(NotAMerge::Drops(dropped)) => artifact_conflicts.push(format!(
+                        "{at} points to {existing}; the source's {} would drop {}: {}",
+                        t.digest,
+                        if dropped.len() == 1 { "this entry" } else { "these entries" },
+                        dropped
+                            .iter()
+                            .map(Digest::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     )),
-                    OnExistingTag::Skip => {
-                        skip.insert((repo, tag));
-                    }
-                    OnExistingTag::Overwrite => {}
+                    Err(NotAMerge::Unlike(why)) => artifact_conflicts.push(format!(
+                        "{at} points to {existing}, which the source's {} cannot be merged with: {why}",
+                        t.digest
+                    )),
                 }
             }
         }
     }
     if !conflicts.is_empty() {
+        // Artifact lines too: the user fixes everything in one round.
+        conflicts.extend(
+            artifact_conflicts
+                .into_iter()
+                .map(|c| format!("{c} (an artifact tag: see --on-existing-artifact)")),
+        );
         return Err(Error::TagConflicts(conflicts));
     }
-    Ok(skip)
+    if !artifact_conflicts.is_empty() {
+        return Err(Error::ArtifactConflicts(artifact_conflicts));
+    }
+    Ok(out)
 }
 
 /// Which blobs each target repository has already (one HEAD each, several
@@ -477,30 +675,41 @@ async fn mount_external(
     have: &HashSet<(Digest, String)>,
     present: &mut HashSet<Digest>,
 ) -> Result<()> {
-    let holder = |d: &Digest| {
-        plan.blob_repos
-            .get(d)
-            .and_then(|repos| {
-                repos
-                    .iter()
-                    .find(|r| have.contains(&(d.clone(), (*r).clone())))
-            })
-            .cloned()
-    };
     let pending: Vec<&Digest> = graph
         .external
         .keys()
         .filter(|d| plan.blob_repos.contains_key(*d) && !present.contains(*d))
         .collect();
-    if pending.iter().any(|d| holder(d).is_none()) {
+    if pending.is_empty() {
         return Ok(());
     }
+    let mut holders: HashMap<Digest, String> = HashMap::new();
+    for d in &pending {
+        let found = plan.blob_repos.get(*d).and_then(|repos| {
+            repos
+                .iter()
+                .find(|r| have.contains(&((*d).clone(), (*r).clone())))
+        });
+        if let Some(r) = found {
+            holders.insert((*d).clone(), r.clone());
+        }
+    }
+    if holders.len() < pending.len() {
+        // The site may hold them in repositories this bundle does not name
+        // (last month's images under other names): ask the catalog.
+        find_elsewhere(reg, graph, &pending, &mut holders).await?;
+    }
+    if pending.iter().any(|d| !holders.contains_key(*d)) {
+        return Ok(()); // the engine names every missing one
+    }
     for d in pending {
-        let Some(from) = holder(d) else { continue };
+        let Some(from) = holders.get(d).cloned() else {
+            continue;
+        };
         let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
         let desc = Descriptor::blob(d.clone(), size);
         for repo in plan.blob_repos.get(d).into_iter().flatten() {
-            if have.contains(&(d.clone(), repo.clone())) {
+            if have.contains(&(d.clone(), repo.clone())) || *repo == from {
                 continue;
             }
             let outcome = reg
@@ -522,6 +731,44 @@ async fn mount_external(
     Ok(())
 }
 
+/// Repositories of the target holding the blobs no planned repository
+/// has: one HEAD per (repository, blob) still missing, over a bounded
+/// catalog.
+async fn find_elsewhere(
+    reg: &Registry,
+    graph: &Graph,
+    pending: &[&Digest],
+    holders: &mut HashMap<Digest, String>,
+) -> Result<()> {
+    const MAX_REPOSITORIES: usize = 10_000;
+    let repos = match reg.catalog(MAX_REPOSITORIES).await {
+        Ok(r) => r,
+        // A registry without a catalog (or without the right to read it):
+        // the engine then names what is missing.
+        Err(_) => return Ok(()),
+    };
+    for repo in repos {
+        let missing: Vec<&Digest> = pending
+            .iter()
+            .copied()
+            .filter(|d| !holders.contains_key(*d))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        for d in missing {
+            let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+            if reg
+                .blob_exists(&repo, &Descriptor::blob(d.clone(), size))
+                .await?
+            {
+                holders.insert(d.clone(), repo.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Sink for RegistrySink<'_> {
     fn name(&self) -> String {
         format!("{}/{}", self.target.host, self.target.template)
@@ -531,7 +778,16 @@ impl Sink for RegistrySink<'_> {
         Box::pin(async move {
             let plan = self.plan(graph)?;
             let reg = self.registries.get(&self.target.host).await?;
-            self.skip_tags = preflight(&reg, &plan, self.on_existing_tag).await?;
+            let decided = preflight(
+                &reg,
+                graph,
+                &plan,
+                self.on_existing_tag,
+                self.on_existing_artifact,
+            )
+            .await?;
+            self.skip_tags = decided.skip;
+            self.merges = decided.merges;
             let (have, mut present) = presence(&reg, graph, &plan, self.jobs).await?;
             mount_external(&reg, graph, &plan, &have, &mut present).await?;
             self.have = have;
@@ -614,6 +870,7 @@ impl Sink for RegistrySink<'_> {
                     referrer_fallback_tags(&reg, &p.repo, &p.graph.entry, graph).await?;
             }
             read_back(&reg, &plan, &self.skip_tags).await?;
+            report.artifacts_updated = std::mem::take(&mut self.merges);
             report.destinations = plan
                 .images
                 .iter()
@@ -804,4 +1061,86 @@ async fn referrer_fallback_tags(
         set += 1;
     }
     Ok(set)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{artifact_merge, NotAMerge};
+    use crate::digest::Digest;
+    use crate::oci::{Manifest, OCI_INDEX, OCI_MANIFEST};
+    use serde_json::json;
+
+    fn layer(payload: &str, signature: &str) -> serde_json::Value {
+        json!({"mediaType":"application/vnd.dev.cosign.simplesigning.v1+json",
+            "digest": Digest::of(payload.as_bytes()).to_string(), "size": payload.len(),
+            "annotations": {"dev.cosignproject.cosign/signature": signature}})
+    }
+
+    fn sig(layers: Vec<serde_json::Value>) -> Manifest {
+        let doc = json!({"schemaVersion":2,"mediaType":OCI_MANIFEST,
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json",
+                "digest":Digest::of(b"{}").to_string(),"size":2},
+            "layers":layers});
+        Manifest::hashed(serde_json::to_vec(&doc).unwrap(), OCI_MANIFEST)
+    }
+
+    fn fallback(referrers: &[&str]) -> Manifest {
+        let entries: Vec<_> = referrers
+            .iter()
+            .map(|r| json!({"mediaType":OCI_MANIFEST,"digest":Digest::of(r.as_bytes()).to_string(),"size":r.len()}))
+            .collect();
+        let doc = json!({"schemaVersion":2,"mediaType":OCI_INDEX,"manifests":entries});
+        Manifest::hashed(serde_json::to_vec(&doc).unwrap(), OCI_INDEX)
+    }
+
+    #[test]
+    fn an_appended_signature_is_a_merge() {
+        let a = layer("p1", "s1");
+        let b = layer("p2", "s2");
+        assert_eq!(
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![a.clone(), b.clone()])),
+            Ok(1)
+        );
+        // Order does not matter; a layer listed twice must stay twice.
+        assert_eq!(
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![b.clone(), a.clone()])),
+            Ok(1)
+        );
+        assert!(matches!(
+            artifact_merge(&sig(vec![a.clone(), a.clone()]), &sig(vec![a.clone(), b.clone()])),
+            Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
+        ));
+    }
+
+    #[test]
+    fn a_dropped_or_replaced_signature_is_not() {
+        let a = layer("p1", "s1");
+        let b = layer("p2", "s2");
+        assert!(matches!(
+            artifact_merge(&sig(vec![a.clone(), b.clone()]), &sig(vec![b.clone()])),
+            Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
+        ));
+        // Same payload, another signature in the annotations: the old one is gone.
+        let a_resigned = layer("p1", "other");
+        assert!(matches!(
+            artifact_merge(&sig(vec![a.clone()]), &sig(vec![a_resigned, b])),
+            Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"p1")]
+        ));
+    }
+
+    #[test]
+    fn fallback_indexes_merge_over_their_manifests() {
+        assert_eq!(
+            artifact_merge(&fallback(&["r1"]), &fallback(&["r1", "r2"])),
+            Ok(1)
+        );
+        assert!(matches!(
+            artifact_merge(&fallback(&["r1", "r2"]), &fallback(&["r2", "r3"])),
+            Err(NotAMerge::Drops(d)) if d == vec![Digest::of(b"r1")]
+        ));
+        assert!(matches!(
+            artifact_merge(&fallback(&["r1"]), &sig(vec![layer("p1", "s1")])),
+            Err(NotAMerge::Unlike(_))
+        ));
+    }
 }
