@@ -48,7 +48,7 @@ pub struct FramedWriter<W: Write> {
 impl<W: Write> FramedWriter<W> {
     pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
         let threads = threads.max(1);
-        let frame_max = frame_max.clamp(4096, MAX_FRAME);
+        let frame_max = frame_max.clamp(1, MAX_FRAME);
         let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();

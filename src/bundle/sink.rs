@@ -371,7 +371,7 @@ impl Sink for BundleSink {
         Box::pin(async move {
             let (mut index, index_json) = BundleIndex::for_graph(graph);
             if let Some(size) = self.opts.volume_size {
-                let frame_max = self.opts.frame_max.clamp(4096, super::frames::MAX_FRAME);
+                let frame_max = self.opts.frame_max.clamp(1, super::frames::MAX_FRAME);
                 super::volumes::plan_index(&mut index, size, frame_max as u64)
                     .map_err(|e| Error::Selection(format!("--volume-size: {e}")))?;
             }
