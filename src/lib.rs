@@ -35,5 +35,6 @@ pub mod time;
 pub mod transfer;
 pub mod trust;
 pub mod verify;
+pub mod version;
 
 pub use error::{Error, ErrorKind};

@@ -30,10 +30,10 @@ async fn resolver_for(registries: &Registries, sel: &ImageSelection) -> Result<A
 async fn resolve_one(
     registries: &Registries,
     sel: &ImageSelection,
-) -> Result<(Arc<dyn Resolver>, Vec<Resolved>)> {
+) -> Result<(Arc<dyn Resolver>, Vec<Resolved>, Vec<String>)> {
     let store = resolver_for(registries, sel).await?;
-    let r = resolve::resolve_selection(store.as_ref(), sel).await?;
-    Ok((store, r))
+    let (r, warnings) = resolve::resolve_selection(store.as_ref(), sel).await?;
+    Ok((store, r, warnings))
 }
 
 /// Where downloads go.
@@ -100,7 +100,7 @@ impl<'a> RegistrySource<'a> {
         }
     }
 
-    async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>)>> {
+    async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>, Vec<String>)>> {
         let registries = self.registries;
         let each: Vec<_> = self
             .selection
@@ -185,8 +185,10 @@ impl Source for RegistrySource<'_> {
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             let mut resolved = Vec::new();
+            let mut warnings = Vec::new();
             let all = self.resolve_all().await?;
-            for ((store, images), sel) in all.into_iter().zip(&self.selection) {
+            for ((store, images, w), sel) in all.into_iter().zip(&self.selection) {
+                warnings.extend(w);
                 for r in images {
                     self.stores.push(store.clone());
                     self.local.push(sel.layout.is_some());
@@ -194,9 +196,15 @@ impl Source for RegistrySource<'_> {
                 }
             }
             if resolved.is_empty() {
-                return Err(Error::Selection("nothing selected".into()));
+                return Err(Error::Selection(if warnings.is_empty() {
+                    "nothing selected".into()
+                } else {
+                    format!("nothing selected:\n  {}", warnings.join("\n  "))
+                }));
             }
             let mut graph = resolve::into_graph(resolved);
+            // Printed by the gate as warnings, before anything is written.
+            graph.skipped.splice(0..0, warnings);
             if req.payloads {
                 self.read_payloads(&mut graph).await?;
             }

@@ -15,6 +15,7 @@ use crate::oci::{self, Descriptor, Manifest, ManifestView};
 use crate::registry::RegistryError;
 use crate::selection::ImageSelection;
 use crate::store::discover::{Discovery, MAX_DEPTH};
+use crate::version::Version;
 use std::collections::HashSet;
 
 /// One image resolved at its source, with everything it needs.
@@ -31,23 +32,97 @@ fn parse(m: &Manifest, what: String) -> Result<ManifestView> {
         .map_err(|source| Error::Registry(RegistryError::Manifest { what, source }))
 }
 
-/// The tags a selection names: exact tags first, then pattern matches
-/// (sorted), each once, cosign and referrer tags never.
-fn selected_tags(sel: &ImageSelection, all_tags: &[String]) -> Result<Vec<String>> {
-    let mut tags = sel.tags.clone();
-    if let Some(p) = &sel.tag_pattern {
-        let mut matched: Vec<String> = all_tags
+/// Tags that name artifacts, not images: cosign's `sha256-<hex>.sig`,
+/// `.att`, `.sbom` and the referrers fallback `sha256-<hex>`.
+pub fn is_artifact_tag(tag: &str) -> bool {
+    let Some(rest) = tag.strip_prefix("sha256-") else {
+        return false;
+    };
+    let (hex, suffix) = rest.split_at(rest.len().min(64));
+    hex.len() == 64
+        && hex.bytes().all(|b| b.is_ascii_hexdigit())
+        && (suffix.is_empty() || suffix.starts_with('.'))
+}
+
+/// What a selection's rules pick from a repository's tags: the tag pattern,
+/// `include` globs (or, with `versions`/`newest` and no globs, versions
+/// only), the version range, `exclude` globs, then the newest N versions;
+/// in version order. Artifact tags are never candidates.
+pub fn rule_tags(sel: &ImageSelection, all_tags: &[String]) -> Vec<String> {
+    let rule = &sel.rule;
+    let mut picked: Vec<String> = all_tags
+        .iter()
+        .filter(|t| !is_artifact_tag(t))
+        .filter(|t| sel.tag_pattern.as_ref().is_none_or(|p| p.is_match(t)))
+        .filter(|t| {
+            if !rule.include.is_empty() {
+                rule.include.iter().any(|g| g.is_match(t))
+            } else if rule.versions.is_some() || rule.newest.is_some() {
+                Version::parse(t).is_some()
+            } else {
+                true
+            }
+        })
+        .filter(|t| match &rule.versions {
+            Some(range) => Version::parse(t).is_some_and(|v| range.contains(&v)),
+            None => true,
+        })
+        .filter(|t| !rule.exclude.iter().any(|g| g.is_match(t)))
+        .cloned()
+        .collect();
+    crate::version::sort_tags(&mut picked);
+    if let Some(n) = rule.newest {
+        // Versions are sorted before non-versions: the newest N are the
+        // last N versions; tags that are not versions stay (a glob picked them).
+        let versions = picked
             .iter()
-            .filter(|t| p.is_match(t) && !t.starts_with("sha256-"))
-            .cloned()
-            .collect();
-        matched.sort();
+            .filter(|t| Version::parse(t).is_some())
+            .count();
+        let drop = versions.saturating_sub(n);
+        picked.drain(..drop);
+    }
+    picked
+}
+
+/// The tags a selection names: exact tags first, then what the rules pick
+/// (in version order), each once. A rule that picks nothing is an error
+/// naming the rule and some of the tags there are, or a warning (in
+/// `warnings`) when the image is optional.
+fn selected_tags(
+    sel: &ImageSelection,
+    all_tags: &[String],
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>> {
+    let mut tags = sel.tags.clone();
+    if sel.tag_pattern.is_some() || !sel.rule.is_empty() {
+        let matched = rule_tags(sel, all_tags);
         if matched.is_empty() {
-            return Err(Error::Selection(format!(
-                "{}: no tag matches the pattern {}",
+            let mut what = Vec::new();
+            if let Some(p) = &sel.tag_pattern {
+                what.push(format!("the pattern {}", p.as_str()));
+            }
+            if !sel.rule.is_empty() {
+                what.push(sel.rule.describe());
+            }
+            let mut there: Vec<String> = all_tags
+                .iter()
+                .filter(|t| !is_artifact_tag(t))
+                .cloned()
+                .collect();
+            crate::version::sort_tags(&mut there);
+            let shown = there.len().min(8);
+            let msg = format!(
+                "{}: no tag matches {} (the repository has {} image tags, newest: {})",
                 sel.repo,
-                p.as_str()
-            )));
+                what.join(" and "),
+                there.len(),
+                there[there.len() - shown..].join(", ")
+            );
+            if sel.optional {
+                warnings.push(format!("{msg}; optional, left out"));
+            } else {
+                return Err(Error::Selection(msg));
+            }
         }
         tags.extend(matched);
     }
@@ -55,30 +130,51 @@ fn selected_tags(sel: &ImageSelection, all_tags: &[String]) -> Result<Vec<String
     Ok(tags)
 }
 
-/// Every image a selection names at `store`.
+/// Every image a selection names at `store`, and warnings (optional tags
+/// left out).
 pub async fn resolve_selection(
     store: &dyn Resolver,
     sel: &ImageSelection,
-) -> Result<Vec<Resolved>> {
+) -> Result<(Vec<Resolved>, Vec<String>)> {
     let repo = sel.repo.repository.as_str();
     let all_tags: Vec<String> = store.list_tags(repo).await?;
     let tag_set: HashSet<String> = all_tags.iter().cloned().collect();
+    let mut warnings = Vec::new();
     let mut out = Vec::new();
-    for tag in selected_tags(sel, &all_tags)? {
-        let root = store.get_manifest(repo, &tag).await.map_err(|e| match e {
-            RegistryError::NotFound { .. } => Error::Selection(format!(
-                "image {} not found: check the repository and tag",
-                sel.repo.with_tag(&tag)
-            )),
-            e => e.into(),
-        })?;
+    for tag in selected_tags(sel, &all_tags, &mut warnings)? {
+        let root = match store.get_manifest(repo, &tag).await {
+            Ok(root) => root,
+            Err(RegistryError::NotFound { .. }) if sel.optional => {
+                warnings.push(format!(
+                    "{} not found; optional, left out",
+                    sel.repo.with_tag(&tag)
+                ));
+                continue;
+            }
+            Err(RegistryError::NotFound { .. }) => {
+                return Err(Error::Selection(format!(
+                    "image {} not found: check the repository and tag (or mark the image optional: true)",
+                    sel.repo.with_tag(&tag)
+                )))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(locked) = sel.pinned.get(&tag) {
+            if *locked != root.digest {
+                return Err(Error::TagMoved {
+                    image: sel.repo.with_tag(&tag).to_string(),
+                    locked: locked.clone(),
+                    now: root.digest.clone(),
+                });
+            }
+        }
         out.push(resolve_root(store, sel, Some(tag), root, &tag_set).await?);
     }
     for d in &sel.digests {
         let root = store.get_manifest(repo, &d.to_string()).await?;
         out.push(resolve_root(store, sel, None, root, &tag_set).await?);
     }
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// The children of an index the platform filter keeps.
@@ -346,4 +442,76 @@ pub fn check_ref_names(graph: &Graph) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A repository with both version schemes, variants, moving tags and
+    /// cosign artifacts, as a vendor's looks.
+    fn vendor_tags() -> Vec<String> {
+        let hex = "ab".repeat(32);
+        [
+            "1.299.9.20240901-101010",
+            "1.301.70.20241127-162512",
+            "1.301.70.20241127-162512-raw",
+            "1.303.5.20250105-080000",
+            "1.303.5.20250105-080000-raw",
+            "1.99.1.20230101-000000",
+            "v1.9.0",
+            "v1.10.0",
+            "v1.10.1",
+            "v1.10.1-rc.1",
+            "latest",
+            "latest-raw",
+            &format!("sha256-{hex}.sig"),
+            &format!("sha256-{hex}.att"),
+            &format!("sha256-{hex}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    fn picked(yaml_rules: &str) -> Vec<String> {
+        let text = format!("images:\n  - ref: r.example/v/app\n{yaml_rules}");
+        let sel = crate::selection::parse_selection(&text, "t.yaml").unwrap();
+        rule_tags(&sel[0], &vendor_tags())
+    }
+
+    #[test]
+    fn rules_pick_in_version_order_and_never_artifacts() {
+        assert_eq!(
+            picked("    versions: \">=1.300 <2\"\n    exclude: [\"*-raw\"]\n"),
+            vec!["1.301.70.20241127-162512", "1.303.5.20250105-080000"]
+        );
+        assert_eq!(
+            picked(
+                "    include: [\"1.*\"]\n    exclude: [\"*-raw\", \"latest*\"]\n    newest: 2\n"
+            ),
+            vec!["1.301.70.20241127-162512", "1.303.5.20250105-080000"]
+        );
+        assert_eq!(
+            picked("    versions: \">=v1.9 <v1.11\"\n"),
+            vec!["v1.9.0", "v1.10.0", "v1.10.1"],
+            "v1.10 after v1.9, the release candidate left out"
+        );
+        assert_eq!(
+            picked("    newest: 1\n"),
+            vec!["1.303.5.20250105-080000-raw"]
+        );
+        assert_eq!(
+            picked("    include: [\"latest*\"]\n"),
+            vec!["latest", "latest-raw"]
+        );
+        // A regex matching everything still never takes artifact tags.
+        let all = picked("    tagPattern: \".*\"\n");
+        assert_eq!(all.len(), 12);
+        assert!(all.iter().all(|t| !is_artifact_tag(t)));
+        assert_eq!(all.last().map(String::as_str), Some("latest-raw"));
+        assert_eq!(all[0], "v1.9.0");
+        assert!(is_artifact_tag(&format!("sha256-{}", "0".repeat(64))));
+        assert!(!is_artifact_tag("sha256-short.sig"));
+    }
 }
