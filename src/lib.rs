@@ -21,6 +21,7 @@ pub mod image;
 pub mod import;
 pub mod inspect;
 pub mod layout;
+pub mod lock;
 pub mod oci;
 pub mod output;
 pub mod progress;

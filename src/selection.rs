@@ -254,6 +254,38 @@ pub fn check_tag_template(t: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The tag a template gives an image: `{tag}`; `{version}` (the tag
+/// without a leading `v` or a variant suffix, or the tag itself when it is
+/// not a version); `{date}` (`YYYYMMDD` of `created`, the bundle's creation
+/// time); `{digest12}` (the first 12 hex digits of the image digest).
+pub fn render_tag_template(
+    template: &str,
+    tag: &str,
+    digest: &Digest,
+    created: &str,
+) -> Result<String, String> {
+    let version = crate::version::Version::parse(tag)
+        .map(|v| v.core)
+        .unwrap_or_else(|| tag.to_string());
+    let date: String = created
+        .get(..10)
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let out = template
+        .replace("{tag}", tag)
+        .replace("{version}", &version)
+        .replace("{date}", &date)
+        .replace("{digest12}", &digest.hex()[..12]);
+    if !crate::reference::is_valid_tag(&out) {
+        return Err(format!(
+            "tag template {template:?} gives {out:?} for tag {tag}, which is not a valid tag"
+        ));
+    }
+    Ok(out)
+}
+
 /// The default handle: the last path component of a repository.
 fn default_name(repository: &str) -> String {
     repository

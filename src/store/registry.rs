@@ -252,10 +252,20 @@ pub enum OnExistingTag {
 /// `{repo}` (the full source repository path) and `{name}` (its last
 /// component); a path without braces is a prefix (`HOST/mirror` =
 /// `HOST/mirror/{repo}`); no path keeps the source path (`{repo}`).
+///
+/// A selection-file `target` replaces the source path: under a plain
+/// prefix it goes below the prefix (`HOST/mirror` + `target: op` =
+/// `mirror/op`); with a template (`{repo}`, `{name}`) it replaces the whole
+/// path, as the template would only rename the source path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub template: String,
+    /// The path was a plain prefix (no braces): a `target` goes under it.
+    pub prefixed: bool,
+    /// The tag at the destination (`import --tag-template`); wins over a
+    /// template the selection file gave an image.
+    pub tag_template: Option<String>,
 }
 
 impl Target {
@@ -277,6 +287,8 @@ impl Target {
         let t = Target {
             host: host.to_string(),
             template,
+            prefixed: !path.contains('{'),
+            tag_template: None,
         };
         // Reject a template that cannot give a valid name.
         t.repository("a/b", None)?;
@@ -293,6 +305,8 @@ impl Target {
         Ok(Target {
             host: host.to_string(),
             template: repository.to_string(),
+            prefixed: false,
+            tag_template: None,
         })
     }
 
@@ -300,6 +314,7 @@ impl Target {
     pub fn repository(&self, source_repo: &str, image_target: Option<&str>) -> Result<String> {
         let name = source_repo.rsplit('/').next().unwrap_or(source_repo);
         let repo = match image_target {
+            Some(t) if self.prefixed => self.template.replace("{repo}", t),
             Some(t) if self.template.contains('{') => t.to_string(),
             _ => self
                 .template

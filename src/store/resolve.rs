@@ -177,6 +177,67 @@ pub async fn resolve_selection(
     Ok((out, warnings))
 }
 
+/// A single-arch image under a platform filter: its config says which
+/// platform it is; one the filter does not select is refused, not carried
+/// as if it were what was asked for.
+async fn check_single_arch(
+    store: &dyn Resolver,
+    sel: &ImageSelection,
+    view: &ManifestView,
+    shown: &str,
+) -> Result<()> {
+    let Some(config) = &view.config else {
+        return Ok(());
+    };
+    if config.size > oci::MAX_MANIFEST_BYTES {
+        return Err(Error::Selection(format!(
+            "{shown}: config {} is too large to read its platform",
+            config.digest
+        )));
+    }
+    let tmp = tempfile::tempfile().map_err(Error::io("a temp file for an image config"))?;
+    let mut f = tokio::fs::File::from_std(tmp);
+    store
+        .fetch_blob(&sel.repo.repository, config, &mut f)
+        .await?;
+    let mut bytes = Vec::new();
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    f.seek(std::io::SeekFrom::Start(0))
+        .await
+        .map_err(Error::io("image config"))?;
+    f.read_to_end(&mut bytes)
+        .await
+        .map_err(Error::io("image config"))?;
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        os: String,
+        #[serde(default)]
+        architecture: String,
+        #[serde(default)]
+        variant: Option<String>,
+    }
+    let c: Config = serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Selection(format!(
+            "{shown}: config {} is not an image config ({e}); cannot tell its platform",
+            config.digest
+        ))
+    })?;
+    let have = oci::Platform {
+        os: c.os,
+        architecture: c.architecture,
+        variant: c.variant,
+    };
+    if sel.platforms.iter().any(|f| f.selects(&have)) {
+        return Ok(());
+    }
+    let want: Vec<String> = sel.platforms.iter().map(|p| p.to_string()).collect();
+    Err(Error::Selection(format!(
+        "{shown} is a single-platform image ({have}), not {}: refused; drop the platform filter for it or select another tag",
+        want.join(", ")
+    )))
+}
+
 /// The children of an index the platform filter keeps.
 fn select_platforms<'v>(
     sel: &ImageSelection,
@@ -263,13 +324,29 @@ async fn walk_root(
         blobs: vec![],
     };
     if !view.is_index() {
+        if !sel.platforms.is_empty() {
+            check_single_arch(store, sel, &view, shown).await?;
+        }
         image_blobs(&view, &mut w.blobs);
         w.platforms.push(platform_entry(None, root));
         w.manifests.push(root.clone());
         return Ok(w);
     }
     let selected = select_platforms(sel, &view, shown)?;
-    w.manifests = filtered_root(root, &selected, view.manifests.len(), what(&root.digest))?;
+    if sel.single_platform && selected.len() != 1 {
+        let kept: Vec<String> = selected
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect();
+        return Err(Error::Selection(format!(
+            "{shown}: singlePlatform exports one platform's manifest, but the platform filter keeps {} ({}); list exactly one platform",
+            selected.len(),
+            kept.join(", ")
+        )));
+    }
+    if !sel.single_platform {
+        w.manifests = filtered_root(root, &selected, view.manifests.len(), what(&root.digest))?;
+    }
     for child in selected {
         let m = store.get_manifest(repo, &child.digest.to_string()).await?;
         if m.digest != child.digest {
@@ -314,7 +391,14 @@ async fn resolve_root(
         mut blobs,
     } = walk_root(store, sel, &root, &shown).await?;
     let tagged = manifests[0].clone();
-    let mut source_digest = root.digest.clone();
+    // singlePlatform: the tag names the one platform manifest, the vendor's
+    // index stays behind (its signature cannot verify against the manifest).
+    let platform_of =
+        (tagged.digest != root.digest && sel.single_platform).then(|| root.digest.clone());
+    let mut source_digest = match platform_of {
+        Some(_) => tagged.digest.clone(),
+        None => root.digest.clone(),
+    };
     if tagged.digest == root.digest {
         if let Some(original) = original_of(store, repo, &root).await? {
             source_digest = original.digest.clone();
@@ -326,9 +410,11 @@ async fn resolve_root(
     if source_digest != root.digest {
         discovery.discover(&source_digest, MAX_DEPTH).await?;
     }
-    discovery.discover(&root.digest, MAX_DEPTH).await?;
+    if platform_of.is_none() {
+        discovery.discover(&root.digest, MAX_DEPTH).await?;
+    }
     for p in &platforms {
-        if p.digest != root.digest {
+        if p.digest != root.digest && p.digest != source_digest {
             discovery.discover(&p.digest, MAX_DEPTH).await?;
         }
     }
@@ -364,6 +450,9 @@ async fn resolve_root(
         target: sel.target.clone(),
         artifacts,
         total_size,
+        tag_template: sel.tag_template.clone(),
+        platform_of,
+        resolved_digest: Some(root.digest.clone()),
     };
     Ok(Resolved {
         entry,
