@@ -320,3 +320,207 @@ async fn dry_run_is_what_the_export_writes_and_a_lock_refuses_a_moved_tag() {
         assert!(!out3.exists());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platforms_tag_templates_and_index_signatures() {
+    let (src, images) = vendor_source().await;
+    let dst = TestRegistry::start();
+    let h = src.host.as_str();
+    let work = tempfile::tempdir().unwrap();
+    let find = |repo: &str, tag: &str| {
+        images
+            .iter()
+            .find(|i| i.repository == format!("vendor/{repo}") && i.tag == tag)
+            .unwrap()
+            .clone()
+    };
+
+    // --platform applies to selection files too; matching nothing names
+    // what the image has; a single-arch image that does not match is refused.
+    let ag = write(
+        work.path(),
+        "ag.yaml",
+        &format!(
+            "images:\n  - ref: {h}/vendor/activegate\n    tags: [\"1.305.2.20250301-120000\"]\n"
+        ),
+    );
+    let (code, _, err) = dry_run(&["-f", &ag, "--platform", "linux/s390x"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("activegate:1.305.2.20250301-120000: no platform matches")
+            && err.contains("linux/amd64, linux/arm64"),
+        "{err}"
+    );
+    let (code, _, err) = dry_run(&[
+        &format!("{h}/vendor/codemodules:1.305.2.20250301-120000"),
+        "--platform",
+        "linux/arm64",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("codemodules:1.305.2.20250301-120000 is a single-platform image (linux/amd64), not linux/arm64: refused"),
+        "{err}"
+    );
+    let (code, plan, err) = dry_run(&[
+        &format!("{h}/vendor/codemodules:1.305.2.20250301-120000"),
+        "--platform",
+        "linux/amd64",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(tags(&plan), vec!["1.305.2.20250301-120000"]);
+
+    // singlePlatform: the arm64 manifest itself, with its own signature.
+    let sel = write(
+        work.path(),
+        "images.yaml",
+        &format!(
+            "images:\n  - ref: {h}/vendor/activegate\n    tags: [\"1.305.2.20250301-120000\"]\n    platforms: [linux/arm64]\n    singlePlatform: true\n    tagTemplate: \"{{version}}-{{date}}\"\n    target: dynatrace/activegate\n  - ref: {h}/vendor/operator\n    versions: \">=v1.10.1 <v1.11\"\n"
+        ),
+    );
+    let out = work.path().join("b.tar.zst");
+    let o = out.to_str().unwrap();
+    // An index signature satisfies --require-signatures (operator signs only its index).
+    airlock_ok(&[
+        "export",
+        "-q",
+        "-f",
+        &sel,
+        "-o",
+        o,
+        "--key",
+        COSIGN_TEST_PUB,
+        "--require-signatures",
+    ]);
+    let ag_img = find("activegate", "1.305.2.20250301-120000");
+    let arm64 = &ag_img
+        .platforms
+        .iter()
+        .find(|(p, _)| p == "linux/arm64")
+        .unwrap()
+        .1;
+    let index: Value = serde_json::from_str(&airlock_ok(&["inspect", "--json", o])).unwrap();
+    let first = &index["index"]["images"][0];
+    assert_eq!(first["digest"], arm64.to_string());
+    assert_eq!(first["platformOf"], ag_img.digest.to_string());
+    assert!(first["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|a| a["kind"] == "signature" && a["subject"] == arm64.to_string()));
+    let shown = airlock_ok(&["inspect", o]);
+    assert!(
+        shown.contains(&format!("out of the vendor index {}", ag_img.digest))
+            && shown.contains("will not verify against it"),
+        "{shown}"
+    );
+
+    // Tags at the destination: --tag-template wins over the file's; the
+    // file's target goes under the --to prefix; signatures verify at the
+    // renamed tags (they are named by digest, which never changes).
+    let created = index["index"]["created"].as_str().unwrap();
+    let date: String = created[..10]
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let (code, dest, err) = dry_run(&["-f", &sel, "--to", &format!("{}/mirror", dst.host)]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        dest["images"][0]["destination"],
+        format!(
+            "{}/mirror/dynatrace/activegate:1.305.2.20250301-120000-{date}",
+            dst.host
+        )
+        .as_str(),
+        "dry-run dates the tag today, like the export it plans"
+    );
+    airlock_ok(&["import", "-q", o, "--to", &format!("{}/mirror", dst.host)]);
+    let ag_ref = format!(
+        "docker://{}/mirror/dynatrace/activegate:1.305.2.20250301-120000-{date}",
+        dst.host
+    );
+    airlock_ok(&["verify", &ag_ref, "--key", COSIGN_TEST_PUB]);
+    airlock_ok(&[
+        "import",
+        "-q",
+        o,
+        "--to",
+        &format!("{}/site", dst.host),
+        "--tag-template",
+        "{tag}-mirrored",
+    ]);
+    for tag in ["v1.10.1-mirrored", "v1.10.2-mirrored"] {
+        airlock_ok(&[
+            "verify",
+            &format!("docker://{}/site/vendor/operator:{tag}", dst.host),
+            "--key",
+            COSIGN_TEST_PUB,
+        ]);
+    }
+    let d = client(&dst, test_config()).await;
+    assert_eq!(
+        d.head_manifest("site/vendor/operator", "v1.10.1-mirrored")
+            .await
+            .unwrap(),
+        Some(find("operator", "v1.10.1").digest),
+        "same digest under the new tag"
+    );
+    assert_eq!(
+        d.head_manifest("site/vendor/operator", "v1.10.1")
+            .await
+            .unwrap(),
+        None,
+        "the template replaces the tag"
+    );
+    // Control: the verification that passed is the key's, a wrong key fails.
+    let other_key = work.path().join("other.pub");
+    let key = sh(std::process::Command::new("openssl").args([
+        "ecparam",
+        "-genkey",
+        "-name",
+        "prime256v1",
+        "-noout",
+    ]));
+    let key_file = work.path().join("other.key");
+    std::fs::write(&key_file, key).unwrap();
+    sh(std::process::Command::new("openssl")
+        .args(["ec", "-pubout", "-in"])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&other_key));
+    let (code, _, err) = airlock(&[
+        "verify",
+        &format!(
+            "docker://{}/site/vendor/operator:v1.10.1-mirrored",
+            dst.host
+        ),
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 4, "{err}");
+
+    // An unsigned image under --require-signatures: the policy exit code.
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        work.path().join("u.tar.zst").to_str().unwrap(),
+        "--require-signatures",
+        &format!("{h}/vendor/operator:v1.8.0"),
+    ]);
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("operator:v1.8.0"), "{err}");
+    // Signed on the index only: one summary line, no per-platform warning.
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        work.path().join("s.tar.zst").to_str().unwrap(),
+        &format!("{h}/vendor/operator:v1.10.1"),
+        &format!("{h}/vendor/operator:v1.10.2"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let notes: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("no signature of their own"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{err}");
+    assert!(!err.contains("UNSIGNED"), "{err}");
+}
