@@ -58,6 +58,16 @@ pub enum Error {
     Refused(String),
     #[error("{0}")]
     Target(String),
+    /// `--locked`: a tag points elsewhere than the lock file says.
+    #[error("{image} moved: the lock file has {locked}, the registry now has {now}; nothing was written. Review the change, then export without --locked (and --lock to record it)")]
+    TagMoved {
+        image: String,
+        locked: crate::digest::Digest,
+        now: crate::digest::Digest,
+    },
+    /// `--require-signatures` and an image (or its index) carries no signature.
+    #[error("{0}")]
+    Unsigned(String),
     #[error("tag conflicts at the target, nothing was pushed (use --on-existing-tag=overwrite or skip):\n  {}", .0.join("\n  "))]
     TagConflicts(Vec<String>),
     /// Artifact tags (signatures, attestations, SBOMs, referrers fallback
@@ -103,9 +113,10 @@ impl Error {
             Error::Layout(e) | Error::Registry(RegistryError::Layout(e)) if e.is_integrity() => {
                 ErrorKind::Integrity
             }
-            Error::Policy { .. } | Error::BundleSignature(_) | Error::NotTrusted(_) => {
-                ErrorKind::Policy
-            }
+            Error::Policy { .. }
+            | Error::BundleSignature(_)
+            | Error::NotTrusted(_)
+            | Error::Unsigned(_) => ErrorKind::Policy,
             Error::Usage(_) => ErrorKind::Usage,
             _ => ErrorKind::Other,
         }

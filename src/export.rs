@@ -45,6 +45,9 @@ pub struct ExportOptions {
     pub volume_size: Option<u64>,
     /// What the site has already: layers found here are left out.
     pub base: crate::base::Base,
+    /// Write every resolved tag, its digest and the platforms kept here
+    /// (a lock file, see [`crate::lock`]) once the export succeeded.
+    pub lock: Option<PathBuf>,
     /// Warnings and verdict lines (default: dropped).
     pub events: Arc<dyn Events>,
 }
@@ -66,6 +69,7 @@ impl ExportOptions {
             carry_trusted_root: None,
             volume_size: None,
             base: Default::default(),
+            lock: None,
             events: Arc::new(NoEvents),
         }
     }
@@ -279,6 +283,10 @@ async fn export_with(
         names_unique: true,
     };
     let passed = gate.check(&graph, &source.name(), opts.events.as_ref())?;
+    let lock = opts
+        .lock
+        .as_ref()
+        .map(|p| (p, crate::lock::LockFile::from_graph(&graph, selection)));
     let copy_opts = CopyOptions::new(opts.jobs, "export", EventsHandle(opts.events.clone()));
     let copied = copy(&mut source, &graph, &mut sink, &copy_opts).await?;
     let fetched = cache.as_ref().map(|c| c.tally()).unwrap_or_default();
@@ -317,6 +325,9 @@ async fn export_with(
         }
         (None, _) => None,
     };
+    if let Some((path, lock)) = lock {
+        lock.write(path)?;
+    }
     let file = copied
         .sink
         .file
@@ -356,4 +367,154 @@ async fn export_with(
         signature,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// One image of a dry-run plan: what the bundle index will say of it
+/// (the same fields), and what the plan adds.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedImage {
+    #[serde(flatten)]
+    pub entry: crate::graph::ImageEntry,
+    /// Signatures (cosign `.sig`, sigstore bundles) and attestations found.
+    pub signatures: usize,
+    pub attestations: usize,
+    /// Manifests that leave the image unsigned (empty when it is signed).
+    pub unsigned: Vec<String>,
+    /// Where `import --to` (given to the plan as `--to`) would put it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// What `export` would write, resolved and gated, with no layer
+/// downloaded (signature payloads are, for the policy).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub images: Vec<PlannedImage>,
+    pub manifests: usize,
+    /// Blobs the bundle would carry (not those a base has).
+    pub blobs: usize,
+    pub blob_bytes: u64,
+    /// Layers a base has (an incremental bundle leaves them out).
+    pub external_blobs: usize,
+    pub external_bytes: u64,
+    /// Manifests and carried blobs: the bundle's content before compression.
+    pub total_bytes: u64,
+    /// Per image, the policy decision (when a policy or keys were given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<Vec<crate::trust::Verdict>>,
+    pub warnings: Vec<String>,
+    /// Why the real export would fail (then the dry run fails too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_fail: Option<String>,
+}
+
+/// `export --dry-run`: resolve and gate as the export would, download no
+/// layer, and say what it would write. Resolution errors are returned; a
+/// refusal by the gate, or an output that is in the way, is reported in
+/// [`Plan::would_fail`] and returned beside the plan so the caller can show
+/// both and exit with the error's kind. `to` names the destination an
+/// import would use, to show each image's resolved name.
+pub async fn plan(
+    registries: &Registries,
+    selection: &[ImageSelection],
+    opts: &ExportOptions,
+    to: Option<&crate::import::Target>,
+) -> Result<(Plan, Option<Error>)> {
+    let mut source = RegistrySource::new(registries, selection.to_vec(), opts.jobs, None)?;
+    let request = GraphRequest {
+        payloads: opts.policy.is_some(),
+    };
+    let mut graph = source.graph(request).await?;
+    if let Some(bytes) = opts
+        .carry_trusted_root
+        .as_deref()
+        .map(read_trusted_root)
+        .transpose()?
+    {
+        carry(&mut graph, bytes);
+    }
+    let (external_blobs, external_bytes) = opts.base.apply(&mut graph);
+    let gate = Gate {
+        policy: opts.policy.as_deref(),
+        require_signatures: opts.require_signatures,
+        outcome: "the export would write no bundle",
+        names_unique: true,
+    };
+    let warnings = graph.skipped.clone();
+    let quiet = NoEvents;
+    let (verdicts, mut failure) = match gate.check(&graph, &source.name(), &quiet) {
+        Ok(passed) => (passed.verdicts, None),
+        Err(e) => (
+            opts.policy
+                .as_deref()
+                .map(|p| crate::gate::evaluate(p, &graph)),
+            Some(e),
+        ),
+    };
+    if failure.is_none() && !opts.to_stdout() && !opts.force && opts.output.exists() {
+        failure = Some(Error::Refused(format!(
+            "{} exists: the export would refuse to replace it (give --force, or another -o)",
+            opts.output.display()
+        )));
+    }
+    if let (Some(path), None) = (&opts.lock, &failure) {
+        crate::lock::LockFile::from_graph(&graph, selection).write(path)?;
+    }
+    let created = crate::time::creation_time();
+    let mut images = Vec::new();
+    for img in &graph.images {
+        let destination = match to {
+            Some(t) => {
+                let repo = t.repository(&img.repository, img.target.as_deref())?;
+                Some(match &img.tag {
+                    Some(tag) => {
+                        let tag = match &img.tag_template {
+                            Some(tt) => crate::selection::render_tag_template(
+                                tt,
+                                tag,
+                                &img.digest,
+                                &created,
+                            )
+                            .map_err(|e| Error::Selection(format!("{}: {e}", img.source)))?,
+                            None => tag.clone(),
+                        };
+                        format!("{}/{repo}:{tag}", t.host)
+                    }
+                    None => format!("{}/{repo}@{}", t.host, img.digest),
+                })
+            }
+            None => None,
+        };
+        let count =
+            |k: crate::graph::ArtifactKind| img.artifacts.iter().filter(|a| a.kind == k).count();
+        images.push(PlannedImage {
+            signatures: img
+                .artifacts
+                .iter()
+                .filter(|a| crate::trust::signs_image(a))
+                .count(),
+            attestations: count(crate::graph::ArtifactKind::Attestation),
+            unsigned: crate::gate::unsigned_subjects(img),
+            destination,
+            entry: img.clone(),
+        });
+    }
+    let carried = |b: &&BlobInfo| !graph.external.contains_key(&b.digest);
+    let blob_bytes: u64 = graph.blobs.iter().filter(carried).map(|b| b.size).sum();
+    let manifest_bytes: u64 = graph.manifests.values().map(|m| m.bytes.len() as u64).sum();
+    let plan = Plan {
+        images,
+        manifests: graph.manifests.len(),
+        blobs: graph.blobs.iter().filter(carried).count(),
+        blob_bytes,
+        external_blobs,
+        external_bytes,
+        total_bytes: blob_bytes + manifest_bytes,
+        policy: verdicts,
+        warnings,
+        would_fail: failure.as_ref().map(|e| e.to_string()),
+    };
+    Ok((plan, failure))
 }

@@ -30,19 +30,17 @@ pub struct Passed {
     pub verdicts: Option<Vec<Verdict>>,
 }
 
-/// Manifests of `image` (the tagged one and each platform) that carry no
-/// signature: a cosign `.sig` or a sigstore bundle referrer.
+/// Manifests of `image` that leave it unsigned: none when the image (the
+/// index the tag names, or a single manifest) carries a signature — a plain
+/// `cosign sign` of a multi-arch image signs only the index, and verifying
+/// that signature covers every platform the index lists by digest.
+/// Otherwise the image and every platform without a signature of its own.
 pub fn unsigned_subjects(image: &ImageEntry) -> Vec<String> {
-    let signed: HashSet<&Digest> = image
-        .artifacts
-        .iter()
-        .filter(|a| crate::trust::signs_image(a))
-        .map(|a| &a.subject)
-        .collect();
-    let mut out = Vec::new();
-    if !signed.contains(&image.source_digest) {
-        out.push(format!("{} (image)", image.source_digest));
+    let signed = signed_subjects(image);
+    if signed.contains(&image.source_digest) {
+        return Vec::new();
     }
+    let mut out = vec![format!("{} (image)", image.source_digest)];
     for p in &image.platforms {
         if p.digest != image.source_digest && !signed.contains(&p.digest) {
             out.push(format!(
@@ -55,24 +53,34 @@ pub fn unsigned_subjects(image: &ImageEntry) -> Vec<String> {
     out
 }
 
-/// `UNSIGNED:` when the image itself carries no signature; a softer note
-/// when it is signed but some platform manifests have none of their own
-/// (cosign signs the index unless asked to sign recursively).
-fn unsigned_note(img: &ImageEntry, unsigned: &[String]) -> String {
-    let image_unsigned = unsigned.iter().any(|u| u.ends_with("(image)"));
-    if image_unsigned {
-        format!(
-            "UNSIGNED: {} has no signature for {} (no policy given: digests checked only)",
-            img.source,
-            unsigned.join(", ")
-        )
-    } else {
-        format!(
-            "note: {} is signed; these platform manifests have no signature of their own: {}",
-            img.source,
-            unsigned.join(", ")
-        )
+fn signed_subjects(image: &ImageEntry) -> HashSet<&Digest> {
+    image
+        .artifacts
+        .iter()
+        .filter(|a| crate::trust::signs_image(a))
+        .map(|a| &a.subject)
+        .collect()
+}
+
+/// Platform manifests of a signed image that carry no signature of their own.
+fn index_only(image: &ImageEntry) -> usize {
+    let signed = signed_subjects(image);
+    if !signed.contains(&image.source_digest) {
+        return 0;
     }
+    image
+        .platforms
+        .iter()
+        .filter(|p| p.digest != image.source_digest && !signed.contains(&p.digest))
+        .count()
+}
+
+fn unsigned_note(img: &ImageEntry, unsigned: &[String]) -> String {
+    format!(
+        "UNSIGNED: {} has no signature for {} (no policy given: digests checked only)",
+        img.source,
+        unsigned.join(", ")
+    )
 }
 
 impl Gate<'_> {
@@ -105,6 +113,19 @@ impl Gate<'_> {
         events: &dyn Events,
     ) -> Result<()> {
         let mut missing = Vec::new();
+        let by_index: Vec<&ImageEntry> =
+            graph.images.iter().filter(|i| index_only(i) > 0).collect();
+        if !by_index.is_empty() && self.policy.is_none() {
+            // One line for every image, not a warning per platform: a plain
+            // `cosign sign` of a multi-arch image signs only the index.
+            let names: Vec<&str> = by_index.iter().map(|i| i.source.as_str()).collect();
+            events.note(&format!(
+                "note: {} {} signed; these platform manifests have no signature of their own (the index signature covers them): {}",
+                names.join(", "),
+                if names.len() == 1 { "is" } else { "are" },
+                by_index.iter().map(|i| index_only(i)).sum::<usize>()
+            ));
+        }
         for (img, u) in graph.images.iter().zip(unsigned) {
             if u.is_empty() {
                 continue;
@@ -115,8 +136,8 @@ impl Gate<'_> {
             missing.push(format!("{}: {}", img.source, u.join(", ")));
         }
         if self.require_signatures && !missing.is_empty() {
-            return Err(Error::Refused(format!(
-                "--require-signatures: unsigned manifests, {}:\n  {}",
+            return Err(Error::Unsigned(format!(
+                "--require-signatures: unsigned images, {} (sign them, or leave them out of the selection):\n  {}",
                 self.outcome,
                 missing.join("\n  ")
             )));

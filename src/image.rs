@@ -32,6 +32,20 @@ pub struct ImageEntry {
     pub artifacts: Vec<Artifact>,
     /// Bytes of every distinct blob and manifest this image needs.
     pub total_size: u64,
+    /// The tag at the destination, as a template (`{tag}-mirrored`), from
+    /// the selection file; import's `--tag-template` wins over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag_template: Option<String>,
+    /// Set when the image is one platform's manifest taken out of this
+    /// vendor index (`singlePlatform`): the tag names the manifest itself,
+    /// so a signature the vendor made over the index does not verify
+    /// against it; only the manifest's own signature does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform_of: Option<Digest>,
+    /// What the tag pointed to at the source when it was resolved (a lock
+    /// file records it); not part of a bundle index.
+    #[serde(skip)]
+    pub resolved_digest: Option<Digest>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

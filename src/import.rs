@@ -187,7 +187,12 @@ pub async fn import_into(
     let request = GraphRequest {
         payloads: opts.policy.is_some(),
     };
-    let graph = source.graph(request).await?;
+    let mut graph = source.graph(request).await?;
+    let created = source
+        .index()
+        .map(|(i, _)| i.created.clone())
+        .unwrap_or_else(crate::time::creation_time);
+    retag(&mut graph, opts.target.tag_template.as_deref(), &created)?;
     let digest = source.index().map(|(_, d)| d.clone());
     if let Some(d) = &digest {
         check_bundle_signature(opts, d)?;
@@ -224,6 +229,39 @@ pub async fn import_into(
         mode,
         started,
     ))
+}
+
+/// Apply tag templates (`--tag-template`, else the image's own from the
+/// selection file) to the tags the images get at the destination. Only the
+/// image tag changes: digests do not, so signatures (`sha256-<hex>.sig`,
+/// named by digest) still verify for the renamed tag.
+pub fn retag(graph: &mut Graph, template: Option<&str>, created: &str) -> Result<()> {
+    if let Some(t) = template {
+        crate::selection::check_tag_template(t)
+            .map_err(|e| Error::Usage(format!("--tag-template: {e}")))?;
+    }
+    let mut seen: std::collections::HashMap<(String, Option<String>, String), Digest> =
+        Default::default();
+    for img in &mut graph.images {
+        let (Some(tag), Some(tmpl)) = (img.tag.clone(), template.or(img.tag_template.as_deref()))
+        else {
+            continue;
+        };
+        let new = crate::selection::render_tag_template(tmpl, &tag, &img.digest, created)
+            .map_err(|e| Error::Usage(format!("{}: {e}", img.source)))?;
+        let key = (img.repository.clone(), img.target.clone(), new.clone());
+        if let Some(other) = seen.insert(key, img.digest.clone()) {
+            if other != img.digest {
+                return Err(Error::Usage(format!(
+                    "tag template {tmpl:?} gives {} and another image of {} the same tag {new} ({other} and {}); use {{tag}} or {{digest12}} in it",
+                    img.source, img.repository, img.digest
+                )));
+            }
+        }
+        img.ref_name = Some(crate::layout::ref_name(&img.repository, &new));
+        img.tag = Some(new);
+    }
+    Ok(())
 }
 
 fn cores() -> usize {

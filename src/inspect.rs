@@ -84,8 +84,17 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
                 img.source_digest
             );
         }
+        if let Some(index) = &img.platform_of {
+            let _ = writeln!(
+                s,
+                "  single platform: this is one platform's manifest out of the vendor index {index}; a signature the vendor made over that index will not verify against it, only one over this manifest"
+            );
+        }
         if let Some(t) = &img.target {
             let _ = writeln!(s, "  target:    {t}");
+        }
+        if let Some(t) = &img.tag_template {
+            let _ = writeln!(s, "  tag template at import: {t}");
         }
         for p in &img.platforms {
             let _ = writeln!(

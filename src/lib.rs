@@ -24,6 +24,7 @@ pub mod import;
 pub mod inspect;
 pub mod inventory;
 pub mod layout;
+pub mod lock;
 pub mod oci;
 pub mod output;
 pub mod progress;
@@ -38,5 +39,6 @@ pub mod time;
 pub mod transfer;
 pub mod trust;
 pub mod verify;
+pub mod version;
 
 pub use error::{Error, ErrorKind};

@@ -343,16 +343,33 @@ enum Command {
     Export {
         /// Output bundle, e.g. mirror.tar.zst (a NAME.tar.zst.sha256 is written beside it);
         /// - writes the bundle to stdout (reports then go to stderr).
-        #[arg(long, short)]
-        output: PathBuf,
-        /// Selection file (YAML), see README.
+        #[arg(long, short, required_unless_present = "dry_run")]
+        output: Option<PathBuf>,
+        /// Selection file (YAML), see README; repeatable.
         #[arg(long = "file", short = 'f')]
-        file: Option<PathBuf>,
+        files: Vec<PathBuf>,
+        /// Only the images of this set (or image handle) of the selection files; repeatable.
+        #[arg(long = "set", value_name = "NAME", requires = "files")]
+        sets: Vec<String>,
         /// Image references: [docker://]registry/repo:tag or @sha256:…, or oci:DIR[:REF].
         refs: Vec<String>,
-        /// Keep only these platforms of command-line references (os/arch[/variant], repeatable).
+        /// Keep only these platforms (os/arch[/variant], repeatable): for command-line
+        /// references and for selection-file images without `platforms` of their own.
         #[arg(long = "platform")]
         platforms: Vec<String>,
+        /// Resolve, check and print what would be exported (images, tags, digests, platforms,
+        /// sizes, signatures, policy verdict); no layer is downloaded, nothing is written.
+        #[arg(long)]
+        dry_run: bool,
+        /// Write every resolved tag with its digest and platforms to this lock file (JSON).
+        #[arg(long, value_name = "FILE", conflicts_with = "locked")]
+        lock: Option<PathBuf>,
+        /// Export exactly what this lock file lists; refuse if a tag moved since.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["files", "refs", "sets"])]
+        locked: Option<PathBuf>,
+        /// With --dry-run: show where `import --to HOST[/PREFIX|/TEMPLATE]` would put each image.
+        #[arg(long, value_name = "HOST[/PATH]", requires = "dry_run")]
+        to: Option<String>,
         /// Fail if any image or platform manifest has no signature.
         #[arg(long)]
         require_signatures: bool,
@@ -423,6 +440,10 @@ enum Command {
         /// --on-existing-tag for every name).
         #[arg(long, value_enum, default_value_t = ArtifactPolicy::Merge)]
         on_existing_artifact: ArtifactPolicy,
+        /// The tag at the destination: {tag}, {version}, {date} (the bundle's creation date,
+        /// YYYYMMDD), {digest12}; e.g. {tag}-mirrored. Wins over the selection file's tagTemplate.
+        #[arg(long, value_name = "TEMPLATE")]
+        tag_template: Option<String>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -592,9 +613,14 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Export {
             output,
-            file,
+            files,
+            sets,
             refs,
             platforms,
+            dry_run,
+            lock,
+            locked,
+            to,
             require_signatures,
             level,
             threads,
@@ -610,12 +636,14 @@ async fn run(cli: Cli) -> Result<()> {
             trust,
             registry,
         } => {
-            if volume_size.is_some() && output.as_os_str() == "-" {
+            let output = output.unwrap_or_else(|| PathBuf::from("-"));
+            if volume_size.is_some() && output.as_os_str() == "-" && !dry_run {
                 bail!(airlock::Error::Usage(
                     "--volume-size needs an output file (-o NAME.tar.zst), not stdout".into()
                 ));
             }
             let mut opts = ExportOptions::new(&output);
+            opts.lock = lock;
             opts.level = level;
             if let Some(t) = threads {
                 opts.threads = t;
@@ -633,7 +661,22 @@ async fn run(cli: Cli) -> Result<()> {
                 opts.base.add_inventory(i, &inventory_key)?;
             }
             opts.policy = trust.load()?.map(Arc::new);
-            export_cmd(file, refs, platforms, opts, json, registry).await
+            let sel = match &locked {
+                Some(path) => {
+                    if !platforms.is_empty() {
+                        bail!(airlock::Error::Usage(
+                            "--locked exports the platforms the lock file lists; leave out --platform"
+                                .into()
+                        ));
+                    }
+                    airlock::lock::LockFile::read(path)?.selections(path)?
+                }
+                None => selection_of(&files, &sets, &refs, &platforms)?,
+            };
+            if dry_run {
+                return plan_cmd(sel, opts, to.as_deref(), json, registry).await;
+            }
+            export_cmd(sel, opts, json, registry).await
         }
         Command::Import {
             bundle,
@@ -642,6 +685,7 @@ async fn run(cli: Cli) -> Result<()> {
             verify_first,
             audit_log,
             on_existing_artifact,
+            tag_template,
             json,
             trust,
             bundle_key,
@@ -663,6 +707,7 @@ async fn run(cli: Cli) -> Result<()> {
             let result = import_cmd(
                 &bundle,
                 &to,
+                tag_template,
                 (
                     on_existing_tag.into(),
                     on_existing_artifact.into(),
@@ -811,13 +856,29 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn selection_of(
-    file: Option<PathBuf>,
+    files: &[PathBuf],
+    sets: &[String],
     refs: &[String],
     platforms: &[String],
 ) -> Result<Vec<selection::ImageSelection>> {
     let mut sel = Vec::new();
-    if let Some(f) = &file {
-        sel.extend(selection::load_file(f)?);
+    if !files.is_empty() {
+        let mut from_files = selection::load_files(files, sets)?;
+        if !platforms.is_empty() {
+            for s in from_files.iter_mut().filter(|s| s.platforms.is_empty()) {
+                s.platforms = platforms
+                    .iter()
+                    .map(|p| {
+                        airlock::oci::Platform::parse(p).ok_or_else(|| {
+                            airlock::Error::Usage(format!(
+                                "--platform {p:?} is not os/arch[/variant]"
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            }
+        }
+        sel.extend(from_files);
     }
     sel.extend(selection::from_refs(refs, platforms)?);
     if sel.is_empty() {
@@ -828,15 +889,108 @@ fn selection_of(
     Ok(sel)
 }
 
+/// `export --dry-run`: the plan, then the error the export would hit.
+async fn plan_cmd(
+    sel: Vec<selection::ImageSelection>,
+    mut opts: ExportOptions,
+    to: Option<&str>,
+    json: bool,
+    registry: RegistryArgs,
+) -> Result<()> {
+    let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
+    let registries = Registries::new(registry.config(&hosts)?);
+    opts.jobs = registry.jobs;
+    let target = to
+        .map(|t| Target::parse(t.strip_prefix("docker://").unwrap_or(t)))
+        .transpose()?;
+    let (plan, failure) = export::plan(&registries, &sel, &opts, target.as_ref()).await?;
+    if json {
+        print_json(&plan)?;
+    } else {
+        print_plan(&plan)?;
+    }
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+fn print_plan(plan: &export::Plan) -> Result<()> {
+    for w in &plan.warnings {
+        outln!("warning: {w}");
+    }
+    for p in &plan.images {
+        let img = &p.entry;
+        outln!("{}", img.source);
+        outln!(
+            "  digest:    {} ({}, {})",
+            img.digest,
+            img.media_type,
+            human_bytes(img.total_size)
+        );
+        if img.source_digest != img.digest {
+            outln!("  original:  {} (platform-filtered)", img.source_digest);
+        }
+        if let Some(i) = &img.platform_of {
+            outln!("  single platform out of the vendor index {i} (its index signature will not verify against it)");
+        }
+        for pl in &img.platforms {
+            outln!(
+                "  platform:  {:<14} {} ({})",
+                pl.platform.as_deref().unwrap_or("-"),
+                pl.digest,
+                human_bytes(pl.size)
+            );
+        }
+        outln!(
+            "  signed:    {} signature(s), {} attestation(s){}",
+            p.signatures,
+            p.attestations,
+            if p.unsigned.is_empty() {
+                String::new()
+            } else {
+                format!("; UNSIGNED: {}", p.unsigned.join(", "))
+            }
+        );
+        if let Some(d) = &p.destination {
+            outln!("  import to: {d}");
+        }
+    }
+    if let Some(verdicts) = &plan.policy {
+        for v in verdicts {
+            outln!("{}", v.line());
+        }
+    }
+    outln!(
+        "plan: {} images, {} manifests, {} blobs ({}); bundle content {}{}",
+        plan.images.len(),
+        plan.manifests,
+        plan.blobs,
+        human_bytes(plan.blob_bytes),
+        human_bytes(plan.total_bytes),
+        if plan.external_blobs > 0 {
+            format!(
+                "; {} layers ({}) left out, the base has them",
+                plan.external_blobs,
+                human_bytes(plan.external_bytes)
+            )
+        } else {
+            String::new()
+        }
+    );
+    match &plan.would_fail {
+        Some(why) => outln!("the export would fail: {why}"),
+        None => outln!("dry run: nothing downloaded but manifests and signatures, nothing written"),
+    }
+    Ok(())
+}
+
 async fn export_cmd(
-    file: Option<PathBuf>,
-    refs: Vec<String>,
-    platforms: Vec<String>,
+    sel: Vec<selection::ImageSelection>,
     mut opts: ExportOptions,
     json: bool,
     registry: RegistryArgs,
 ) -> Result<()> {
-    let sel = selection_of(file, &refs, &platforms)?;
     let hosts: Vec<String> = sel.iter().map(|s| s.repo.registry.clone()).collect();
     let registries = Registries::new(registry.config(&hosts)?);
     opts.jobs = registry.jobs;
@@ -964,9 +1118,11 @@ fn print_import(report: &import::ImportReport, json: bool) -> Result<()> {
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn import_cmd(
     bundle: &[String],
     to: &str,
+    tag_template: Option<String>,
     (on_existing_tag, on_existing_artifact, verify_first): (
         OnExistingTag,
         OnExistingArtifact,
@@ -996,13 +1152,16 @@ async fn import_cmd(
         .unwrap_or_else(|| "-".into());
     let bundle_key = bundle_key.load(&first)?;
     let layout_dir = to.strip_prefix("oci:").map(PathBuf::from);
-    let target = match &layout_dir {
+    let mut target = match &layout_dir {
         Some(_) => Target {
             host: String::new(),
             template: "{repo}".into(),
+            prefixed: false,
+            tag_template: None,
         },
         None => Target::parse(to.strip_prefix("docker://").unwrap_or(to))?,
     };
+    target.tag_template = tag_template;
     let registries = Registries::new(registry.config(std::slice::from_ref(&target.host))?);
     let opts = ImportOptions {
         target: target.clone(),

@@ -510,7 +510,7 @@ async fn the_gate_refuses_an_unsigned_image_before_prepare() {
         let err = gated_copy(&mut source, &mut sink, &gate(true))
             .await
             .expect_err("unsigned images under --require-signatures");
-        assert!(matches!(err, Error::Refused(_)), "{err:?}");
+        assert!(matches!(err, Error::Unsigned(_)), "{err:?}");
         let msg = err.to_string();
         assert!(
             msg.contains("mem.example/app0:v1") && msg.contains("nothing was copied"),

@@ -921,6 +921,9 @@ fn test_image(
         ref_name: None,
         artifacts: vec![artifact],
         total_size: 0,
+        tag_template: None,
+        platform_of: None,
+        resolved_digest: None,
     }
 }
 

@@ -106,6 +106,9 @@ impl Content {
         let target = Target {
             host: String::new(),
             template: template.to_string(),
+            // Served names keep the selection-file target whole, as before.
+            prefixed: false,
+            tag_template: None,
         };
         let mut content = Content {
             bundles: Vec::new(),

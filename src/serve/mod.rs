@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Called once per request with its log line.
+pub type RequestLogger = Arc<dyn Fn(&RequestLog) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -27,7 +30,7 @@ pub struct ServeOptions {
     /// bcrypt htpasswd file (`htpasswd -B`): basic auth on every request.
     pub htpasswd: Option<PathBuf>,
     /// Request log lines (one per request); `None` logs nothing.
-    pub log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    pub log: Option<RequestLogger>,
 }
 
 /// One request, as logged.
@@ -51,7 +54,7 @@ pub struct Server {
     content: Arc<Content>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Option<Arc<auth::Htpasswd>>,
-    log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: Option<RequestLogger>,
 }
 
 /// Bind the address and read the TLS and auth files (so a bad file fails
@@ -131,7 +134,7 @@ impl Server {
 async fn answer(
     content: Arc<Content>,
     auth: Option<Arc<auth::Htpasswd>>,
-    log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: Option<RequestLogger>,
     remote: SocketAddr,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<api::Body> {
@@ -165,7 +168,7 @@ async fn answer(
 }
 
 fn finish_log(
-    log: &Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: &Option<RequestLogger>,
     remote: SocketAddr,
     method: &str,
     path: &str,

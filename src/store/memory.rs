@@ -239,6 +239,9 @@ pub fn test_graph(spec: TestSpec) -> TestContent {
             ref_name: Some(format!("app{i}:v1")),
             artifacts,
             total_size,
+            tag_template: None,
+            platform_of: None,
+            resolved_digest: None,
         });
         b.content.graph.add_manifest(m);
     }

@@ -30,10 +30,10 @@ async fn resolver_for(registries: &Registries, sel: &ImageSelection) -> Result<A
 async fn resolve_one(
     registries: &Registries,
     sel: &ImageSelection,
-) -> Result<(Arc<dyn Resolver>, Vec<Resolved>)> {
+) -> Result<(Arc<dyn Resolver>, Vec<Resolved>, Vec<String>)> {
     let store = resolver_for(registries, sel).await?;
-    let r = resolve::resolve_selection(store.as_ref(), sel).await?;
-    Ok((store, r))
+    let (r, warnings) = resolve::resolve_selection(store.as_ref(), sel).await?;
+    Ok((store, r, warnings))
 }
 
 /// Where downloads go.
@@ -100,7 +100,7 @@ impl<'a> RegistrySource<'a> {
         }
     }
 
-    async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>)>> {
+    async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>, Vec<String>)>> {
         let registries = self.registries;
         let each: Vec<_> = self
             .selection
@@ -185,8 +185,10 @@ impl Source for RegistrySource<'_> {
     fn graph(&mut self, req: GraphRequest) -> BoxFuture<'_, Result<Graph>> {
         Box::pin(async move {
             let mut resolved = Vec::new();
+            let mut warnings = Vec::new();
             let all = self.resolve_all().await?;
-            for ((store, images), sel) in all.into_iter().zip(&self.selection) {
+            for ((store, images, w), sel) in all.into_iter().zip(&self.selection) {
+                warnings.extend(w);
                 for r in images {
                     self.stores.push(store.clone());
                     self.local.push(sel.layout.is_some());
@@ -194,9 +196,15 @@ impl Source for RegistrySource<'_> {
                 }
             }
             if resolved.is_empty() {
-                return Err(Error::Selection("nothing selected".into()));
+                return Err(Error::Selection(if warnings.is_empty() {
+                    "nothing selected".into()
+                } else {
+                    format!("nothing selected:\n  {}", warnings.join("\n  "))
+                }));
             }
             let mut graph = resolve::into_graph(resolved);
+            // Printed by the gate as warnings, before anything is written.
+            graph.skipped.splice(0..0, warnings);
             if req.payloads {
                 self.read_payloads(&mut graph).await?;
             }
@@ -348,10 +356,20 @@ fn artifact_merge(
 /// `{repo}` (the full source repository path) and `{name}` (its last
 /// component); a path without braces is a prefix (`HOST/mirror` =
 /// `HOST/mirror/{repo}`); no path keeps the source path (`{repo}`).
+///
+/// A selection-file `target` replaces the source path: under a plain
+/// prefix it goes below the prefix (`HOST/mirror` + `target: op` =
+/// `mirror/op`); with a template (`{repo}`, `{name}`) it replaces the whole
+/// path, as the template would only rename the source path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub host: String,
     pub template: String,
+    /// The path was a plain prefix (no braces): a `target` goes under it.
+    pub prefixed: bool,
+    /// The tag at the destination (`import --tag-template`); wins over a
+    /// template the selection file gave an image.
+    pub tag_template: Option<String>,
 }
 
 impl Target {
@@ -373,6 +391,8 @@ impl Target {
         let t = Target {
             host: host.to_string(),
             template,
+            prefixed: !path.contains('{'),
+            tag_template: None,
         };
         // Reject a template that cannot give a valid name.
         t.repository("a/b", None)?;
@@ -389,6 +409,8 @@ impl Target {
         Ok(Target {
             host: host.to_string(),
             template: repository.to_string(),
+            prefixed: false,
+            tag_template: None,
         })
     }
 
@@ -396,6 +418,7 @@ impl Target {
     pub fn repository(&self, source_repo: &str, image_target: Option<&str>) -> Result<String> {
         let name = source_repo.rsplit('/').next().unwrap_or(source_repo);
         let repo = match image_target {
+            Some(t) if self.prefixed => self.template.replace("{repo}", t),
             Some(t) if self.template.contains('{') => t.to_string(),
             _ => self
                 .template
