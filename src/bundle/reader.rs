@@ -428,6 +428,19 @@ fn stream_decoder<R: Read>(
 }
 
 impl<R: Read> Walk<R> {
+    /// The start alone (the index, a label), for a reader that goes no
+    /// further: one byte of the next block is read too, so that the decoder
+    /// finishes the frames before it and checks their checksums (a read
+    /// that stops at the index's last byte never gets there).
+    fn head(r: R, bundle: &str) -> Result<Walk<R>, BundleError> {
+        let mut w = Walk::start(r, bundle)?;
+        let mut next = [0u8; 1];
+        w.t.r
+            .read_exact(&mut next)
+            .map_err(|e| corrupt(bundle, format!("after the bundle index: {e}")))?;
+        Ok(w)
+    }
+
     /// Read the bundle index (and a volume's label) at the start.
     fn start(r: R, bundle: &str) -> Result<Walk<R>, BundleError> {
         let mut t = TarStream {
@@ -645,7 +658,7 @@ pub fn read_index_only<R: Read>(
     input: R,
     bundle: &str,
 ) -> Result<(BundleIndex, Digest, Option<VolumeLabel>), BundleError> {
-    let w = Walk::start(stream_decoder(input, bundle)?, bundle)?;
+    let w = Walk::head(stream_decoder(input, bundle)?, bundle)?;
     Ok((w.index, w.digest, w.label))
 }
 
@@ -755,7 +768,7 @@ fn open_head(path: &Path) -> Result<Option<Head>, BundleError> {
         )
     })?;
     f.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    let w = Walk::start(decoder(BufReader::new(f), &name)?, &name)?;
+    let w = Walk::head(decoder(BufReader::new(f), &name)?, &name)?;
     let mut preamble_end = 512 + padded(w.index_len);
     if w.label.is_some() {
         preamble_end += 512 + padded(w.label_len);
