@@ -538,7 +538,7 @@ fn build_cases(good: &Good, dir: &Path) -> Vec<Case> {
     // Non-zero tar padding after a small blob.
     let mut g = good.clone();
     let padded = (small..g.ents.len())
-        .find(|i| g.ents[*i].data.len() % 512 != 0)
+        .find(|i| !g.ents[*i].data.len().is_multiple_of(512))
         .unwrap();
     g.ents[padded].pad = b'X';
     b.bad(Class::Bomb, "nonzero-padding", g.bundle(), 3, "padding");

@@ -678,28 +678,29 @@ mod tests {
 
     #[test]
     fn frames_round_trip_and_seek() {
-        let mut w = FramedWriter::new(Vec::new(), 3, 2, 1000).unwrap();
-        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        // Frames are at least 4096 bytes (the writer's clamp).
+        let mut w = FramedWriter::new(Vec::new(), 3, 2, 4096).unwrap();
+        let data: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
         w.write_all(&data[..123]).unwrap();
         w.cut().unwrap();
         w.write_all(&data[123..]).unwrap();
         let (out, frames) = w.finish().unwrap();
         assert_eq!(frames[0].decompressed, 123);
-        assert!(frames.iter().all(|f| f.decompressed <= 1000));
+        assert!(frames.iter().all(|f| f.decompressed <= 4096));
         // Standard decoders read it whole, skipping the seek table.
         assert_eq!(zstd::decode_all(&out[..]).unwrap(), data);
         let mut cur = io::Cursor::new(&out);
         let table = SeekTable::read(&mut cur).unwrap();
-        assert_eq!(table.decompressed_len, 10_000);
-        let (c, d) = table.locate(5000).unwrap();
+        assert_eq!(table.decompressed_len, 40_000);
+        let (c, d) = table.locate(20_000).unwrap();
         let mut dec = zstd::stream::read::Decoder::new(&out[c as usize..]).unwrap();
-        let mut skip = vec![0u8; (5000 - d) as usize];
+        let mut skip = vec![0u8; (20_000 - d) as usize];
         dec.read_exact(&mut skip).unwrap();
         let mut got = [0u8; 10];
         dec.read_exact(&mut got).unwrap();
-        assert_eq!(&got, &data[5000..5010]);
+        assert_eq!(&got, &data[20_000..20_010]);
         // Deterministic whatever the thread count.
-        let mut w1 = FramedWriter::new(Vec::new(), 3, 1, 1000).unwrap();
+        let mut w1 = FramedWriter::new(Vec::new(), 3, 1, 4096).unwrap();
         w1.write_all(&data[..123]).unwrap();
         w1.cut().unwrap();
         w1.write_all(&data[123..]).unwrap();
@@ -707,5 +708,47 @@ mod tests {
         // A truncated file has no seek table.
         let mut cut = io::Cursor::new(&out[..out.len() - 3]);
         assert!(SeekTable::read(&mut cut).is_err());
+    }
+
+    fn read_checked(bytes: &[u8]) -> io::Result<u64> {
+        io::copy(&mut CheckedFrames::new(bytes), &mut io::sink())
+    }
+
+    #[test]
+    fn frame_rules_accept_the_writer_and_refuse_what_it_never_writes() {
+        let mut w = FramedWriter::new(Vec::new(), 3, 1, 4096).unwrap();
+        w.write_all(&[7u8; 10_000]).unwrap();
+        let (out, frames) = w.finish().unwrap();
+        read_checked(&out).unwrap();
+        let mut file = io::Cursor::new(&out);
+        let table = SeekTable::read(&mut file).unwrap();
+        check_file_frames(&mut file, &table).unwrap();
+        let frames_len = out.len() - (frames.len() * 8 + 17);
+
+        // A skippable frame with a payload between frames.
+        let mut spliced = out[..frames_len].to_vec();
+        spliced.extend_from_slice(&[0x50, 0x2A, 0x4D, 0x18, 1, 0, 0, 0, b'x']);
+        spliced.extend_from_slice(&out[frames_len..]);
+        let e = read_checked(&spliced).unwrap_err().to_string();
+        assert!(e.contains("skippable frame"), "{e}");
+
+        // A seek table that lies about one frame.
+        let mut lying = out.clone();
+        lying[frames_len + 8 + 4] ^= 1; // frame 0's decompressed size
+        let e = read_checked(&lying).unwrap_err().to_string();
+        assert!(e.contains("seek table says frame 0"), "{e}");
+
+        // A frame without content size or checksum (another tool's output).
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.include_contentsize(false).unwrap();
+        let bare = c.compress(b"hello").unwrap();
+        let e = read_checked(&bare).unwrap_err().to_string();
+        assert!(e.contains("without content"), "{e}");
+
+        // A frame cut short.
+        let e = read_checked(&out[..frames_len - 2])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ends inside a frame"), "{e}");
     }
 }

@@ -283,7 +283,8 @@ impl<R: Read> TarStream<R> {
     /// A small entry (the index, a label) whole: header, data, padding.
     fn small(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
         let size = self.header(path, Size::AtMost(limit))?;
-        let mut bytes = Vec::with_capacity(size as usize);
+        // Grown as the bytes arrive: a header may claim the limit and stop.
+        let mut bytes = Vec::with_capacity(size.min(1 << 20) as usize);
         (&mut self.r)
             .take(size)
             .read_to_end(&mut bytes)

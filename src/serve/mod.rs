@@ -19,6 +19,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// Where each request's log line goes (the CLI prints it on stderr).
+pub type LogFn = Arc<dyn Fn(&RequestLog) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct ServeOptions {
     pub listen: SocketAddr,
@@ -27,7 +30,7 @@ pub struct ServeOptions {
     /// bcrypt htpasswd file (`htpasswd -B`): basic auth on every request.
     pub htpasswd: Option<PathBuf>,
     /// Request log lines (one per request); `None` logs nothing.
-    pub log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    pub log: Option<LogFn>,
 }
 
 /// One request, as logged.
@@ -51,7 +54,7 @@ pub struct Server {
     content: Arc<Content>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     auth: Option<Arc<auth::Htpasswd>>,
-    log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: Option<LogFn>,
 }
 
 /// Bind the address and read the TLS and auth files (so a bad file fails
@@ -131,7 +134,7 @@ impl Server {
 async fn answer(
     content: Arc<Content>,
     auth: Option<Arc<auth::Htpasswd>>,
-    log: Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: Option<LogFn>,
     remote: SocketAddr,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> hyper::Response<api::Body> {
@@ -165,7 +168,7 @@ async fn answer(
 }
 
 fn finish_log(
-    log: &Option<Arc<dyn Fn(&RequestLog) + Send + Sync>>,
+    log: &Option<LogFn>,
     remote: SocketAddr,
     method: &str,
     path: &str,
