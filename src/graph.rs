@@ -7,6 +7,9 @@
 use crate::digest::Digest;
 pub use crate::image::{Artifact, ArtifactKind, ImageEntry, PlatformEntry};
 use crate::oci::{Manifest, ManifestView, ANNOTATION_ORIGINAL_INDEX};
+// Names from a source (a bundle's `source`, tags) are input: every message
+// shows them escaped and cut.
+use crate::progress::printable;
 use bytes::Bytes;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -280,7 +283,8 @@ impl Walker<'_> {
                 origin: self.bundle.into(),
                 detail: format!(
                     "{}: its platform list does not match the manifests of {}",
-                    entry.source, entry.digest
+                    printable(&entry.source),
+                    entry.digest
                 ),
             });
         }
@@ -292,7 +296,7 @@ impl Walker<'_> {
         if entry.source_digest == entry.digest {
             return Ok(());
         }
-        let name = &entry.source;
+        let name = &printable(&entry.source);
         let original = view(
             self.bundle,
             self.manifests,
@@ -322,7 +326,7 @@ impl Walker<'_> {
         root: &ManifestView,
         need: &mut Needed,
     ) -> Result<Vec<ManifestPush>, GraphError> {
-        let name = &entry.source;
+        let name = &printable(&entry.source);
         if root.manifests.len() > MAX_PLATFORMS {
             return Err(GraphError::Inconsistent {
                 origin: self.bundle.into(),
@@ -376,7 +380,7 @@ impl Walker<'_> {
         entry: &ImageEntry,
         need: &mut Needed,
     ) -> Result<Vec<ManifestPush>, GraphError> {
-        let name = &entry.source;
+        let name = &printable(&entry.source);
         let mut artifacts = Vec::new();
         let mut fallback = Vec::new();
         // An artifact is about this image: its index, the vendor's index, a
@@ -454,7 +458,10 @@ impl Walker<'_> {
                 origin: self.bundle.into(),
                 detail: format!(
                     "{name}: artifact {} ({:?}, tag {:?}) does not match its subject {}",
-                    a.digest, a.kind, a.tag, a.subject
+                    a.digest,
+                    a.kind,
+                    a.tag.as_deref().map(printable),
+                    a.subject
                 ),
             });
         }
@@ -470,7 +477,11 @@ impl Walker<'_> {
         {
             return Err(GraphError::Inconsistent {
                 origin: self.bundle.into(),
-                detail: format!("{}: {t:?} is not a valid tag", entry.source),
+                detail: format!(
+                    "{}: {:?} is not a valid tag",
+                    printable(&entry.source),
+                    printable(t)
+                ),
             });
         }
         // So do the repository and a selection target: names from a source
@@ -484,13 +495,18 @@ impl Walker<'_> {
                     origin: self.bundle.into(),
                     detail: format!(
                         "{}: {what} {:?} is not a valid repository name",
-                        crate::progress::printable(&entry.source),
-                        crate::progress::printable(n)
+                        printable(&entry.source),
+                        printable(n)
                     ),
                 });
             }
         }
-        let root = view(self.bundle, self.manifests, &entry.digest, &entry.source)?;
+        let root = view(
+            self.bundle,
+            self.manifests,
+            &entry.digest,
+            &printable(&entry.source),
+        )?;
         self.check_platform_list(entry, &root)?;
         self.check_filtered(entry, &root)?;
         let mut need = Needed::default();

@@ -4,7 +4,7 @@
 use crate::bundle::volumes::VolumeLabel;
 use crate::bundle::{self, BundleError, BundleIndex};
 use crate::digest::Digest;
-use crate::progress::human_bytes;
+use crate::progress::{human_bytes, printable as p};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -29,6 +29,7 @@ pub fn read_head(path: &Path) -> Result<(BundleIndex, Digest, Option<VolumeLabel
 }
 
 /// A human summary of a bundle index (and of which volume a file is).
+/// Every string from the index is shown through [`p`]: escaped and cut.
 pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>) -> String {
     let mut s = String::new();
     let total: u64 = index.members.iter().map(|m| m.size).sum();
@@ -44,7 +45,12 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
             human_bytes(v.max_size)
         );
     }
-    let _ = writeln!(s, "created:       {} by {}", index.created, index.tool);
+    let _ = writeln!(
+        s,
+        "created:       {} by {}",
+        p(&index.created),
+        p(&index.tool)
+    );
     let _ = writeln!(
         s,
         "members:       {} ({} uncompressed)",
@@ -52,7 +58,7 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
         human_bytes(total)
     );
     for b in &index.base {
-        let _ = writeln!(s, "base:          {} {}", b.kind, b.digest);
+        let _ = writeln!(s, "base:          {} {}", p(&b.kind), b.digest);
     }
     if !index.external.is_empty() {
         let _ = writeln!(
@@ -69,12 +75,12 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
         );
     }
     for img in &index.images {
-        let _ = writeln!(s, "\n{}", img.source);
+        let _ = writeln!(s, "\n{}", p(&img.source));
         let _ = writeln!(
             s,
             "  digest:    {} ({}, {})",
             img.digest,
-            img.media_type,
+            p(&img.media_type),
             human_bytes(img.total_size)
         );
         if img.source_digest != img.digest {
@@ -91,18 +97,18 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
             );
         }
         if let Some(t) = &img.target {
-            let _ = writeln!(s, "  target:    {t}");
+            let _ = writeln!(s, "  target:    {}", p(t));
         }
         if let Some(t) = &img.tag_template {
             let _ = writeln!(s, "  tag template at import: {t}");
         }
-        for p in &img.platforms {
+        for pl in &img.platforms {
             let _ = writeln!(
                 s,
                 "  platform:  {:<14} {} ({})",
-                p.platform.as_deref().unwrap_or("-"),
-                p.digest,
-                human_bytes(p.size)
+                p(pl.platform.as_deref().unwrap_or("-")),
+                pl.digest,
+                human_bytes(pl.size)
             );
         }
         for a in &img.artifacts {
@@ -114,15 +120,15 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
                 a.subject,
                 a.tag
                     .as_ref()
-                    .map(|t| format!(" tag {t}"))
+                    .map(|t| format!(" tag {}", p(t)))
                     .unwrap_or_default(),
                 a.artifact_type
                     .as_ref()
-                    .map(|t| format!(" type {t}"))
+                    .map(|t| format!(" type {}", p(t)))
                     .unwrap_or_default()
                     + &a.predicate_types
                         .iter()
-                        .map(|t| format!(" predicate {t}"))
+                        .map(|t| format!(" predicate {}", p(t)))
                         .collect::<String>(),
             );
         }

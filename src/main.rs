@@ -19,10 +19,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// A line on stdout; a closed pipe (`airlock inspect --json B | head`)
-/// becomes an error that `main` ends quietly on, never a panic.
+/// becomes an error that `main` ends quietly on, never a panic. Reports
+/// echo names from bundles and registries: control characters escaped.
 macro_rules! outln {
     ($($t:tt)*) => {
-        writeln!(std::io::stdout(), $($t)*)?
+        writeln!(std::io::stdout(), "{}", airlock::progress::printable_text(&format!($($t)*)))?
     };
 }
 
@@ -596,7 +597,8 @@ fn stderr_events() -> airlock::progress::EventsHandle {
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    outln!("{}", serde_json::to_string_pretty(v)?);
+    // JSON escapes control characters itself (and must stay valid JSON).
+    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(v)?)?;
     Ok(())
 }
 
@@ -1880,7 +1882,10 @@ fn main() {
             eprintln!("airlock: {i}");
             std::process::exit(128 + i.signal);
         }
-        eprintln!("airlock: error: {e:#}");
+        eprintln!(
+            "airlock: error: {}",
+            airlock::progress::printable_text(&format!("{e:#}"))
+        );
         std::process::exit(exit_code(&e));
     }
 }

@@ -38,10 +38,10 @@ pub fn note(msg: &str) {
         return;
     }
     if std::io::stderr().is_terminal() {
-        let _ = bars().println(msg);
+        let _ = bars().println(printable_text(msg));
         return;
     }
-    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+    let _ = writeln!(std::io::stderr().lock(), "{}", printable_text(msg));
 }
 
 /// Where the library's notes and progress go (unsigned-image warnings,
@@ -92,14 +92,31 @@ impl std::fmt::Debug for EventsHandle {
 
 /// A string from input (a bundle, a registry, a request) made safe to
 /// print: control characters are escaped, so it cannot move the cursor,
-/// erase a line or fake the output around it.
+/// erase a line or fake the output around it; and it is cut to
+/// [`MAX_SHOWN`] characters, so a name of megabytes cannot flood a message.
 pub fn printable(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
-        return s.to_string();
+    let mut out = escape(s.chars().take(MAX_SHOWN), false);
+    let kept: usize = s.chars().take(MAX_SHOWN).map(char::len_utf8).sum();
+    if kept < s.len() {
+        out.push_str(&format!("…({} more bytes)", s.len() - kept));
     }
-    s.chars()
+    out
+}
+
+/// The most characters of one input string shown by [`printable`].
+pub const MAX_SHOWN: usize = 256;
+
+/// A whole message or report that may hold strings from input: control
+/// characters escaped except the line breaks and tabs of its own layout.
+/// Nothing is cut (use [`printable`] on each string for that).
+pub fn printable_text(s: &str) -> String {
+    escape(s.chars(), true)
+}
+
+fn escape(chars: impl Iterator<Item = char>, keep_layout: bool) -> String {
+    chars
         .map(|c| {
-            if c.is_control() {
+            if c.is_control() && !(keep_layout && matches!(c, '\n' | '\t')) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()

@@ -131,7 +131,7 @@ async fn registry_to_registry_keeps_bytes_and_signatures() {
     assert_same_image(&s, &d, gateway, "bare/gw", "3.0.0").await;
 
     // A selection file instead of SRC: both operator versions by pattern,
-    // the per-image target honoured by the template.
+    // the per-image target honoured inside the template's prefix.
     let work = tempfile::tempdir().unwrap();
     let sel = work.path().join("images.yaml");
     std::fs::write(
@@ -148,8 +148,8 @@ async fn registry_to_registry_keeps_bytes_and_signatures() {
         sel.to_str().unwrap(),
         &format!("docker://{}/f/{{repo}}", dst.host),
     ]);
-    assert_same_image(&s, &d, op10, "sel/op", "1.0.0").await;
-    assert_same_image(&s, &d, op11, "sel/op", "1.1.0").await;
+    assert_same_image(&s, &d, op10, "f/sel/op", "1.0.0").await;
+    assert_same_image(&s, &d, op11, "f/sel/op", "1.1.0").await;
     // Neither SRC nor --file: a usage error, nothing copied.
     let (code, _, err) = airlock(&["copy", &format!("docker://{}/x", dst.host)]);
     assert_eq!(code, 2, "{err}");
@@ -160,13 +160,13 @@ async fn registry_to_registry_keeps_bytes_and_signatures() {
         repos,
         vec![
             "bare/gw",
+            "f/sel/op",
             "m/vendor/agent",
             "m/vendor/gateway",
             "mirror/pinned",
             "mirror/x",
             "mirror/y",
             "n/operator",
-            "sel/op",
             "vendor/gateway"
         ],
         "every copy went to exactly the repository named"

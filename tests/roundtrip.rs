@@ -71,7 +71,8 @@ async fn round_trip_keeps_every_digest_and_signature() {
     let d = client(&dst, test_config()).await;
     for img in &images {
         let target = if img.repository.ends_with("operator") {
-            "dynatrace-operator".to_string()
+            // A target stands for the template's variable part: inside mirror/.
+            "mirror/dynatrace-operator".to_string()
         } else {
             format!("mirror/{}", img.repository.rsplit('/').next().unwrap())
         };
@@ -95,7 +96,7 @@ async fn round_trip_keeps_every_digest_and_signature() {
     // The signature tag of each index is there under the cosign name.
     let sig = format!("{}.sig", images[0].digest.tag_stem());
     assert!(d
-        .head_manifest("dynatrace-operator", &sig)
+        .head_manifest("mirror/dynatrace-operator", &sig)
         .await
         .unwrap()
         .is_some());

@@ -5,11 +5,12 @@
 //! Every member is checked against the bundle index: path, size, and sha256
 //! (by [`VerifyingReader`], which fails at the end instead of reporting EOF).
 
-use super::frames::SeekTable;
+use super::frames::{check_file_frames, CheckedFrames, SeekTable};
 use super::volumes::{Entry, VolumeLabel, LABEL_PATH, MAX_LABEL_BYTES};
 use super::{is_layout_path, padded, BundleError, BundleIndex, Member, INDEX_MEDIA_TYPE};
 use super::{FORMAT_VERSION, INDEX_PATH, MAX_INDEX_BYTES};
 use crate::digest::{Digest, VerifyingReader};
+use crate::progress::printable;
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
@@ -54,12 +55,12 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
         bundle: bundle.to_string(),
         detail,
     };
-    let index: BundleIndex =
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let index: BundleIndex = serde_json::from_slice(bytes)
+        .map_err(|e| bad(format!("not valid JSON: {}", printable(&e.to_string()))))?;
     if index.schema_version != FORMAT_VERSION || index.media_type != INDEX_MEDIA_TYPE {
         return Err(bad(format!(
             "format {} version {} is not supported (this airlock reads {INDEX_MEDIA_TYPE} version {FORMAT_VERSION})",
-            index.media_type, index.schema_version
+            printable(&index.media_type), index.schema_version
         )));
     }
     let mut seen = HashSet::new();
@@ -68,7 +69,7 @@ pub fn parse_index(bundle: &str, bytes: &[u8]) -> Result<BundleIndex, BundleErro
         if !is_layout_path(&m.path) || m.path == INDEX_PATH {
             return Err(bad(format!(
                 "member path {:?} is not an OCI layout path",
-                m.path
+                printable(&m.path)
             )));
         }
         if !seen.insert(m.path.as_str()) {
@@ -144,7 +145,7 @@ fn check_block(
     expected: Option<(&str, Size)>,
 ) -> Result<u64, BundleError> {
     let header = tar::Header::from_byte_slice(block);
-    let path = String::from_utf8_lossy(&header.path_bytes()).into_owned();
+    let path = printable(&String::from_utf8_lossy(&header.path_bytes()));
     let what = expected.map(|(p, _)| p).unwrap_or("the end of the archive");
     if header.cksum().ok() != Some(ustar_checksum(block)) {
         return Err(corrupt(
@@ -282,7 +283,8 @@ impl<R: Read> TarStream<R> {
     /// A small entry (the index, a label) whole: header, data, padding.
     fn small(&mut self, path: &str, limit: u64) -> Result<Vec<u8>, BundleError> {
         let size = self.header(path, Size::AtMost(limit))?;
-        let mut bytes = Vec::with_capacity(size as usize);
+        // Grown as the bytes arrive: a header may claim the limit and stop.
+        let mut bytes = Vec::with_capacity(size.min(1 << 20) as usize);
         (&mut self.r)
             .take(size)
             .read_to_end(&mut bytes)
@@ -322,20 +324,48 @@ impl<R: Read> TarStream<R> {
     }
 
     /// Nothing after the end (the seek table is a skippable frame, which
-    /// the decoder skips). One byte is enough to tell: a bomb of zeros
-    /// behind the archive is refused without decompressing it.
+    /// the decoder skips). One block is enough to tell, and to name a
+    /// member hidden there: a bomb of zeros behind the archive is refused
+    /// without decompressing it.
     fn eof(&mut self) -> Result<(), BundleError> {
-        let mut one = [0u8; 1];
-        match self.r.read(&mut one) {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(BundleError::UnexpectedMember {
-                bundle: self.bundle.clone(),
-                member: "<data>".into(),
-                detail: "found after the end of the archive".into(),
-            }),
-            Err(e) => Err(corrupt(&self.bundle, e)),
+        let mut block = [0u8; 512];
+        let mut got = 0;
+        while got < block.len() {
+            match self.r.read(&mut block[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => return Err(corrupt(&self.bundle, e)),
+            }
         }
+        if got == 0 {
+            return Ok(());
+        }
+        Err(BundleError::UnexpectedMember {
+            bundle: self.bundle.clone(),
+            member: trailing_name(&block[..got]),
+            detail: "found after the end of the archive".into(),
+        })
     }
+}
+
+/// What follows the end of an archive, for a message: the path of a tar
+/// header (bounded: a ustar name field), or how much data.
+fn trailing_name(tail: &[u8]) -> String {
+    for block in tail.chunks(512) {
+        if block.iter().all(|b| *b == 0) {
+            continue;
+        }
+        if let Ok(header) = <&[u8; 512]>::try_from(block) {
+            if tar::Header::from_byte_slice(header).cksum().ok() == Some(ustar_checksum(header)) {
+                let path = tar::Header::from_byte_slice(header)
+                    .path_bytes()
+                    .into_owned();
+                return printable(&String::from_utf8_lossy(&path));
+            }
+        }
+        return "<data>".into();
+    }
+    "<zero blocks>".into()
 }
 
 /// What the walk of a stream does next.
@@ -388,7 +418,30 @@ fn decoder<R: Read>(
     Ok(dec)
 }
 
+/// A decoder for a bundle read from its first byte (a stream, or a file
+/// read in order): its compressed bytes pass [`FrameRules`] on the way in,
+/// so a stream obeys the same framing rules as a file with a seek table.
+fn stream_decoder<R: Read>(
+    input: R,
+    bundle: &str,
+) -> Result<zstd::stream::read::Decoder<'static, BufReader<CheckedFrames<R>>>, BundleError> {
+    decoder(CheckedFrames::new(input), bundle)
+}
+
 impl<R: Read> Walk<R> {
+    /// The start alone (the index, a label), for a reader that goes no
+    /// further: one byte of the next block is read too, so that the decoder
+    /// finishes the frames before it and checks their checksums (a read
+    /// that stops at the index's last byte never gets there).
+    fn head(r: R, bundle: &str) -> Result<Walk<R>, BundleError> {
+        let mut w = Walk::start(r, bundle)?;
+        let mut next = [0u8; 1];
+        w.t.r
+            .read_exact(&mut next)
+            .map_err(|e| corrupt(bundle, format!("after the bundle index: {e}")))?;
+        Ok(w)
+    }
+
     /// Read the bundle index (and a volume's label) at the start.
     fn start(r: R, bundle: &str) -> Result<Walk<R>, BundleError> {
         let mut t = TarStream {
@@ -606,7 +659,7 @@ pub fn read_index_only<R: Read>(
     input: R,
     bundle: &str,
 ) -> Result<(BundleIndex, Digest, Option<VolumeLabel>), BundleError> {
-    let w = Walk::start(decoder(input, bundle)?, bundle)?;
+    let w = Walk::head(stream_decoder(input, bundle)?, bundle)?;
     Ok((w.index, w.digest, w.label))
 }
 
@@ -617,7 +670,7 @@ pub fn read_stream<R: Read>(
     bundle: &str,
     mut visit: impl FnMut(StreamEvent) -> Result<(), BundleError>,
 ) -> Result<(BundleIndex, Digest), BundleError> {
-    let mut w = Walk::start(decoder(input, bundle)?, bundle)?;
+    let mut w = Walk::start(stream_decoder(input, bundle)?, bundle)?;
     if let Some(label) = &w.label {
         if label.volume != 1 {
             return Err(BundleError::ForeignVolume {
@@ -647,7 +700,7 @@ pub fn read_one_volume<R: Read>(
     input: R,
     bundle: &str,
 ) -> Result<(BundleIndex, Digest, VolumeLabel, ReadCounts), BundleError> {
-    let mut w = Walk::start(decoder(input, bundle)?, bundle)?;
+    let mut w = Walk::start(stream_decoder(input, bundle)?, bundle)?;
     let label = w.label.clone().ok_or_else(|| BundleError::BadIndex {
         bundle: bundle.into(),
         detail: "not a volume".into(),
@@ -706,8 +759,17 @@ fn open_head(path: &Path) -> Result<Option<Head>, BundleError> {
         Err(super::frames::SeekTableError::Io(e)) => return Err(io_err(e)),
         Err(_) => return Ok(None),
     };
+    // A table that is there must describe the frames exactly: a frame it
+    // does not list (a skippable payload, a spliced frame) is refused, not
+    // skipped; only block headers are read, payloads are seeked over.
+    check_file_frames(&mut f, &table).map_err(|e| {
+        corrupt(
+            &name,
+            format!("the seek table does not agree with the frames: {e}"),
+        )
+    })?;
     f.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    let w = Walk::start(decoder(BufReader::new(f), &name)?, &name)?;
+    let w = Walk::head(decoder(BufReader::new(f), &name)?, &name)?;
     let mut preamble_end = 512 + padded(w.index_len);
     if w.label.is_some() {
         preamble_end += 512 + padded(w.label_len);
@@ -827,6 +889,16 @@ impl SeekableBundle {
             for e in entries {
                 let data = at + 512;
                 at = data + padded(e.size);
+                if at + 1024 > file.table.decompressed_len {
+                    return Err(BundleError::MemberMismatch {
+                        bundle: file.path.display().to_string(),
+                        member: e.path,
+                        detail: format!(
+                            "with the {} bytes listed it runs past the end of the archive ({} bytes): a member before it is missing, or the archive is truncated",
+                            e.size, file.table.decompressed_len
+                        ),
+                    });
+                }
                 parts[e.member].push(Part {
                     file: vi,
                     offset: data,
@@ -926,7 +998,12 @@ impl SeekableBundle {
         let mut block = [0u8; 512];
         dec.read_exact(&mut block).map_err(|e| corrupt(&name, e))?;
         check_block(&name, &block, Some((&part.path, Size::Exactly(part.size))))?;
-        Ok(Box::new(dec.take(part.size)))
+        Ok(Box::new(PartData {
+            dec,
+            left: part.size,
+            pad: (padded(part.size) - part.size) as usize,
+            path: part.path.clone(),
+        }))
     }
 
     /// A reader of member `i`'s data (its chunks joined, each header
@@ -977,12 +1054,9 @@ impl SeekableBundle {
                 .read_to_end(&mut tail)
                 .map_err(|e| corrupt(&name, e))?;
             if file.table.decompressed_len != end + 1024 {
-                // Name what follows if it is a tar header, else its size.
-                let member = match tail.get(..512).filter(|h| h.iter().any(|b| *b != 0)) {
-                    Some(h) => String::from_utf8_lossy(&h[..100])
-                        .trim_end_matches('\0')
-                        .to_string(),
-                    None => format!(
+                let member = match trailing_name(&tail) {
+                    named if named != "<zero blocks>" => named,
+                    _ => format!(
                         "<{} bytes>",
                         file.table.decompressed_len.saturating_sub(end)
                     ),
@@ -1008,6 +1082,64 @@ impl SeekableBundle {
             member_error(&self.path.display().to_string(), &self.index.members[i], e)
         })?;
         Ok(out)
+    }
+}
+
+/// One part's data read at random, then what the stream reader checks
+/// after it too: zero padding, and one byte of the next block, so that the
+/// decoder finishes the data's last frame and checks its checksum (a read
+/// that stops at the data's last byte never gets there).
+struct PartData<R> {
+    dec: R,
+    left: u64,
+    pad: usize,
+    path: String,
+}
+
+impl<R: Read> PartData<R> {
+    /// A frame that does not decode (a bad checksum, corrupt data) is a
+    /// damaged bundle, not a failure to read the file.
+    fn damaged(&self, e: io::Error) -> io::Error {
+        if e.raw_os_error().is_some() {
+            return e;
+        }
+        crate::digest::integrity_error(format!("{}: {e}", self.path))
+    }
+
+    /// After the data's last byte, before handing it out (a verifying
+    /// reader stops at the size and never asks for more).
+    fn check_tail(&mut self) -> io::Result<()> {
+        let mut tail = [0u8; 513];
+        let tail = &mut tail[..self.pad + 1];
+        self.dec.read_exact(tail).map_err(|e| self.damaged(e))?;
+        if tail[..self.pad].iter().any(|b| *b != 0) {
+            return Err(crate::digest::integrity_error(format!(
+                "data hidden in the tar padding after {}",
+                self.path
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for PartData<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.left) as usize;
+        if n == 0 {
+            return Ok(0);
+        }
+        let got = self.dec.read(&mut buf[..n]).map_err(|e| self.damaged(e))?;
+        if got == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("archive ends inside {}", self.path),
+            ));
+        }
+        self.left -= got as u64;
+        if self.left == 0 {
+            self.check_tail()?;
+        }
+        Ok(got)
     }
 }
 

@@ -504,6 +504,12 @@ pub fn read_sidecar(bundle: &Path) -> Option<(String, String)> {
         .read_to_string(&mut text)
         .ok()?;
     let hex = text.split_whitespace().next()?.to_ascii_lowercase();
+    // Whatever is there is compared, but only a sha256 is ever shown.
+    let hex = if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex
+    } else {
+        "<not a sha256 digest>".to_string()
+    };
     Some((side.display().to_string(), hex))
 }
 

@@ -417,9 +417,13 @@ impl Target {
     /// The target repository for a source repository (and its optional per-image target).
     pub fn repository(&self, source_repo: &str, image_target: Option<&str>) -> Result<String> {
         let name = source_repo.rsplit('/').next().unwrap_or(source_repo);
+        // A per-image target comes from the bundle (or a selection file):
+        // it stands for the template's variable part only, so it never
+        // leaves the prefix the user named with --to.
         let repo = match image_target {
-            Some(t) if self.prefixed => self.template.replace("{repo}", t),
-            Some(t) if self.template.contains('{') => t.to_string(),
+            Some(t) if self.template.contains('{') => {
+                self.template.replace("{repo}", t).replace("{name}", t)
+            }
             _ => self
                 .template
                 .replace("{repo}", source_repo)
