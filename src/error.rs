@@ -110,6 +110,14 @@ impl Error {
         match self {
             Error::Format(f) => f.kind,
             Error::Graph(_) | Error::Blob { .. } | Error::Sidecar { .. } => ErrorKind::Integrity,
+            // A blob that failed its check while it was being uploaded: the
+            // source (a bundle) is at fault, not the registry.
+            Error::Registry(RegistryError::Integrity { .. }) => ErrorKind::Integrity,
+            Error::Registry(RegistryError::Io { source, .. })
+                if crate::digest::is_integrity_error(source) =>
+            {
+                ErrorKind::Integrity
+            }
             Error::Layout(e) | Error::Registry(RegistryError::Layout(e)) if e.is_integrity() => {
                 ErrorKind::Integrity
             }
