@@ -599,10 +599,69 @@ fn stderr_events() -> airlock::progress::EventsHandle {
     airlock::progress::EventsHandle(Arc::new(StderrEvents))
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+/// The subcommand running, for the JSON envelope (docs/json.md).
+static COMMAND: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Export { .. } => "export",
+        Command::Import { .. } => "import",
+        Command::Copy(_) => "copy",
+        Command::Inventory { .. } => "inventory",
+        Command::Inspect { .. } => "inspect",
+        Command::Verify { .. } => "verify",
+        Command::Login { .. } => "login",
+        Command::Logout { .. } => "logout",
+        Command::Diff { .. } => "diff",
+        Command::Completions { .. } => "completions",
+        Command::Man { .. } => "man",
+        Command::Serve { .. } => "serve",
+        #[cfg(feature = "fixtures")]
+        Command::Fixtures { .. } => "fixtures",
+    }
+}
+
+/// Every `--json` document: `"schema": 1`, `"command"`, and `"policy"`
+/// always present (`null` when no keys or policy were given) on the
+/// commands that judge images.
+fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
+    let mut value = serde_json::to_value(v)?;
+    if let Some(obj) = value.as_object_mut() {
+        let command = COMMAND.get().copied().unwrap_or("airlock");
+        obj.insert("schema".into(), 1.into());
+        obj.insert("command".into(), command.into());
+        if matches!(command, "export" | "import" | "verify" | "copy") && !obj.contains_key("policy")
+        {
+            obj.insert("policy".into(), serde_json::Value::Null);
+        }
+    }
     // JSON escapes control characters itself (and must stay valid JSON).
-    writeln!(std::io::stdout(), "{}", serde_json::to_string_pretty(v)?)?;
+    Ok(serde_json::to_string_pretty(&value)?)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    writeln!(std::io::stdout(), "{}", json_text(v)?)?;
     Ok(())
+}
+
+/// An error as the `--json` document on stdout (docs/json.md), so a script
+/// reading stdout always gets JSON.
+fn print_json_error(e: &anyhow::Error, code: i32) {
+    let kind = match code {
+        2 => "usage",
+        3 => "integrity",
+        4 => "policy",
+        _ => "error",
+    };
+    let mut doc = serde_json::json!({
+        "error": {"message": format!("{e:#}"), "kind": kind, "exitCode": code},
+    });
+    if COMMAND.get() == Some(&"verify") {
+        doc["verified"] = false.into();
+    }
+    if let Ok(text) = json_text(&doc) {
+        let _ = writeln!(std::io::stdout(), "{text}");
+    }
 }
 
 /// Reports go to stdout, unless stdout carries the bundle itself.
@@ -615,6 +674,7 @@ fn report_out(bundle_on_stdout: bool) -> Box<dyn Write> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    let _ = COMMAND.set(command_name(&cli.command));
     match cli.command {
         Command::Export {
             output,
@@ -1019,7 +1079,7 @@ async fn export_cmd(
     };
     let mut out = report_out(to_stdout);
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        writeln!(out, "{}", json_text(&report)?)?;
         return Ok(());
     }
     for img in &report.images {
@@ -1281,7 +1341,7 @@ async fn copy_cmd(args: CopyArgs) -> Result<()> {
     .await?;
     let mut out = report_out(to_stdout);
     if args.json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        writeln!(out, "{}", json_text(&report)?)?;
         return Ok(());
     }
     for (img, dest) in report.images.iter().zip(&report.destinations) {
@@ -1545,9 +1605,30 @@ fn inspect_cmd(bundle: &[PathBuf], json: bool) -> Result<()> {
     let files = airlock::bundle::volumes::expand_paths(bundle).map_err(airlock::Error::from)?;
     let (index, digest, label) = inspect::read_head(&files[0]).map_err(airlock::Error::from)?;
     if json {
-        return print_json(
-            &serde_json::json!({"bundleDigest": digest, "volume": label, "index": index}),
-        );
+        // `images` has the shape every report uses; `index` is the bundle
+        // index itself (docs/bundle-format.md §4).
+        let images: Vec<serde_json::Value> = index
+            .images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "source": i.source,
+                    "repository": i.repository,
+                    "tag": i.tag,
+                    "digest": i.digest,
+                    "sourceDigest": i.source_digest,
+                    "platforms": i.platforms.iter().map(|p| p.platform.clone().unwrap_or_else(|| "-".into())).collect::<Vec<_>>(),
+                    "artifacts": i.artifacts.len(),
+                    "size": i.total_size,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "bundleDigest": digest,
+            "volume": label,
+            "images": images,
+            "index": index,
+        }));
     }
     write!(
         std::io::stdout(),
@@ -1588,14 +1669,8 @@ async fn verify_cmd(
     };
     let report = match result {
         Ok(r) => r,
-        Err(e) => {
-            if json && e.kind() == ErrorKind::Integrity {
-                print_json(
-                    &serde_json::json!({"bundle": bundle, "verified": false, "error": e.to_string()}),
-                )?;
-            }
-            return Err(e.into());
-        }
+        // With --json, main prints the error as the JSON document.
+        Err(e) => return Err(e.into()),
     };
     if json {
         print_json(&report)?;
@@ -1885,11 +1960,15 @@ fn main() {
             eprintln!("airlock: {i}");
             std::process::exit(128 + i.signal);
         }
+        let code = exit_code(&e);
+        if std::env::args().any(|a| a == "--json") {
+            print_json_error(&e, code);
+        }
         eprintln!(
             "airlock: error: {}",
             airlock::progress::printable_text(&format!("{e:#}"))
         );
-        std::process::exit(exit_code(&e));
+        std::process::exit(code);
     }
 }
 
