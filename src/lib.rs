@@ -19,6 +19,7 @@ pub mod export;
 pub mod fixtures;
 pub mod gate;
 pub mod graph;
+pub mod help;
 pub mod image;
 pub mod import;
 pub mod inspect;

@@ -188,7 +188,8 @@ const VERSION: &str = concat!(
     name = "airlock",
     version = VERSION,
     after_help = "Exit codes: 0 success, 1 error, 2 usage, 3 integrity failure (corrupt or tampered \
-bundle or layout), 4 policy not met or bad bundle signature.",
+bundle or layout), 4 policy not met or bad bundle signature.\n\
+File formats: airlock help selection | policy | format | json | threats",
     about = "Carry signed, multi-arch container images across an air gap in one verifiable bundle"
 )]
 struct Cli {
@@ -1938,7 +1939,24 @@ fn exit_code(e: &anyhow::Error) -> i32 {
     }
 }
 
+/// `airlock help TOPIC` for the file formats; clap's own help for commands.
+fn help_topic() -> Option<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [first, topic] = args.as_slice() else {
+        return None;
+    };
+    if first != "help" {
+        return None;
+    }
+    let text = airlock::help::topic(topic)?;
+    let _ = write!(std::io::stdout(), "{text}");
+    Some(0)
+}
+
 fn main() {
+    if let Some(code) = help_topic() {
+        std::process::exit(code);
+    }
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -91,3 +91,15 @@ async fn progress_lines_without_a_terminal() {
         "no terminal codes in a log"
     );
 }
+
+#[test]
+fn the_binary_documents_its_file_formats() {
+    let sel = airlock_ok(&["help", "selection"]);
+    assert!(sel.contains("versions:") && sel.contains("sets:"), "{sel}");
+    let pol = airlock_ok(&["help", "policy"]);
+    assert!(pol.contains("rules:"), "{pol}");
+    assert!(airlock_ok(&["help", "json"]).contains("\"schema\": 1"));
+    assert!(airlock_ok(&["help", "format"]).contains("seek table"));
+    // Commands keep clap's own help.
+    assert!(airlock_ok(&["help", "export"]).contains("--volume-size"));
+}
