@@ -232,6 +232,13 @@ struct RegistryArgs {
     /// false: accept any certificate (and plain HTTP) from every registry (as skopeo's flag).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     tls_verify: bool,
+    /// A download slower than this many bytes per second, on average over --low-speed-time,
+    /// has stalled: it is retried, then an error naming the blob (as curl's --speed-limit).
+    #[arg(long, value_name = "BYTES", default_value_t = 1024)]
+    low_speed_limit: u64,
+    /// The window of --low-speed-limit, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    low_speed_time: u64,
     /// Certificates for every registry: *.crt CAs, NAME.cert + NAME.key client certificate
     /// (mTLS). /etc/containers/certs.d/HOST/ and /etc/docker/certs.d/HOST/ are read too.
     #[arg(long, value_name = "DIR")]
@@ -287,6 +294,10 @@ impl RegistryArgs {
             },
             upload_chunk_size: self.upload_chunk_size,
             insecure_all: !self.tls_verify,
+            low_speed: airlock::registry::LowSpeed {
+                bytes_per_sec: self.low_speed_limit,
+                window: std::time::Duration::from_secs(self.low_speed_time.max(1)),
+            },
             cert_dirs: self.cert_dir.clone(),
             certs_d: vec![
                 PathBuf::from("/etc/containers/certs.d"),

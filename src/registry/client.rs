@@ -3,6 +3,7 @@ use super::RegistryError;
 use crate::digest::{Digest, Hasher};
 use crate::oci::{self, Descriptor, MANIFEST_MEDIA_TYPES, MAX_MANIFEST_BYTES};
 use crate::progress::Progress;
+use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
@@ -78,8 +79,28 @@ pub struct RegistryConfig {
     pub retry: RetryPolicy,
     /// Upload blobs in PATCH chunks of this size instead of one streamed PUT.
     pub upload_chunk_size: Option<usize>,
+    /// A download slower than this is a stall (retried, then an error).
+    pub low_speed: LowSpeed,
     /// Retry notes go here.
     pub events: crate::progress::EventsHandle,
+}
+
+/// curl's `--speed-limit`/`--speed-time`: a body that brings fewer than
+/// `bytes_per_sec` on average over `window` has stalled. A timeout on
+/// stalls, not on totals: a large blob on a slow link still finishes.
+#[derive(Clone, Copy, Debug)]
+pub struct LowSpeed {
+    pub bytes_per_sec: u64,
+    pub window: Duration,
+}
+
+impl Default for LowSpeed {
+    fn default() -> Self {
+        LowSpeed {
+            bytes_per_sec: 1024,
+            window: Duration::from_secs(30),
+        }
+    }
 }
 
 /// One client per registry host (TLS settings and tokens are per host).
@@ -131,6 +152,7 @@ pub struct Registry {
     tokens: Mutex<HashMap<String, String>>,
     retry: RetryPolicy,
     chunk_size: Option<usize>,
+    low_speed: LowSpeed,
     events: crate::progress::EventsHandle,
 }
 
@@ -204,10 +226,33 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// At most this many tags in one repository's list.
+const MAX_TAGS: usize = 200_000;
+
 async fn body_excerpt(resp: Response) -> String {
     let text = resp.text().await.unwrap_or_default();
     let t: String = text.chars().take(300).collect();
-    t.trim().to_string()
+    crate::progress::printable(t.trim())
+}
+
+/// `text` with every form of `credential` a registry could echo back (the
+/// password or token, the `Authorization` header value) replaced.
+fn redact(text: &str, credential: Option<&Credential>) -> String {
+    let Some(c) = credential else {
+        return text.to_string();
+    };
+    let secrets: Vec<String> = match c {
+        Credential::Basic { username, password } => vec![
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}")),
+            password.clone(),
+        ],
+        Credential::IdentityToken(t) => vec![t.clone()],
+    };
+    let mut out = text.to_string();
+    for s in secrets.iter().filter(|s| s.len() >= 4) {
+        out = out.replace(s.as_str(), "<redacted>");
+    }
+    out
 }
 
 /// What certificate directories hold for `host`: CA certificates (`*.crt`)
@@ -340,6 +385,7 @@ impl Registry {
             tokens: Mutex::new(HashMap::new()),
             retry: config.retry.clone(),
             chunk_size: config.upload_chunk_size,
+            low_speed: config.low_speed,
             events: config.events.clone(),
         };
         // Like docker: loopback and --insecure registries may speak plain
@@ -365,6 +411,20 @@ impl Registry {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The start of an error body, printable, with our credentials redacted
+    /// (a registry may echo the `Authorization` header back).
+    async fn excerpt(&self, resp: Response) -> String {
+        redact(&body_excerpt(resp).await, self.credential.as_ref())
+    }
+
+    fn excerpt_bytes(&self, body: &[u8]) -> String {
+        let t = String::from_utf8_lossy(&body[..body.len().min(300)]);
+        redact(
+            &crate::progress::printable(t.trim()),
+            self.credential.as_ref(),
+        )
     }
 
     /// `GET /v2/` once, to learn the auth challenge (and whether TLS works).
@@ -393,7 +453,7 @@ impl Registry {
         Err(RegistryError::Status {
             what: format!("registry {} /v2/", self.host),
             status: resp.status().as_u16(),
-            body: body_excerpt(resp).await,
+            body: self.excerpt(resp).await,
         })
     }
 
@@ -571,7 +631,7 @@ impl Registry {
                 }
             }
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-                let body = body_excerpt(resp).await;
+                let body = self.excerpt(resp).await;
                 return Err(Attempt::Fatal(RegistryError::Auth {
                     host: self.host.clone(),
                     scope: scopes.join(" "),
@@ -580,7 +640,7 @@ impl Registry {
             }
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 let ra = retry_after(resp.headers());
-                let body = body_excerpt(resp).await;
+                let body = self.excerpt(resp).await;
                 return Err(Attempt::Retry(
                     RegistryError::Status {
                         what: what.to_string(),
@@ -756,7 +816,7 @@ impl Registry {
             s => Err(RegistryError::Status {
                 what,
                 status: s.as_u16(),
-                body: body_excerpt(resp).await,
+                body: self.excerpt(resp).await,
             }),
         }
     }
@@ -784,7 +844,7 @@ impl Registry {
             return Err(RegistryError::Status {
                 what,
                 status,
-                body: body_excerpt(resp).await,
+                body: self.excerpt(resp).await,
             });
         }
         if let Some(got) = content_digest(resp.headers()) {
@@ -816,7 +876,7 @@ impl Registry {
         Err(RegistryError::Status {
             what,
             status: status.as_u16(),
-            body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+            body: self.excerpt_bytes(&body),
         })
     }
 
@@ -829,6 +889,7 @@ impl Registry {
         let what = format!("tag list of {}/{repo}", self.host);
         let mut next = Some(self.url(&format!("v2/{repo}/tags/list?n=1000")));
         let mut tags = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut pages = 0;
         while let Some(url) = next.take() {
             pages += 1;
@@ -850,7 +911,7 @@ impl Registry {
                 return Err(RegistryError::Status {
                     what,
                     status: status.as_u16(),
-                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                    body: self.excerpt_bytes(&body),
                 });
             }
             let list: TagList =
@@ -858,9 +919,30 @@ impl Registry {
                     what: what.clone(),
                     detail: format!("tag list is not JSON: {e}"),
                 })?;
+            let before = tags.len();
             tags.extend(list.tags.unwrap_or_default());
+            if tags.len() > MAX_TAGS {
+                return Err(RegistryError::Protocol {
+                    what,
+                    detail: format!(
+                        "more than {MAX_TAGS} tags: select by tag or pattern from a smaller repository"
+                    ),
+                });
+            }
             next = next_link(&headers).and_then(|l| url.join(&l).ok());
+            // A page that adds nothing yet points on, or a page seen before: a
+            // registry that loops, not one that has that many tags.
+            if let Some(n) = &next {
+                if tags.len() == before || !seen.insert(n.to_string()) {
+                    return Err(RegistryError::Protocol {
+                        what,
+                        detail: format!("tag list pagination loops (page {n} again, or an empty page that points on)"),
+                    });
+                }
+            }
         }
+        tags.sort();
+        tags.dedup();
         Ok(tags)
     }
 
@@ -909,7 +991,7 @@ impl Registry {
                 return Err(RegistryError::Status {
                     what,
                     status: status.as_u16(),
-                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                    body: self.excerpt_bytes(&body),
                 });
             }
             let page: Catalog =
@@ -963,7 +1045,7 @@ impl Registry {
                 return Err(RegistryError::Status {
                     what,
                     status: status.as_u16(),
-                    body: String::from_utf8_lossy(&body[..body.len().min(300)]).into(),
+                    body: self.excerpt_bytes(&body),
                 });
             }
             let is_index = headers
@@ -1041,16 +1123,45 @@ impl Registry {
                         return Err(Attempt::Fatal(RegistryError::Status {
                             what: what.clone(),
                             status: s.as_u16(),
-                            body: body_excerpt(resp).await,
+                            body: self.excerpt(resp).await,
                         }))
                     }
                     _ => {}
                 }
                 let mut hasher = Hasher::new();
                 let mut stream = resp.bytes_stream();
-                while let Some(chunk) = stream.next().await {
+                let limit = self.low_speed;
+                let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
+                let stalled = |got: u64, received: u64| {
+                    Attempt::Retry(
+                        RegistryError::Stalled {
+                            what: what.clone(),
+                            detail: format!(
+                                "{got} bytes in the last {}s (at least {} B/s expected); {received} of {} bytes received",
+                                limit.window.as_secs(),
+                                limit.bytes_per_sec,
+                                desc.size
+                            ),
+                        },
+                        None,
+                    )
+                };
+                loop {
+                    let next = match tokio::time::timeout(limit.window, stream.next()).await {
+                        Ok(n) => n,
+                        Err(_) => return Err(stalled(window_bytes, hasher.len())),
+                    };
+                    let Some(chunk) = next else { break };
                     let chunk =
                         chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
+                    window_bytes += chunk.len() as u64;
+                    if window_start.elapsed() >= limit.window {
+                        if window_bytes < limit.bytes_per_sec * limit.window.as_secs().max(1) {
+                            return Err(stalled(window_bytes, hasher.len()));
+                        }
+                        window_start = tokio::time::Instant::now();
+                        window_bytes = 0;
+                    }
                     hasher.update(&chunk);
                     if hasher.len() > desc.size {
                         return Err(Attempt::Fatal(RegistryError::SizeMismatch {
@@ -1170,7 +1281,7 @@ impl Registry {
             return Err(Attempt::Fatal(RegistryError::Status {
                 what: what.to_string(),
                 status: status.as_u16(),
-                body: body_excerpt(resp).await,
+                body: self.excerpt(resp).await,
             }));
         }
         // 202: an upload session, also the answer to a mount the registry declined.
@@ -1234,7 +1345,7 @@ impl Registry {
                 RegistryError::Status {
                     what: what.to_string(),
                     status: status.as_u16(),
-                    body: body_excerpt(resp).await,
+                    body: self.excerpt(resp).await,
                 },
                 ra,
             ));
@@ -1243,7 +1354,7 @@ impl Registry {
             return Err(Attempt::Fatal(RegistryError::Status {
                 what: what.to_string(),
                 status: status.as_u16(),
-                body: body_excerpt(resp).await,
+                body: self.excerpt(resp).await,
             }));
         }
         if let Some(got) = content_digest(resp.headers()) {
@@ -1344,7 +1455,7 @@ impl Registry {
                 return Err(Attempt::Fatal(RegistryError::Status {
                     what: what.to_string(),
                     status: resp.status().as_u16(),
-                    body: body_excerpt(resp).await,
+                    body: self.excerpt(resp).await,
                 }));
             }
             *location = self.location(&resp, what).map_err(Attempt::Fatal)?;

@@ -13,8 +13,8 @@ mod client;
 
 pub use auth::{Credential, CredentialStore};
 pub use client::{
-    BlobBody, BlobIntegrityError, PushOutcome, RawManifest, Registries, Registry, RegistryConfig,
-    RetryPolicy,
+    BlobBody, BlobIntegrityError, LowSpeed, PushOutcome, RawManifest, Registries, Registry,
+    RegistryConfig, RetryPolicy,
 };
 
 use crate::digest::Digest;
@@ -58,6 +58,8 @@ pub enum RegistryError {
         what: String,
         source: std::io::Error,
     },
+    #[error("{what} stalled: {detail}; the link or the registry is too slow (--low-speed-limit, --low-speed-time)")]
+    Stalled { what: String, detail: String },
     #[error("{what}: refused by the blob source: {detail}")]
     Integrity { what: String, detail: String },
     #[error("{what}: {source}")]

@@ -19,6 +19,14 @@ pub enum Fault {
     Respond(&'static str, Vec<u8>),
     /// Hold the request until [`Proxy::release`], then forward it.
     Stall,
+    /// Forward, but send the response at this many bytes per second.
+    Trickle(u64),
+    /// Answer 500 with the request's `Authorization` header in the body.
+    EchoAuth,
+    /// A tag list page that always points to itself (`Link` to the same URL).
+    EndlessTags,
+    /// 401 with a Basic challenge (so the client sends its credentials next).
+    Challenge,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +210,44 @@ async fn handle(
             let _ = client.shutdown().await;
             return Ok(());
         }
+        Some(Fault::Challenge) => {
+            let resp = "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        Some(Fault::EchoAuth) => {
+            let auth = String::from_utf8_lossy(&head)
+                .lines()
+                .find(|l| l.to_ascii_lowercase().starts_with("authorization:"))
+                .unwrap_or("no authorization header")
+                .to_string();
+            let body = format!(
+                "{{\"errors\":[{{\"code\":\"UNKNOWN\",\"message\":\"you sent {auth}\"}}]}}"
+            );
+            let resp = format!(
+                "HTTP/1.1 500 Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        Some(Fault::EndlessTags) => {
+            let name = path
+                .trim_start_matches("/v2/")
+                .split("/tags/list")
+                .next()
+                .unwrap_or("x");
+            let body = format!("{{\"name\":\"{name}\",\"tags\":[\"loop\"]}}");
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nLink: <{path}>; rel=\"next\"\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
         Some(Fault::Respond(content_type, ref body)) => {
             let head = format!(
                 "HTTP/1.1 200 Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -232,6 +278,21 @@ async fn handle(
             .unwrap_or(0);
         let keep = cut + (resp.len() - cut) / 2;
         cw.write_all(&resp[..keep]).await?;
+    } else if let Some(Fault::Trickle(rate)) = fault {
+        // The head at once, then the body a few bytes at a time.
+        let mut buf = vec![0u8; (rate.max(1) as usize).min(4096)];
+        loop {
+            let n = ur.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            for b in buf[..n].chunks(rate.max(1) as usize) {
+                if cw.write_all(b).await.is_err() {
+                    return Ok(());
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
     } else {
         tokio::io::copy(&mut ur, &mut cw).await?;
     }
