@@ -1212,6 +1212,11 @@ async fn import_cmd(
 ) -> Result<import::ImportReport> {
     let policy = trust.load()?.map(Arc::new);
     let stdin = bundle.len() == 1 && bundle[0] == "-";
+    if stdin && registry.password_stdin {
+        bail!(airlock::Error::Usage(
+            "import - reads the bundle from stdin, so the password cannot come from stdin too: use --creds, --authfile or airlock login".into()
+        ));
+    }
     if !stdin && bundle.iter().any(|b| b == "-") {
         bail!(airlock::Error::Usage(
             "import reads a bundle from stdin (-) or from files, not both".into()

@@ -144,3 +144,74 @@ async fn an_endless_tag_list_is_refused() {
         "noticed at once, not after thousands of pages"
     );
 }
+
+/// A registry that answers 201 to uploads and manifests without storing
+/// them is caught by the read-back, blob by blob.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_drops_uploads_is_caught_by_the_read_back() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("r.tar.zst");
+    cli_export(&src, &images[..1], &bundle);
+    let dst = TestRegistry::start();
+    let proxy = Proxy::start(
+        &dst.host,
+        vec![
+            Rule {
+                method: "PUT",
+                path_contains: "/blobs/uploads/".into(),
+                fault: Fault::Status(201, None),
+                times: usize::MAX,
+            },
+            Rule {
+                method: "PUT",
+                path_contains: "/manifests/".into(),
+                fault: Fault::Status(201, None),
+                times: usize::MAX,
+            },
+        ],
+    )
+    .await;
+    let host = proxy.host.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        airlock(&[
+            "import",
+            bundle.to_str().unwrap(),
+            "--to",
+            &host,
+            "--retries",
+            "1",
+        ])
+    })
+    .await
+    .unwrap();
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("read-back") && err.contains("not there"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_password_on_stdin_with_a_bundle_on_stdin_is_refused() {
+    let (code, _, err) = airlock(&[
+        "import",
+        "-",
+        "--to",
+        "127.0.0.1:1",
+        "--username",
+        "u",
+        "--password-stdin",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("stdin"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = airlock(&[
+        "export",
+        "-o",
+        dir.path().to_str().unwrap(),
+        "127.0.0.1:1/x:1",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is a directory"), "{err}");
+}

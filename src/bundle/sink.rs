@@ -86,6 +86,13 @@ impl BundleSink {
     /// Refuses an existing file unless `opts.force`, before anything is resolved.
     pub fn new(output: Output, opts: WriteOptions) -> Result<BundleSink> {
         if let Output::File(path) = &output {
+            // Checked before anything is resolved or downloaded.
+            if path.is_dir() {
+                return Err(Error::Usage(format!(
+                    "{} is a directory; give a file name for the bundle (-o DIR/NAME.tar.zst)",
+                    path.display()
+                )));
+            }
             if path.exists() && !opts.force {
                 return Err(Error::Refused(format!(
                     "{} already exists; remove it or pass --force",

@@ -525,6 +525,16 @@ impl Registry {
         };
         let realm_url = Url::parse(realm)
             .map_err(|_| auth_err(format!("token realm {realm:?} is not a URL")))?;
+        // A registry reached over HTTPS may not send our secrets in clear
+        // text to a token service over plain HTTP (a downgrade it chose).
+        if realm_url.scheme() != "https"
+            && self.base.scheme() == "https"
+            && self.credential.is_some()
+        {
+            return Err(auth_err(format!(
+                "the token service {realm_url} is plain HTTP while the registry is HTTPS: credentials are not sent there"
+            )));
+        }
         let req = match &self.credential {
             Some(Credential::IdentityToken(tok)) => {
                 let mut form = vec![
@@ -1077,7 +1087,19 @@ impl Registry {
             .await?;
         match resp.status() {
             StatusCode::NOT_FOUND => Ok(false),
-            s if s.is_success() => Ok(true),
+            s if s.is_success() => {
+                // A blob of another size (or digest) under this digest is not
+                // the blob: a registry that says so is answered as absent.
+                let h = resp.headers();
+                let size = h
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                let digest = h.get("docker-content-digest").and_then(|v| v.to_str().ok());
+                let size_ok = size.is_none_or(|n| n == desc.size || desc.size == 0);
+                let digest_ok = digest.is_none_or(|d| d == desc.digest.to_string());
+                Ok(size_ok && digest_ok)
+            }
             s => Err(RegistryError::Status {
                 what,
                 status: s.as_u16(),

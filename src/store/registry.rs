@@ -896,7 +896,7 @@ impl Sink for RegistrySink<'_> {
                 report.tags_set +=
                     referrer_fallback_tags(&reg, &p.repo, &p.graph.entry, graph).await?;
             }
-            read_back(&reg, &plan, &self.skip_tags).await?;
+            read_back(&reg, &plan, &self.skip_tags, graph).await?;
             report.artifacts_updated = std::mem::take(&mut self.merges);
             report.destinations = plan
                 .images
@@ -973,7 +973,37 @@ async fn read_back(
     reg: &Registry,
     plan: &Plan,
     skip_tags: &HashSet<(String, String)>,
+    graph: &Graph,
 ) -> Result<()> {
+    // Every blob where the plan put it, with its size: a registry that
+    // answered 201 to an upload without storing it is caught here.
+    let pairs: Vec<(Digest, String, u64)> = plan
+        .blob_repos
+        .iter()
+        .flat_map(|(d, repos)| {
+            let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
+            repos.iter().map(move |r| (d.clone(), r.clone(), size))
+        })
+        .collect();
+    let missing: Vec<String> = futures_util::stream::iter(pairs)
+        .map(|(d, r, size)| async move {
+            let there = reg
+                .blob_exists(&r, &Descriptor::blob(d.clone(), size))
+                .await?;
+            Ok::<_, Error>((!there).then(|| format!("{}/{r}@{d}", reg.host())))
+        })
+        .buffer_unordered(8)
+        .try_collect::<Vec<_>>()
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::ReadBack(format!(
+            "blobs the registry accepted are not there (or not with their size): {}",
+            missing.join(", ")
+        )));
+    }
     for p in &plan.images {
         for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
             let mut refs = vec![m.digest.to_string()];
