@@ -28,6 +28,79 @@ pub fn read_head(path: &Path) -> Result<(BundleIndex, Digest, Option<VolumeLabel
     bundle::read_index_only(std::io::BufReader::new(file), &name)
 }
 
+/// One line per image: repository, tag, digest, platforms, size, and what
+/// signs it (cosign signatures, attestations, SBOMs, referrers carried).
+fn table(index: &BundleIndex) -> String {
+    use crate::image::ArtifactKind;
+    let rows: Vec<[String; 6]> = index
+        .images
+        .iter()
+        .map(|i| {
+            let count = |k: ArtifactKind| i.artifacts.iter().filter(|a| a.kind == k).count();
+            let mut signed = Vec::new();
+            for (k, name) in [
+                (ArtifactKind::Signature, "sig"),
+                (ArtifactKind::Attestation, "att"),
+                (ArtifactKind::Sbom, "sbom"),
+                (ArtifactKind::Referrer, "referrer"),
+            ] {
+                match count(k) {
+                    0 => {}
+                    1 => signed.push(name.to_string()),
+                    n => signed.push(format!("{n} {name}")),
+                }
+            }
+            let platforms: Vec<String> = i
+                .platforms
+                .iter()
+                .map(|pl| pl.platform.clone().unwrap_or_else(|| "-".into()))
+                .collect();
+            [
+                p(&i.repository),
+                p(i.tag.as_deref().unwrap_or("-")),
+                i.digest.to_string().chars().take(19).collect(),
+                p(&platforms.join(",")),
+                human_bytes(i.total_size),
+                if signed.is_empty() {
+                    "UNSIGNED".into()
+                } else {
+                    signed.join(", ")
+                },
+            ]
+        })
+        .collect();
+    let header = [
+        "REPOSITORY",
+        "TAG",
+        "DIGEST",
+        "PLATFORMS",
+        "SIZE",
+        "SIGNED BY",
+    ];
+    let mut width = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                let _ = write!(l, "{c:<w$}  ");
+            }
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    let mut out = line(&header.map(String::from));
+    for r in &rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
 /// A human summary of a bundle index (and of which volume a file is).
 /// Every string from the index is shown through [`p`]: escaped and cut.
 pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>) -> String {
@@ -74,6 +147,8 @@ pub fn render(index: &BundleIndex, digest: &Digest, label: Option<&VolumeLabel>)
             "trusted root:  {root} (carried; used only if the site pins this digest)"
         );
     }
+    s.push('\n');
+    s.push_str(&table(index));
     for img in &index.images {
         let _ = writeln!(s, "\n{}", p(&img.source));
         let _ = writeln!(

@@ -76,6 +76,19 @@ async fn month_two_carries_only_what_is_new() {
         "incremental {inc_len} vs full {full_len}"
     );
 
+    // inspect: one table row per image, with what signs it.
+    let (code, text, _) = airlock(&["inspect", m1.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("REPOSITORY") && text.contains("SIGNED BY"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&op1.repository) && l.contains(&op1.tag))
+        .unwrap_or_else(|| panic!("no row for {}: {text}", op1.repository));
+    assert!(row.contains("linux/amd64") && row.contains("sig"), "{row}");
+
     // `airlock diff` says what month 2 changes and what it adds.
     let (code, out, err) = airlock(&[
         "diff",
