@@ -198,6 +198,9 @@ struct Cli {
     /// Only errors on stderr.
     #[arg(long, short, global = true)]
     quiet: bool,
+    /// Log every registry request on stderr (method, URL, status, time; never a secret).
+    #[arg(long, short, global = true, conflicts_with = "quiet")]
+    verbose: bool,
 }
 
 #[derive(Args, Clone, Default)]
@@ -1975,6 +1978,7 @@ fn main() {
     }
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
+    progress::set_verbose(cli.verbose);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

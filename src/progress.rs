@@ -8,6 +8,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
+static VERBOSE: AtomicBool = AtomicBool::new(false);
+
+/// `-v`: the registry client logs each request through the events.
+pub fn set_verbose(v: bool) {
+    VERBOSE.store(v, Ordering::Relaxed);
+}
+
+pub fn verbose() -> bool {
+    VERBOSE.load(Ordering::Relaxed)
+}
 
 pub fn set_quiet(q: bool) {
     QUIET.store(q, Ordering::Relaxed);

@@ -103,3 +103,36 @@ fn the_binary_documents_its_file_formats() {
     // Commands keep clap's own help.
     assert!(airlock_ok(&["help", "export"]).contains("--volume-size"));
 }
+
+/// `-v` logs every registry request, never a secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verbose_logs_requests_without_secrets() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("v.tar.zst");
+    let reference = format!("{}/{}:{}", src.host, images[0].repository, images[0].tag);
+    let (code, _, err) = airlock(&[
+        "export",
+        "-v",
+        "--creds",
+        "someone:Verbose-s3cret",
+        "-o",
+        out.to_str().unwrap(),
+        &reference,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let manifest_line = format!(
+        "GET http://{}/v2/{}/manifests/{}",
+        src.host, images[0].repository, images[0].tag
+    );
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with(&manifest_line) && l.contains("-> 200")),
+        "{err}"
+    );
+    assert!(
+        err.contains("/blobs/sha256:"),
+        "blob requests are logged too"
+    );
+    assert!(!err.contains("Verbose-s3cret"));
+}

@@ -616,7 +616,26 @@ impl Registry {
             if let Some(h) = &header {
                 req = req.header(AUTHORIZATION, h);
             }
-            let resp = match req.send().await {
+            let started = std::time::Instant::now();
+            let logged = crate::progress::verbose().then(|| {
+                req.try_clone()
+                    .and_then(|r| r.build().ok())
+                    .map(|r| format!("{} {}", r.method(), r.url()))
+                    .unwrap_or_else(|| "upload (a streamed body)".into())
+            });
+            let sent = req.send().await;
+            if let Some(line) = logged {
+                let status = match &sent {
+                    Ok(r) => r.status().as_u16().to_string(),
+                    Err(_) => "failed".into(),
+                };
+                // Method and URL only: credentials travel in headers, never logged.
+                self.events.0.note(&format!(
+                    "{line} -> {status} ({} ms)",
+                    started.elapsed().as_millis()
+                ));
+            }
+            let resp = match sent {
                 Ok(r) => r,
                 Err(e) => {
                     let err = self.transport_error(&e);
