@@ -27,7 +27,8 @@ pub struct FrameEntry {
     pub decompressed: u32,
 }
 
-type Job = (u64, Vec<u8>);
+/// (sequence, data, the data is already compressed).
+type Job = (u64, Vec<u8>, bool);
 type Done = (u64, io::Result<Vec<u8>>, usize);
 
 pub struct FramedWriter<W: Write> {
@@ -43,7 +44,14 @@ pub struct FramedWriter<W: Write> {
     max_in_flight: u64,
     frames: Vec<FrameEntry>,
     compressed_bytes: u64,
+    /// The frames cut from now on hold already-compressed data.
+    fast: bool,
 }
+
+/// The zstd level for data that is already compressed (gzip or zstd
+/// layers): compressing it harder gains nothing and costs most of the CPU
+/// of an export; the frame format is the same, so every reader is too.
+pub const FAST_LEVEL: i32 = 1;
 
 impl<W: Write> FramedWriter<W> {
     pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
@@ -59,13 +67,22 @@ impl<W: Write> FramedWriter<W> {
             let mut compressor = zstd::bulk::Compressor::new(level)?;
             compressor.include_checksum(true)?;
             compressor.include_contentsize(true)?;
+            let mut fast = zstd::bulk::Compressor::new(FAST_LEVEL.min(level))?;
+            fast.include_checksum(true)?;
+            fast.include_contentsize(true)?;
             workers.push(std::thread::spawn(move || loop {
                 let job = match rx.lock() {
                     Ok(guard) => guard.recv(),
                     Err(_) => return,
                 };
-                let Ok((seq, data)) = job else { return };
-                let out = compressor.compress(&data);
+                let Ok((seq, data, is_fast)) = job else {
+                    return;
+                };
+                let out = if is_fast {
+                    fast.compress(&data)
+                } else {
+                    compressor.compress(&data)
+                };
                 if tx.send((seq, out, data.len())).is_err() {
                     return;
                 }
@@ -84,7 +101,13 @@ impl<W: Write> FramedWriter<W> {
             max_in_flight: (threads * 3) as u64,
             frames: Vec::new(),
             compressed_bytes: 0,
+            fast: false,
         })
+    }
+
+    /// Whether the frames cut from now on hold already-compressed data.
+    pub fn set_fast(&mut self, fast: bool) {
+        self.fast = fast;
     }
 
     /// End the current frame, so that the next byte starts a new one.
@@ -97,7 +120,7 @@ impl<W: Write> FramedWriter<W> {
             .jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("frame writer already finished"))?;
-        jobs.send((self.submitted, data))
+        jobs.send((self.submitted, data, self.fast))
             .map_err(|_| io::Error::other("compression worker stopped"))?;
         self.submitted += 1;
         self.drain(false)?;

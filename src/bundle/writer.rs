@@ -33,10 +33,20 @@ impl<W: Write> BundleWriter<W> {
         // one: a reader can check any member's header, then stream its data,
         // without decompressing anything else.
         self.out.cut()?;
+        self.out.set_fast(false);
         self.out.write_all(h.as_bytes())?;
         // Member data starts a frame: readers can seek straight to it.
         self.out.cut()?;
-        let copied = io::copy(&mut data.take(size), &mut self.out)?;
+        // gzip or zstd data (most layers) is compressed at the fast level:
+        // decided from the bytes themselves, so the output stays the same
+        // for the same input.
+        let mut head = [0u8; 4];
+        let n = read_up_to(&mut data.take(size), &mut head)?;
+        self.out.set_fast(
+            head[..n].starts_with(&[0x1f, 0x8b]) || head[..n] == [0x28, 0xb5, 0x2f, 0xfd],
+        );
+        self.out.write_all(&head[..n])?;
+        let copied = n as u64 + io::copy(&mut data.take(size - n as u64), &mut self.out)?;
         if copied != size {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -59,9 +69,22 @@ impl<W: Write> BundleWriter<W> {
     /// Write the end-of-archive blocks and the seek table.
     pub fn finish(mut self) -> io::Result<(W, Vec<FrameEntry>)> {
         self.out.cut()?;
+        self.out.set_fast(false);
         self.out.write_all(&[0u8; 1024])?;
         self.out.finish()
     }
+}
+
+/// Fill `buf` as far as `r` has bytes.
+fn read_up_to(r: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
 }
 
 /// One more read at a member's end: a verifying reader checks its digest
