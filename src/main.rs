@@ -639,7 +639,13 @@ fn command_name(c: &Command) -> &'static str {
 /// Every `--json` document: `"schema": 1`, `"command"`, and `"policy"`
 /// always present (`null` when no keys or policy were given) on the
 /// commands that judge images.
+/// A `--json` document was printed: an error after it (a policy verdict
+/// that fails the command) is then told by the exit code and stderr, not
+/// by a second document on stdout.
+static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
+    JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut value = serde_json::to_value(v)?;
     if let Some(obj) = value.as_object_mut() {
         let command = COMMAND.get().copied().unwrap_or("airlock");
@@ -1999,7 +2005,9 @@ fn main() {
             std::process::exit(128 + i.signal);
         }
         let code = exit_code(&e);
-        if std::env::args().any(|a| a == "--json") {
+        if std::env::args().any(|a| a == "--json")
+            && !JSON_PRINTED.load(std::sync::atomic::Ordering::Relaxed)
+        {
             print_json_error(&e, code);
         }
         eprintln!(
