@@ -509,6 +509,9 @@ enum Command {
         bundle: Vec<String>,
         #[arg(long)]
         json: bool,
+        /// Append this verification's record to an audit log (as import --audit-log).
+        #[arg(long, value_name = "FILE", env = "AIRLOCK_AUDIT_LOG")]
+        audit_log: Option<PathBuf>,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
@@ -636,14 +639,14 @@ fn command_name(c: &Command) -> &'static str {
     }
 }
 
-/// Every `--json` document: `"schema": 1`, `"command"`, and `"policy"`
-/// always present (`null` when no keys or policy were given) on the
-/// commands that judge images.
 /// A `--json` document was printed: an error after it (a policy verdict
 /// that fails the command) is then told by the exit code and stderr, not
 /// by a second document on stdout.
 static JSON_PRINTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Every `--json` document: `"schema": 1`, `"command"`, and `"policy"`
+/// always present (`null` when no keys or policy were given) on the
+/// commands that judge images.
 fn json_text<T: serde::Serialize>(v: &T) -> Result<String> {
     JSON_PRINTED.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut value = serde_json::to_value(v)?;
@@ -910,10 +913,23 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             bundle,
             json,
+            audit_log,
             trust,
             bundle_key,
             registry,
         } => {
+            let mut audit = audit_log.as_ref().map(|_| {
+                let mut r = airlock::audit::AuditRecord::new("verify");
+                r.bundle = bundle.clone();
+                r.bundle_key = bundle_key.bundle_key.clone();
+                r.trust.keys = trust
+                    .keys
+                    .iter()
+                    .map(|k| airlock::audit::KeyFile::of(k))
+                    .collect();
+                r.trust.policy = trust.policy.as_deref().map(airlock::audit::KeyFile::of);
+                r
+            });
             let at_rest = bundle
                 .iter()
                 .all(|b| b.starts_with("docker://") || b.starts_with("oci:"));
@@ -923,7 +939,16 @@ async fn run(cli: Cli) -> Result<()> {
             match bundle.as_slice() {
                 refs if at_rest => verify_images_cmd(refs, json, trust, registry).await,
                 files if !any_at_rest && (files.len() == 1 || !files.iter().any(|f| f == "-")) => {
-                    verify_cmd(files, json, trust, bundle_key).await
+                    let result = verify_cmd(files, json, trust, bundle_key, audit.as_mut()).await;
+                    if let (Some(log), Some(record)) = (audit_log, audit.as_mut()) {
+                        if let Err(e) = &result {
+                            record.failed(e);
+                        }
+                        record.append(&log).with_context(|| {
+                            format!("appending to the audit log {}", log.display())
+                        })?;
+                    }
+                    result
                 }
                 _ => bail!(airlock::Error::Usage(
                     "verify takes one bundle (file or -) or its volumes, or image references (docker://…, oci:…)"
@@ -1669,6 +1694,7 @@ async fn verify_cmd(
     json: bool,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
+    audit: Option<&mut airlock::audit::AuditRecord>,
 ) -> Result<()> {
     let policy = trust.load()?;
     let bundle = files[0].as_str();
@@ -1702,6 +1728,29 @@ async fn verify_cmd(
         print_json(&report)?;
     } else {
         print_verify(&report)?;
+    }
+    if let Some(record) = audit {
+        record.bundle_digest = Some(report.bundle_digest.clone());
+        record.images = report
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let verdict = report.policy.as_ref().and_then(|v| v.get(i));
+                airlock::audit::AuditImage {
+                    source: img.source.clone(),
+                    destination: String::new(),
+                    digest: img.digest.clone(),
+                    verdict: match verdict {
+                        None => "intact (no keys or policy given)".into(),
+                        Some(v) if v.admitted => "admitted".into(),
+                        Some(_) => "rejected".into(),
+                    },
+                    rule: verdict.and_then(|v| v.admitted_by.clone().or(v.rule.clone())),
+                }
+            })
+            .collect();
+        record.counts = serde_json::json!({"members": report.members, "bytes": report.bytes});
     }
     match report.trust_failure() {
         Some(e) => Err(e.into()),

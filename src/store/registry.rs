@@ -651,22 +651,24 @@ async fn preflight(
     Ok(out)
 }
 
-/// Which blobs each target repository has already (one HEAD each, several
-/// at once), and the blobs every repository that needs them has.
-async fn presence(
-    reg: &Registry,
-    graph: &Graph,
-    plan: &Plan,
-    jobs: usize,
-) -> Result<(HashSet<(Digest, String)>, HashSet<Digest>)> {
-    let pairs: Vec<(Digest, String, u64)> = plan
-        .blob_repos
+/// Every (blob, repository) pair the plan puts together, with the size.
+fn blob_pairs(graph: &Graph, plan: &Plan) -> Vec<(Digest, String, u64)> {
+    plan.blob_repos
         .iter()
         .flat_map(|(d, repos)| {
             let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
             repos.iter().map(move |r| (d.clone(), r.clone(), size))
         })
-        .collect();
+        .collect()
+}
+
+/// The pairs the registry holds (one HEAD each, `jobs` at once; a blob of
+/// another size or digest counts as absent).
+async fn held(
+    reg: &Registry,
+    pairs: Vec<(Digest, String, u64)>,
+    jobs: usize,
+) -> Result<HashSet<(Digest, String)>> {
     let found: Vec<Option<(Digest, String)>> = futures_util::stream::iter(pairs)
         .map(|(d, r, size)| async move {
             let there = reg
@@ -677,7 +679,18 @@ async fn presence(
         .buffered(jobs.max(1))
         .try_collect()
         .await?;
-    let have: HashSet<(Digest, String)> = found.into_iter().flatten().collect();
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// Which blobs each target repository has already, and the blobs every
+/// repository that needs them has.
+async fn presence(
+    reg: &Registry,
+    graph: &Graph,
+    plan: &Plan,
+    jobs: usize,
+) -> Result<(HashSet<(Digest, String)>, HashSet<Digest>)> {
+    let have = held(reg, blob_pairs(graph, plan), jobs).await?;
     let everywhere = plan
         .blob_repos
         .iter()
@@ -977,26 +990,12 @@ async fn read_back(
 ) -> Result<()> {
     // Every blob where the plan put it, with its size: a registry that
     // answered 201 to an upload without storing it is caught here.
-    let pairs: Vec<(Digest, String, u64)> = plan
-        .blob_repos
-        .iter()
-        .flat_map(|(d, repos)| {
-            let size = graph.blob(d).map(|b| b.size).unwrap_or(0);
-            repos.iter().map(move |r| (d.clone(), r.clone(), size))
-        })
-        .collect();
-    let missing: Vec<String> = futures_util::stream::iter(pairs)
-        .map(|(d, r, size)| async move {
-            let there = reg
-                .blob_exists(&r, &Descriptor::blob(d.clone(), size))
-                .await?;
-            Ok::<_, Error>((!there).then(|| format!("{}/{r}@{d}", reg.host())))
-        })
-        .buffer_unordered(8)
-        .try_collect::<Vec<_>>()
-        .await?
+    let pairs = blob_pairs(graph, plan);
+    let have = held(reg, pairs.clone(), 8).await?;
+    let missing: Vec<String> = pairs
         .into_iter()
-        .flatten()
+        .filter(|(d, r, _)| !have.contains(&(d.clone(), r.clone())))
+        .map(|(d, r, _)| format!("{}/{r}@{d}", reg.host()))
         .collect();
     if !missing.is_empty() {
         return Err(Error::ReadBack(format!(
