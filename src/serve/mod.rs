@@ -21,8 +21,6 @@ use std::time::Instant;
 
 /// Called once per request with its log line.
 pub type RequestLogger = Arc<dyn Fn(&RequestLog) + Send + Sync>;
-/// The same (older name).
-pub type LogFn = RequestLogger;
 
 #[derive(Clone)]
 pub struct ServeOptions {
