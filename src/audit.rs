@@ -68,6 +68,30 @@ pub struct AuditImage {
     pub rule: Option<String>,
 }
 
+impl AuditImage {
+    /// An image's record: what the policy decided (`unchecked` says what
+    /// was established when no keys or policy were given).
+    pub fn new(
+        source: &str,
+        destination: &str,
+        digest: &Digest,
+        verdict: Option<&crate::trust::Verdict>,
+        unchecked: &str,
+    ) -> AuditImage {
+        AuditImage {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            digest: digest.clone(),
+            verdict: match verdict {
+                None => unchecked.into(),
+                Some(v) if v.admitted => "admitted".into(),
+                Some(_) => "rejected".into(),
+            },
+            rule: verdict.and_then(|v| v.admitted_by.clone().or(v.rule.clone())),
+        }
+    }
+}
+
 impl AuditRecord {
     pub fn new(command: &str) -> AuditRecord {
         AuditRecord {

@@ -1321,18 +1321,13 @@ fn audit_import(record: &mut airlock::audit::AuditRecord, report: &import::Impor
         .iter()
         .enumerate()
         .map(|(i, img)| {
-            let verdict = report.policy.as_ref().and_then(|v| v.get(i));
-            airlock::audit::AuditImage {
-                source: img.source.clone(),
-                destination: img.target.clone(),
-                digest: img.digest.clone(),
-                verdict: match verdict {
-                    None => "not checked (no keys or policy given)".into(),
-                    Some(v) if v.admitted => "admitted".into(),
-                    Some(_) => "rejected".into(),
-                },
-                rule: verdict.and_then(|v| v.admitted_by.clone().or(v.rule.clone())),
-            }
+            airlock::audit::AuditImage::new(
+                &img.source,
+                &img.target,
+                &img.digest,
+                report.policy.as_ref().and_then(|v| v.get(i)),
+                "not checked (no keys or policy given)",
+            )
         })
         .collect();
     record.counts = serde_json::json!({
@@ -1736,18 +1731,13 @@ async fn verify_cmd(
             .iter()
             .enumerate()
             .map(|(i, img)| {
-                let verdict = report.policy.as_ref().and_then(|v| v.get(i));
-                airlock::audit::AuditImage {
-                    source: img.source.clone(),
-                    destination: String::new(),
-                    digest: img.digest.clone(),
-                    verdict: match verdict {
-                        None => "intact (no keys or policy given)".into(),
-                        Some(v) if v.admitted => "admitted".into(),
-                        Some(_) => "rejected".into(),
-                    },
-                    rule: verdict.and_then(|v| v.admitted_by.clone().or(v.rule.clone())),
-                }
+                airlock::audit::AuditImage::new(
+                    &img.source,
+                    "",
+                    &img.digest,
+                    report.policy.as_ref().and_then(|v| v.get(i)),
+                    "intact (no keys or policy given)",
+                )
             })
             .collect();
         record.counts = serde_json::json!({"members": report.members, "bytes": report.bytes});
