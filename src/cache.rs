@@ -131,6 +131,34 @@ impl BlobCache {
             .map_err(Error::io(self.tmp.display()))
     }
 
+    /// A blob downloaded straight into the bundle, past the cache: counted
+    /// with the downloads all the same.
+    pub fn count_streamed(&self, size: u64) {
+        self.downloaded_blobs.fetch_add(1, Ordering::Relaxed);
+        self.downloaded_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
+    /// A blob of this digest is in the cache (not checked: a reuse is).
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.path_of(digest).is_file()
+    }
+
+    /// A blob read from elsewhere (an unfinished bundle): `data` verifies
+    /// its digest on its last read, so it enters the cache only whole and
+    /// right. Not counted as a download. True if it was taken.
+    pub fn recover(&self, digest: &Digest, size: u64, data: &mut dyn Read) -> Result<bool> {
+        let mut tmp = self.temp_file(digest)?;
+        let name = tmp.path().display().to_string();
+        let copied = io::copy(data, tmp.as_file_mut());
+        match copied {
+            Ok(n) if n == size => {}
+            _ => return Ok(false),
+        }
+        let path = self.path_of(digest);
+        tmp.persist(&path).map_err(|e| Error::io(name)(e.error))?;
+        Ok(true)
+    }
+
     /// `tmp` holds the blob, its size and digest checked as it was
     /// downloaded: rename it into the cache. No fsync: a reuse re-hashes.
     pub fn admit(

@@ -149,6 +149,7 @@ pub async fn copy(
         sink: &*sink,
         jobs,
         progress: &progress,
+        reads_once: prepared.reads_once,
     };
     let moved = match (source.sequential(), ordered) {
         (false, false) => how.random_any_order(&todo).await,
@@ -199,7 +200,7 @@ fn in_sink_order<'g>(
 
 /// A blob from the source, or from the payloads the graph already holds
 /// (signature payloads read for the policy are not downloaded twice).
-async fn fetch(source: &dyn Source, graph: &Graph, blob: &BlobInfo) -> Result<Blob> {
+async fn fetch(source: &dyn Source, graph: &Graph, blob: &BlobInfo, once: bool) -> Result<Blob> {
     if let Some(bytes) = graph.payloads.get(&blob.digest) {
         if !source.sequential() {
             return Ok(std::sync::Arc::new(crate::body::InMemory {
@@ -207,6 +208,9 @@ async fn fetch(source: &dyn Source, graph: &Graph, blob: &BlobInfo) -> Result<Bl
                 digest: blob.digest.clone(),
             }));
         }
+    }
+    if once {
+        return source.fetch_once(graph, blob).await;
     }
     source.fetch(graph, blob).await
 }
@@ -262,14 +266,22 @@ struct Move<'a> {
     sink: &'a dyn Sink,
     jobs: usize,
     progress: &'a Progress,
+    /// The sink reads each blob once, as it is put.
+    reads_once: bool,
 }
 
 impl Move<'_> {
     async fn random_any_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
-        let (source, graph, sink, progress) = (self.source, self.graph, self.sink, self.progress);
+        let (source, graph, sink, progress, reads_once) = (
+            self.source,
+            self.graph,
+            self.sink,
+            self.progress,
+            self.reads_once,
+        );
         futures_util::stream::iter(todo.iter().copied())
             .map(|b| async move {
-                let data = fetch(source, graph, b).await?;
+                let data = fetch(source, graph, b, reads_once).await?;
                 put(sink, b, data, progress).await
             })
             .buffer_unordered(self.jobs)
@@ -278,9 +290,15 @@ impl Move<'_> {
     }
 
     async fn random_in_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
-        let (source, graph, sink, progress) = (self.source, self.graph, self.sink, self.progress);
+        let (source, graph, sink, progress, reads_once) = (
+            self.source,
+            self.graph,
+            self.sink,
+            self.progress,
+            self.reads_once,
+        );
         let mut fetched = futures_util::stream::iter(todo.iter().copied())
-            .map(|b| async move { fetch(source, graph, b).await.map(|d| (b, d)) })
+            .map(|b| async move { fetch(source, graph, b, reads_once).await.map(|d| (b, d)) })
             .buffered(self.jobs);
         let mut out = Vec::new();
         while let Some(item) = fetched.next().await {
@@ -299,7 +317,7 @@ impl Move<'_> {
         let mut in_flight = FuturesUnordered::new();
         for b in todo.iter().copied() {
             // Uploads keep going while the source reads the next blob.
-            let next = fetch(source, graph, b);
+            let next = fetch(source, graph, b, false);
             tokio::pin!(next);
             let data = loop {
                 tokio::select! {

@@ -200,9 +200,13 @@ pub async fn export(
         volume_size: opts.volume_size,
     };
     // Refuses an existing output before a state directory is made for it.
-    let sink = BundleSink::new(opts.bundle_output(), write)?;
+    let mut sink = BundleSink::new(opts.bundle_output(), write)?;
     let guard = match &opts.bundle_output() {
-        Output::File(path) => Some(OutputGuard::acquire(path)?),
+        Output::File(path) => {
+            let guard = OutputGuard::acquire(path)?;
+            sink.keep_partial_in(guard.dir());
+            Some(guard)
+        }
         Output::Stdout if opts.cache_dir.is_some() => {
             return Err(Error::Usage(
                 "--cache-dir needs a bundle file (-o FILE), not stdout".into(),
@@ -214,7 +218,18 @@ pub async fn export(
         Some(g) => {
             let root = opts.cache_dir.as_deref().unwrap_or(g.dir());
             let tmp = crate::output::temp_dir(g.dir());
-            Some(Arc::new(BlobCache::open(root, &tmp)?))
+            let cache = Arc::new(BlobCache::open(root, &tmp)?);
+            // What a killed or failed run wrote into its bundle is not
+            // downloaded again.
+            let recovered = crate::output::recover_partial_outputs(g.dir(), &cache)?;
+            if recovered.blobs > 0 {
+                opts.events.note(&format!(
+                    "{} blobs ({}) recovered from the unfinished bundle of an earlier run",
+                    recovered.blobs,
+                    crate::progress::human_bytes(recovered.bytes)
+                ));
+            }
+            Some(cache)
         }
         None => None,
     };
@@ -226,9 +241,9 @@ pub async fn export(
         }
         (Err(e), Some(g)) => {
             let kept = g.kept_blobs();
-            if kept > 0 {
+            if kept > 0 || g.has_partial_output() {
                 opts.events.note(&format!(
-                    "{kept} verified blobs kept in {}: rerun the same command to resume, or \
+                    "what was downloaded is kept in {}: rerun the same command to resume, or \
                      delete that directory to start over",
                     g.dir().display()
                 ));
@@ -265,6 +280,10 @@ async fn export_with(
         .map(read_trusted_root)
         .transpose()?;
     let mut source = match &cache {
+        Some(c) if opts.cache_dir.is_some() => {
+            RegistrySource::with_cache(registries, selection.to_vec(), opts.jobs, c.clone())
+                .keep_every_download()
+        }
         Some(c) => RegistrySource::with_cache(registries, selection.to_vec(), opts.jobs, c.clone()),
         None => RegistrySource::new(registries, selection.to_vec(), opts.jobs, None)?,
     };

@@ -36,6 +36,7 @@ pub mod serve;
 /// Artifact discovery moved to [`store::discover`]; kept under its old name.
 pub use store::discover as signatures;
 pub mod store;
+pub mod stream;
 pub mod time;
 pub mod transfer;
 pub mod trust;

@@ -1952,12 +1952,11 @@ impl Interrupted {
             )
         } else if state.is_dir() {
             format!(
-                "export interrupted; {} was not written; its resumable state is in {} \
-                 ({} verified blobs): rerun the same command to resume, or delete that \
+                "export interrupted; {} was not written; its resumable state (the blobs \
+                 written so far) is in {}: rerun the same command to resume, or delete that \
                  directory to start over",
                 opts.output.display(),
                 state.display(),
-                airlock::output::count_blobs(&state)
             )
         } else {
             format!(

@@ -10,7 +10,15 @@
 //!   lock                 flock(LOCK_EX|LOCK_NB) while an export writes NAME.tar.zst
 //!   blobs/sha256/<hex>   verified downloads (unless --cache-dir puts them elsewhere)
 //!   tmp/                 downloads in flight; renamed into blobs/ once verified
+//!   .NAME.XXXX.unfinished  the bundle being written (volumes: one per volume);
+//!                        kept if the export stops, and its complete blobs
+//!                        moved into blobs/ by the rerun
 //! ```
+//!
+//! Blobs are streamed from the registry into the bundle, not spooled (one
+//! disk write per byte, not two), so a killed export's downloads are in its
+//! unfinished bundle: every member complete and matching its digest there
+//! is recovered, the rest downloaded again.
 //!
 //! It is removed when the export succeeds and kept, with its verified
 //! blobs, when it fails or is interrupted, so that the same command resumes.
@@ -25,6 +33,67 @@ pub fn state_dir(output: &Path) -> PathBuf {
     let mut s = output.as_os_str().to_owned();
     s.push(".partial");
     PathBuf::from(s)
+}
+
+/// The name ending of a bundle (or volume) being written in the state directory.
+pub const PARTIAL_OUTPUT_SUFFIX: &str = ".unfinished";
+
+/// What [`recover_partial_outputs`] found.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Recovered {
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// Move every complete, verified blob of the unfinished bundles an earlier
+/// run left in `state` into `cache`, then delete those files. A member is
+/// taken only if its bytes hash to the digest the bundle index lists (the
+/// file is ours, but a power cut may have left anything in it); reading
+/// stops at the first member that is not whole.
+pub fn recover_partial_outputs(state: &Path, cache: &crate::cache::BlobCache) -> Result<Recovered> {
+    let mut recovered = Recovered::default();
+    let entries = match std::fs::read_dir(state) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(recovered),
+        Err(e) => return Err(Error::io(state.display())(e)),
+    };
+    for e in entries {
+        let e = e.map_err(Error::io(state.display()))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if !is_file || !name.ends_with(PARTIAL_OUTPUT_SUFFIX) {
+            continue;
+        }
+        let path = e.path();
+        if let Ok(f) = File::open(&path) {
+            let label = path.display().to_string();
+            // Where the file stops being whole is expected: an error ends
+            // the recovery of this file, whatever it says.
+            let _ = crate::bundle::read_whole_members(
+                io::BufReader::with_capacity(1 << 20, f),
+                &label,
+                |member, data| {
+                    if !matches!(
+                        member.kind,
+                        crate::bundle::MemberKind::Small | crate::bundle::MemberKind::Layer
+                    ) || cache.holds(&member.digest)
+                    {
+                        return Ok(());
+                    }
+                    if cache
+                        .recover(&member.digest, member.size, data)
+                        .is_ok_and(|took| took)
+                    {
+                        recovered.blobs += 1;
+                        recovered.bytes += member.size;
+                    }
+                    Ok(())
+                },
+            );
+        }
+        remove_file_if_there(&path)?;
+    }
+    Ok(recovered)
 }
 
 /// Where a download is written before it is verified and renamed.
@@ -169,6 +238,11 @@ impl OutputGuard {
         std::fs::remove_dir_all(&self.dir).map_err(Error::io(self.dir.display()))
     }
 
+    /// An unfinished bundle is in the state directory (a rerun recovers it).
+    pub fn has_partial_output(&self) -> bool {
+        has_partial_output(&self.dir)
+    }
+
     /// Verified blobs the state directory holds (what a rerun will reuse).
     pub fn kept_blobs(&self) -> usize {
         count_blobs(&self.dir)
@@ -184,10 +258,23 @@ impl Drop for OutputGuard {
             return;
         }
         let _ = std::fs::remove_dir_all(temp_dir(&self.dir));
-        if count_blobs(&self.dir) == 0 {
+        if count_blobs(&self.dir) == 0 && !has_partial_output(&self.dir) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// An unfinished bundle (or volume) in the state directory `dir`.
+pub fn has_partial_output(dir: &Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()).any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with(PARTIAL_OUTPUT_SUFFIX)
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// Files in `DIR/blobs/sha256`.
@@ -237,6 +324,24 @@ fn file_name(path: &Path) -> String {
 /// with --force) is never replaced: the link fails instead of overwriting,
 /// which a check-then-rename could not promise.
 pub fn publish(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result<()> {
+    publish_or_keep(tmp, dest, force, false)
+}
+
+/// [`publish`]; with `keep`, a file refused because `dest` appeared stays
+/// where it is (an unfinished bundle in the state directory: the rerun
+/// recovers its blobs).
+pub fn publish_or_keep(
+    tmp: tempfile::NamedTempFile,
+    dest: &Path,
+    force: bool,
+    keep: bool,
+) -> Result<()> {
+    let refuse = |tmp: tempfile::NamedTempFile, e: Error| {
+        if keep {
+            let _ = tmp.keep();
+        }
+        Err(e)
+    };
     if force {
         tmp.persist(dest).map_err(|e| Error::Io {
             path: dest.display().to_string(),
@@ -250,12 +355,15 @@ pub fn publish(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result
             drop(tmp);
             sync_parent(dest)
         }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(Error::Refused(format!(
-            "{} appeared while this export was writing it and was left as it is; the new \
-             bundle was discarded; move that file away and rerun (downloaded blobs are \
-             reused), or rerun with --force to replace it",
-            dest.display()
-        ))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => refuse(
+            tmp,
+            Error::Refused(format!(
+                "{} appeared while this export was writing it and was left as it is; the new \
+                 bundle was not published; move that file away and rerun (downloaded blobs \
+                 are reused), or rerun with --force to replace it",
+                dest.display()
+            )),
+        ),
         // A file system without hard links (FAT, some network mounts): a
         // rename after a check is the best it offers.
         Err(e)
@@ -263,11 +371,14 @@ pub fn publish(tmp: tempfile::NamedTempFile, dest: &Path, force: bool) -> Result
                 || e.kind() == io::ErrorKind::PermissionDenied =>
         {
             if dest.symlink_metadata().is_ok() {
-                return Err(Error::Refused(format!(
-                    "{} appeared while this export was writing it and was left as it is; \
-                     move it away and rerun, or rerun with --force to replace it",
-                    dest.display()
-                )));
+                return refuse(
+                    tmp,
+                    Error::Refused(format!(
+                        "{} appeared while this export was writing it and was left as it is; \
+                         move it away and rerun, or rerun with --force to replace it",
+                        dest.display()
+                    )),
+                );
             }
             tmp.persist(dest).map_err(|e| Error::Io {
                 path: dest.display().to_string(),

@@ -1,8 +1,10 @@
 //! Interrupted exports: kill -9 then a rerun that resumes, Ctrl-C that
-//! leaves only verified blobs, one writer per output, and a file that
-//! appears at the output path while the export runs. The `airlock` binary
-//! is driven through the fault proxy, which stalls the last blob of the
-//! bundle so that the export is caught with every other blob downloaded.
+//! leaves only its state, one writer per output, and a file that appears
+//! at the output path while the export runs. The `airlock` binary is driven
+//! through the fault proxy, which stalls the last blob of the bundle so
+//! that the export is caught with every other blob written. Blobs stream
+//! into the unfinished bundle in the state directory; a rerun recovers the
+//! complete ones from it instead of downloading them again.
 
 mod common;
 
@@ -94,12 +96,12 @@ impl Setup {
             .expect("start airlock export")
     }
 
-    /// Wait until the export has every blob but the stalled one in its state
-    /// directory and has asked for the last one (it is then blocked on it).
+    /// Wait until the export has written every blob but the stalled one
+    /// into its unfinished bundle (it is then blocked on the last one).
     fn wait_for_all_but_last(&self, child: &mut Child) {
         let state = airlock::output::state_dir(&self.out());
         let deadline = Instant::now() + Duration::from_secs(60);
-        while airlock::output::count_blobs(&state) < self.blobs - 1
+        while complete_blobs_in_unfinished(&state) < self.blobs - 1
             || self.proxy.count("GET", &self.last_blob) == 0
         {
             if let Ok(Some(status)) = child.try_wait() {
@@ -110,7 +112,7 @@ impl Setup {
                 Instant::now() < deadline,
                 "export did not reach the last blob"
             );
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -183,6 +185,36 @@ fn sha256_file(p: &Path) -> String {
     airlock::digest::Digest::of(&std::fs::read(p).unwrap()).hex()
 }
 
+/// Blobs complete and verified in the unfinished bundle(s) of `state`:
+/// what a rerun recovers.
+fn complete_blobs_in_unfinished(state: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(state) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(airlock::output::PARTIAL_OUTPUT_SUFFIX) {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(e.path()) else {
+            continue;
+        };
+        let _ = airlock::bundle::read_whole_members(f, &name, |m, data| {
+            if matches!(
+                m.kind,
+                airlock::bundle::MemberKind::Small | airlock::bundle::MemberKind::Layer
+            ) {
+                std::io::copy(data, &mut std::io::sink())
+                    .map_err(|e| airlock::bundle::member_error(&name, m, e))?;
+                n += 1;
+            }
+            Ok(())
+        });
+    }
+    n
+}
+
 /// Every file in `STATE/blobs/sha256` is a complete blob: its sha256 is its name.
 fn assert_only_verified_blobs(state: &Path) -> usize {
     let mut n = 0;
@@ -209,13 +241,12 @@ fn kill_9_mid_export_then_the_same_command_resumes() {
     child.wait().unwrap();
 
     let state = airlock::output::state_dir(&s.out());
-    let left = s.out_dir_names();
-    assert!(
-        left.iter()
-            .any(|n| n.starts_with(".b.tar.zst.") && n.ends_with(".partial")),
-        "the killed run left its temp output: {left:?}"
+    assert_eq!(
+        s.out_dir_names(),
+        ["b.tar.zst.partial"],
+        "the killed run left only its state directory"
     );
-    assert_eq!(assert_only_verified_blobs(&state), s.blobs - 1);
+    assert_eq!(complete_blobs_in_unfinished(&state), s.blobs - 1);
 
     s.proxy.set_rules(vec![]);
     s.proxy.release();
@@ -278,10 +309,20 @@ fn interrupt_mid_export(signal: libc::c_int, code: i32) {
     let mut inside: Vec<String> = std::fs::read_dir(&state)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.ends_with(airlock::output::PARTIAL_OUTPUT_SUFFIX))
         .collect();
     inside.sort();
     assert_eq!(inside, ["blobs", "lock"], "no download in flight is kept");
-    assert_eq!(assert_only_verified_blobs(&state), s.blobs - 1);
+    assert_eq!(complete_blobs_in_unfinished(&state), s.blobs - 1);
+    // The rerun takes them from there and fetches only the last blob.
+    s.proxy.set_rules(vec![]);
+    s.proxy.release();
+    let gets_before = s.proxy.count("GET", "/blobs/");
+    let out = run_ok(&mut cmd(&s.out(), &s.refs, &["--json"]));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["downloadedBlobs"], 1, "{report}");
+    assert_eq!(s.proxy.count("GET", "/blobs/") - gets_before, 1);
+    assert_eq!(sha256_file(&s.out()), sha256_file(&s.full));
     // The temp spool of older versions is not used for a file output.
     assert!(!s
         .out_dir_names()
@@ -322,7 +363,7 @@ fn two_exports_to_one_output_one_is_refused_at_once() {
     );
     // The refused export took nothing from the running one.
     assert_eq!(
-        airlock::output::count_blobs(&airlock::output::state_dir(&s.out())),
+        complete_blobs_in_unfinished(&airlock::output::state_dir(&s.out())),
         s.blobs - 1
     );
 
@@ -356,10 +397,10 @@ fn a_file_that_appears_at_the_output_is_not_replaced_without_force() {
     );
     assert_eq!(std::fs::read(s.out()).unwrap(), foreign, "left as it was");
     // No temp output, no sidecar for a bundle that was not published; the
-    // verified blobs stay for the rerun.
+    // unfinished bundle (here whole) stays in the state for the rerun.
     assert_eq!(s.out_dir_names(), ["b.tar.zst", "b.tar.zst.partial"]);
     let state = airlock::output::state_dir(&s.out());
-    assert_eq!(assert_only_verified_blobs(&state), s.blobs);
+    assert_eq!(complete_blobs_in_unfinished(&state), s.blobs);
 
     let out = run_ok(&mut cmd(&s.out(), &s.refs, &["--json", "--force"]));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

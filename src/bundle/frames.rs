@@ -17,7 +17,7 @@ use std::thread::JoinHandle;
 pub const SKIPPABLE_SEEK_TABLE_MAGIC: u32 = 0x184D_2A5E;
 pub const SEEKABLE_MAGIC: u32 = 0x8F92_EAB1;
 /// Largest amount of uncompressed data in one frame.
-pub const DEFAULT_FRAME_MAX: usize = 4 << 20;
+pub const DEFAULT_FRAME_MAX: usize = 2 << 20;
 /// Frames are never larger than this (readers cap their window to it).
 pub const MAX_FRAME: usize = 16 << 20;
 
@@ -31,19 +31,53 @@ pub struct FrameEntry {
 type Job = (u64, Vec<u8>, bool);
 type Done = (u64, io::Result<Vec<u8>>, usize);
 
-pub struct FramedWriter<W: Write> {
-    out: W,
+/// Buffers go round (writer → worker → writer, worker → output → worker)
+/// instead of being allocated per frame: memory stays at the frames in
+/// flight, and no allocator churn of multi-MiB blocks.
+type Pool = (
+    mpsc::Sender<Vec<u8>>,
+    std::sync::Arc<std::sync::Mutex<Receiver<Vec<u8>>>>,
+);
+
+fn pool() -> Pool {
+    let (tx, rx) = mpsc::channel();
+    (tx, std::sync::Arc::new(std::sync::Mutex::new(rx)))
+}
+
+fn take_from(pool: &Pool, capacity: usize) -> Vec<u8> {
+    let reused = pool.1.lock().ok().and_then(|rx| rx.try_recv().ok());
+    match reused {
+        Some(mut v) => {
+            v.clear();
+            v
+        }
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+/// Frames written so far, shared with the output thread: the writer waits
+/// on it so that at most `max_in_flight` frames are held in memory.
+struct Written {
+    count: std::sync::Mutex<(u64, Option<String>)>,
+    changed: std::sync::Condvar,
+}
+
+/// Frames are compressed on `threads` workers and written, in order, by an
+/// output thread of their own: whoever feeds the writer (the tar stream)
+/// never waits for the disk, the output's hash (a `HashingWriter` as `W`)
+/// runs beside the compression, and every frame reaches the file as soon as
+/// it and the ones before it are done, so that a killed export leaves a
+/// file whose complete members can be recovered.
+pub struct FramedWriter<W: Write + Send + 'static> {
     frame_max: usize,
     buf: Vec<u8>,
     jobs: Option<SyncSender<Job>>,
-    results: Receiver<Done>,
     workers: Vec<JoinHandle<()>>,
+    output: Option<JoinHandle<io::Result<(W, Vec<FrameEntry>)>>>,
+    written: std::sync::Arc<Written>,
+    inputs: Pool,
     submitted: u64,
-    written: u64,
-    waiting: BTreeMap<u64, (Vec<u8>, usize)>,
     max_in_flight: u64,
-    frames: Vec<FrameEntry>,
-    compressed_bytes: u64,
     /// The frames cut from now on hold already-compressed data.
     fast: bool,
 }
@@ -53,7 +87,7 @@ pub struct FramedWriter<W: Write> {
 /// of an export; the frame format is the same, so every reader is too.
 pub const FAST_LEVEL: i32 = 1;
 
-impl<W: Write> FramedWriter<W> {
+impl<W: Write + Send + 'static> FramedWriter<W> {
     pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
         let threads = threads.max(1);
         let frame_max = frame_max.clamp(1, MAX_FRAME);
@@ -61,9 +95,11 @@ impl<W: Write> FramedWriter<W> {
         let job_rx = std::sync::Arc::new(std::sync::Mutex::new(job_rx));
         let (done_tx, done_rx) = mpsc::channel::<Done>();
         let mut workers = Vec::new();
+        let (inputs, outputs) = (pool(), pool());
         for _ in 0..threads {
             let rx = job_rx.clone();
             let tx = done_tx.clone();
+            let (inputs, outputs) = (inputs.clone(), outputs.clone());
             let mut compressor = zstd::bulk::Compressor::new(level)?;
             compressor.include_checksum(true)?;
             compressor.include_contentsize(true)?;
@@ -78,29 +114,43 @@ impl<W: Write> FramedWriter<W> {
                 let Ok((seq, data, is_fast)) = job else {
                     return;
                 };
-                let out = if is_fast {
-                    fast.compress(&data)
-                } else {
-                    compressor.compress(&data)
-                };
-                if tx.send((seq, out, data.len())).is_err() {
+                let mut out = take_from(&outputs, zstd::zstd_safe::compress_bound(data.len()));
+                out.reserve(zstd::zstd_safe::compress_bound(data.len()));
+                let c = if is_fast { &mut fast } else { &mut compressor };
+                let result = c.compress_to_buffer(&data, &mut out).map(|_| out);
+                let len = data.len();
+                let _ = inputs.0.send(data);
+                if tx.send((seq, result, len)).is_err() {
                     return;
                 }
             }));
         }
+        drop(done_tx);
+        let written = std::sync::Arc::new(Written {
+            count: std::sync::Mutex::new((0, None)),
+            changed: std::sync::Condvar::new(),
+        });
+        let shared = written.clone();
+        let output = std::thread::spawn(move || {
+            let result = write_in_order(out, done_rx, &shared, &outputs.0);
+            if let Err(e) = &result {
+                if let Ok(mut c) = shared.count.lock() {
+                    c.1 = Some(e.to_string());
+                }
+                shared.changed.notify_all();
+            }
+            result
+        });
         Ok(FramedWriter {
-            out,
             frame_max,
             buf: Vec::with_capacity(frame_max),
             jobs: Some(job_tx),
-            results: done_rx,
             workers,
+            output: Some(output),
+            written,
+            inputs,
             submitted: 0,
-            written: 0,
-            waiting: BTreeMap::new(),
-            max_in_flight: (threads * 3) as u64,
-            frames: Vec::new(),
-            compressed_bytes: 0,
+            max_in_flight: (threads * 2) as u64,
             fast: false,
         })
     }
@@ -115,69 +165,132 @@ impl<W: Write> FramedWriter<W> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.frame_max));
+        self.wait_for_room()?;
+        let fresh = take_from(&self.inputs, self.frame_max);
+        let data = std::mem::replace(&mut self.buf, fresh);
         let jobs = self
             .jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("frame writer already finished"))?;
         jobs.send((self.submitted, data, self.fast))
-            .map_err(|_| io::Error::other("compression worker stopped"))?;
+            .map_err(|_| self.stopped())?;
         self.submitted += 1;
-        self.drain(false)?;
-        while self.submitted - self.written >= self.max_in_flight {
-            self.drain(true)?;
-        }
         Ok(())
     }
 
-    fn drain(&mut self, block: bool) -> io::Result<()> {
-        let mut first = block;
+    /// Block while `max_in_flight` frames are compressing or waiting for
+    /// the output (memory is frames × their size, whatever the input).
+    fn wait_for_room(&self) -> io::Result<()> {
+        let mut c = self.written.count.lock().map_err(|_| self.stopped())?;
         loop {
-            let next = if first {
-                first = false;
-                self.results
-                    .recv()
-                    .map_err(|_| io::Error::other("compression worker stopped"))?
-            } else {
-                match self.results.try_recv() {
-                    Ok(r) => r,
-                    Err(_) => break,
-                }
-            };
-            let (seq, data, dlen) = next;
-            self.waiting.insert(seq, (data?, dlen));
+            if let Some(e) = &c.1 {
+                return Err(io::Error::other(e.clone()));
+            }
+            if self.submitted - c.0 < self.max_in_flight {
+                return Ok(());
+            }
+            c = self.written.changed.wait(c).map_err(|_| self.stopped())?;
         }
-        while let Some((data, dlen)) = self.waiting.remove(&self.written) {
-            self.out.write_all(&data)?;
-            self.frames.push(FrameEntry {
-                compressed: u32::try_from(data.len()).map_err(io::Error::other)?,
-                decompressed: u32::try_from(dlen).map_err(io::Error::other)?,
-            });
-            self.compressed_bytes += data.len() as u64;
-            self.written += 1;
-        }
-        Ok(())
+    }
+
+    fn stopped(&self) -> io::Error {
+        let why = self
+            .written
+            .count
+            .lock()
+            .ok()
+            .and_then(|c| c.1.clone())
+            .unwrap_or_else(|| "compression worker stopped".into());
+        io::Error::other(why)
     }
 
     /// Flush every frame, append the seek table, and give back the output.
     pub fn finish(mut self) -> io::Result<(W, Vec<FrameEntry>)> {
         self.cut()?;
         self.jobs = None;
-        while self.written < self.submitted {
-            self.drain(true)?;
-        }
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
-        write_seek_table(&mut self.out, &self.frames)?;
-        self.out.flush()?;
-        let frames = std::mem::take(&mut self.frames);
-        let FramedWriter { out, .. } = self;
+        let output = self
+            .output
+            .take()
+            .ok_or_else(|| io::Error::other("frame writer already finished"))?;
+        let (mut out, frames) = output
+            .join()
+            .map_err(|_| io::Error::other("the output thread panicked"))??;
+        if frames.len() as u64 != self.submitted {
+            return Err(io::Error::other(format!(
+                "{} of {} frames written",
+                frames.len(),
+                self.submitted
+            )));
+        }
+        write_seek_table(&mut out, &frames)?;
+        out.flush()?;
         Ok((out, frames))
     }
 }
 
-impl<W: Write> Write for FramedWriter<W> {
+/// The output thread: frames in sequence order, each written once it and
+/// every frame before it are compressed; flushed whenever it catches up.
+fn write_in_order<W: Write>(
+    mut out: W,
+    done: Receiver<Done>,
+    written: &Written,
+    spent: &mpsc::Sender<Vec<u8>>,
+) -> io::Result<(W, Vec<FrameEntry>)> {
+    let mut waiting: BTreeMap<u64, (Vec<u8>, usize)> = BTreeMap::new();
+    let mut frames: Vec<FrameEntry> = Vec::new();
+    let mut next = 0u64;
+    let mut block = true;
+    loop {
+        let item = if block {
+            match done.recv() {
+                Ok(item) => Some(item),
+                Err(_) => break,
+            }
+        } else {
+            done.try_recv().ok()
+        };
+        let Some((seq, data, dlen)) = item else {
+            // Caught up: what is written reaches the file now, not at the end.
+            out.flush()?;
+            block = true;
+            continue;
+        };
+        waiting.insert(seq, (data?, dlen));
+        while let Some((data, dlen)) = waiting.remove(&next) {
+            out.write_all(&data)?;
+            frames.push(FrameEntry {
+                compressed: u32::try_from(data.len()).map_err(io::Error::other)?,
+                decompressed: u32::try_from(dlen).map_err(io::Error::other)?,
+            });
+            let _ = spent.send(data);
+            next += 1;
+            if let Ok(mut c) = written.count.lock() {
+                c.0 = next;
+            }
+            written.changed.notify_all();
+        }
+        block = false;
+    }
+    if !waiting.is_empty() {
+        return Err(io::Error::other(
+            "a frame was lost between compression and output",
+        ));
+    }
+    Ok((out, frames))
+}
+
+impl<W: Write + Send + 'static> Drop for FramedWriter<W> {
+    fn drop(&mut self) {
+        // An abandoned writer (a failed export): stop the workers, then the
+        // output thread once they are gone; nothing waits for them.
+        self.jobs = None;
+    }
+}
+
+impl<W: Write + Send + 'static> Write for FramedWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let room = self.frame_max - self.buf.len();
         let n = data.len().min(room);

@@ -20,7 +20,7 @@ mod writer;
 pub use index::*;
 pub use reader::{
     member_error, parse_index, read_index_only, read_one_volume, read_stream, read_whole,
-    ReadCounts, SeekableBundle, StreamEvent,
+    read_whole_members, ReadCounts, SeekableBundle, StreamEvent,
 };
 pub use sink::{
     read_sidecar, sidecar_path, signature_path, write_atomically, BundleSink, Output, WriteOptions,

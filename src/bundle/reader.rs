@@ -710,6 +710,22 @@ pub fn read_one_volume<R: Read>(
     Ok((w.index, w.digest, label, counts))
 }
 
+/// Every whole member of one file of a bundle (the bundle, or any one of
+/// its volumes), each verified before `visit` sees its end; chunks of
+/// members cut across volumes are read past. For recovering what an
+/// unfinished export wrote: the caller expects an error where it stops.
+pub fn read_whole_members<R: Read>(
+    input: R,
+    bundle: &str,
+    mut visit: impl FnMut(&Member, &mut dyn Read) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
+    let mut w = Walk::start(stream_decoder(input, bundle)?, bundle)?;
+    let volume = w.label.as_ref().map(|l| l.volume);
+    w.steps = steps(&w.index, volume);
+    w.run(volume.is_some(), &mut |m, data| visit(m, data))?;
+    Ok(())
+}
+
 // ------------------------------------------------------------ random access
 
 /// One file of a seekable bundle: a whole bundle or one volume.

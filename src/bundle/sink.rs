@@ -80,6 +80,24 @@ pub struct BundleSink {
     temps: Vec<(PathBuf, tempfile::NamedTempFile)>,
     tx: Option<mpsc::Sender<Item>>,
     writer: Option<tokio::task::JoinHandle<Written>>,
+    /// Why the writer thread stopped, for a blob sent after it did.
+    stopped: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Temp outputs go here and stay when the export fails, so that a rerun
+    /// recovers the blobs they hold (the export's state directory).
+    partial_dir: Option<PathBuf>,
+}
+
+impl Drop for BundleSink {
+    fn drop(&mut self) {
+        if self.partial_dir.is_none() {
+            return;
+        }
+        // Not committed (a commit takes them): the blobs written so far
+        // are the resumable state of the export.
+        for (_, tmp) in self.temps.drain(..) {
+            let _ = tmp.keep();
+        }
+    }
 }
 
 impl BundleSink {
@@ -108,7 +126,15 @@ impl BundleSink {
             temps: Vec::new(),
             tx: None,
             writer: None,
+            stopped: Default::default(),
+            partial_dir: None,
         })
+    }
+
+    /// Write the temp outputs in `dir` (same file system as the output) and
+    /// keep them there if the export does not finish.
+    pub fn keep_partial_in(&mut self, dir: &Path) {
+        self.partial_dir = Some(dir.to_path_buf());
     }
 
     /// The bundle index bytes (hash = bundle digest), once prepared.
@@ -152,10 +178,13 @@ impl BundleSink {
                 outs.push(None);
                 continue;
             };
-            let dir = parent_dir(&path);
+            let dir = self
+                .partial_dir
+                .clone()
+                .unwrap_or_else(|| parent_dir(&path));
             let tmp = tempfile::Builder::new()
                 .prefix(&format!(".{}.", file_name(&path)?))
-                .suffix(".partial")
+                .suffix(crate::output::PARTIAL_OUTPUT_SUFFIX)
                 .tempfile_in(&dir)
                 .map_err(Error::io(dir.display()))?;
             outs.push(Some(tmp.reopen().map_err(Error::io(tmp.path().display()))?));
@@ -166,51 +195,79 @@ impl BundleSink {
 
     fn start_writer(&mut self, index_bytes: Vec<u8>, index: BundleIndex) -> Result<()> {
         let destinations = self.open_temps(&index)?;
-        let (tx, mut rx) = mpsc::channel::<Item>(self.opts.queue.max(1));
+        let (tx, rx) = mpsc::channel::<Item>(self.opts.queue.max(1));
         let (level, threads, frame_max) = (self.opts.level, self.opts.threads, self.opts.frame_max);
+        let stopped = self.stopped.clone();
         self.writer = Some(tokio::task::spawn_blocking(move || -> Written {
-            let mut volumes = VolumeFiles {
+            let written = write_members(
+                rx,
                 destinations,
                 index_bytes,
-                count: index.volume_count(),
-                split: index.volumes.is_some(),
+                index,
                 level,
                 threads,
                 frame_max,
-                current: None,
-                done: Vec::new(),
-            };
-            for m in &index.members {
-                let item = rx.blocking_recv().ok_or_else(|| {
-                    std::io::Error::other("the copy stopped before every member was written")
-                })?;
-                let mut data: Box<dyn Read> = match item {
-                    Item::Memory(b) => Box::new(std::io::Cursor::new(b)),
-                    Item::Blob(blob) => {
-                        Box::new(std::io::BufReader::with_capacity(1 << 20, blob.open()?))
-                    }
-                };
-                if m.chunks.is_empty() {
-                    volumes
-                        .at(m.volume.unwrap_or(1))?
-                        .append(&m.path, m.size, &mut data)?;
-                    continue;
+            );
+            if let Err(e) = &written {
+                if let Ok(mut slot) = stopped.lock() {
+                    *slot = Some(e.to_string());
                 }
-                for (k, c) in m.chunks.iter().enumerate() {
-                    let path = super::volumes::chunk_path(m, k + 1);
-                    volumes
-                        .at(c.volume)?
-                        .append(&path, c.size, &mut (&mut data).take(c.size))?;
-                }
-                // The last read: a verifying source checks the digest here.
-                super::writer::expect_end(&m.path, &mut data)?;
             }
-            volumes.finish()
+            written
         }));
         self.tx = Some(tx);
         Ok(())
     }
+}
 
+#[allow(clippy::too_many_arguments)]
+fn write_members(
+    mut rx: mpsc::Receiver<Item>,
+    destinations: Vec<Option<std::fs::File>>,
+    index_bytes: Vec<u8>,
+    index: BundleIndex,
+    level: i32,
+    threads: usize,
+    frame_max: usize,
+) -> Written {
+    let mut volumes = VolumeFiles {
+        destinations,
+        index_bytes,
+        count: index.volume_count(),
+        split: index.volumes.is_some(),
+        level,
+        threads,
+        frame_max,
+        current: None,
+        done: Vec::new(),
+    };
+    for m in &index.members {
+        let item = rx.blocking_recv().ok_or_else(|| {
+            std::io::Error::other("the copy stopped before every member was written")
+        })?;
+        let mut data: Box<dyn Read> = match item {
+            Item::Memory(b) => Box::new(std::io::Cursor::new(b)),
+            Item::Blob(blob) => Box::new(std::io::BufReader::with_capacity(1 << 20, blob.open()?)),
+        };
+        if m.chunks.is_empty() {
+            volumes
+                .at(m.volume.unwrap_or(1))?
+                .append(&m.path, m.size, &mut data)?;
+            continue;
+        }
+        for (k, c) in m.chunks.iter().enumerate() {
+            let path = super::volumes::chunk_path(m, k + 1);
+            volumes
+                .at(c.volume)?
+                .append(&path, c.size, &mut (&mut data).take(c.size))?;
+        }
+        // The last read: a verifying source checks the digest here.
+        super::writer::expect_end(&m.path, &mut data)?;
+    }
+    volumes.finish()
+}
+
+impl BundleSink {
     async fn send(&self, item: Item) -> Result<()> {
         let sent = match &self.tx {
             Some(tx) => tx.send(item).await.is_ok(),
@@ -219,10 +276,15 @@ impl BundleSink {
         if sent {
             Ok(())
         } else {
-            // The writer stopped; its own error is reported by commit.
+            let why = self
+                .stopped
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_else(|| "the copy was cancelled".into());
             Err(Error::Io {
                 path: self.name(),
-                source: std::io::Error::other("the bundle writer stopped"),
+                source: std::io::Error::other(format!("the bundle writer stopped: {why}")),
             })
         }
     }
@@ -333,6 +395,7 @@ fn persist(
     file: WrittenFile,
     temp: Option<(PathBuf, tempfile::NamedTempFile)>,
     force: bool,
+    keep: bool,
 ) -> Result<FileReport> {
     let Some((path, tmp)) = temp else {
         return Ok(FileReport {
@@ -345,7 +408,7 @@ fn persist(
     tmp.as_file().sync_all().map_err(Error::io(&tmp_name))?;
     make_readable(tmp.as_file(), &tmp_name)?;
     // Never over a file that appeared meanwhile, unless --force.
-    crate::output::publish(tmp, &path, force)?;
+    crate::output::publish_or_keep(tmp, &path, force, keep)?;
     write_sidecar(&path, &file.digest)?;
     Ok(FileReport {
         path: path.display().to_string(),
@@ -357,6 +420,11 @@ fn persist(
 /// An error from the writer thread: a blob that failed its digest names the
 /// blob (it came from a source), anything else is the output file's.
 fn blob_or_io_error(path: &str, e: std::io::Error) -> Error {
+    // A streamed blob's download failed: the registry's error, as such.
+    let e = match e.downcast::<crate::registry::RegistryError>() {
+        Ok(r) => return Error::Registry(r),
+        Err(e) => e,
+    };
     if crate::digest::is_integrity_error(&e) {
         return Error::Refused(format!("{e}; nothing was written to {path}"));
     }
@@ -409,6 +477,7 @@ impl Sink for BundleSink {
                 order: Some(order),
                 // Recorded in the index, not carried.
                 unwanted: graph.external.keys().cloned().collect(),
+                reads_once: true,
                 ..Default::default()
             })
         })
@@ -433,7 +502,7 @@ impl Sink for BundleSink {
             let mut temps = std::mem::take(&mut self.temps).into_iter();
             let files = written
                 .into_iter()
-                .map(|w| persist(w, temps.next(), self.opts.force))
+                .map(|w| persist(w, temps.next(), self.opts.force, self.partial_dir.is_some()))
                 .collect::<Result<Vec<_>>>()?;
             let (file, volumes) = if split {
                 (None, files)

@@ -7,11 +7,11 @@
 use super::frames::{FrameEntry, FramedWriter};
 use std::io::{self, Read, Write};
 
-pub struct BundleWriter<W: Write> {
+pub struct BundleWriter<W: Write + Send + 'static> {
     out: FramedWriter<W>,
 }
 
-impl<W: Write> BundleWriter<W> {
+impl<W: Write + Send + 'static> BundleWriter<W> {
     pub fn new(out: W, level: i32, threads: usize, frame_max: usize) -> io::Result<Self> {
         Ok(BundleWriter {
             out: FramedWriter::new(out, level, threads, frame_max)?,

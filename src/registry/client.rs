@@ -1128,7 +1128,7 @@ impl Registry {
     }
 
     /// Download a blob into `out` (truncated first), checking size and
-    /// sha256 on the fly. A failed attempt starts over, hash included.
+    /// sha256 on the fly; a failed attempt resumes where it stopped.
     pub async fn fetch_blob(
         &self,
         repo: &str,
@@ -1137,116 +1137,185 @@ impl Registry {
         progress: &Progress,
     ) -> Result<(), RegistryError> {
         let what = format!("blob {} of {}/{repo}", desc.digest, self.host);
-        let url = self.url(&format!("v2/{repo}/blobs/{}", desc.digest));
         let io_err = |source| RegistryError::Io {
             what: format!("spool file for {what}"),
             source,
         };
+        out.set_len(0).await.map_err(io_err)?;
+        out.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(io_err)?;
+        let mut target = FileChunks { out, progress };
+        self.fetch_blob_chunks(repo, desc, &mut target).await?;
+        out.flush().await.map_err(io_err)
+    }
+
+    /// Download a blob chunk by chunk into `target`, checking size and
+    /// sha256 on the fly. A target cannot take back what it was given, so
+    /// a failed attempt resumes at the next byte (`Range`; a registry that
+    /// answers with the whole blob has the bytes already given skipped), and
+    /// the digest covers exactly the bytes the target received. A digest
+    /// mismatch is final: the target already holds bad bytes.
+    pub async fn fetch_blob_chunks(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        target: &mut dyn ChunkTarget,
+    ) -> Result<(), RegistryError> {
+        let what = format!("blob {} of {}/{repo}", desc.digest, self.host);
+        let url = self.url(&format!("v2/{repo}/blobs/{}", desc.digest));
         let mut attempt = 0;
         loop {
-            let result: Result<(), Attempt> = async {
-                out.set_len(0)
-                    .await
-                    .map_err(|e| Attempt::Fatal(io_err(e)))?;
-                out.seek(std::io::SeekFrom::Start(0))
-                    .await
-                    .map_err(|e| Attempt::Fatal(io_err(e)))?;
-                let resp = self
-                    .send_once(&[scope_pull(repo)], &what, &|c| c.get(url.clone()))
-                    .await?;
-                match resp.status() {
-                    StatusCode::NOT_FOUND => {
-                        return Err(Attempt::Fatal(RegistryError::NotFound {
-                            what: what.clone(),
-                        }))
+            let mut hasher = Hasher::new();
+            let result = loop {
+                let result = self
+                    .fetch_attempt(repo, desc, &url, &what, &mut hasher, target)
+                    .await;
+                match result {
+                    Ok(()) => break Ok(hasher.finish()),
+                    Err(Attempt::Fatal(e)) => break Err(e),
+                    Err(Attempt::Retry(e, ra)) => {
+                        self.wait_before_retry(&mut attempt, e, ra).await?
                     }
-                    s if !s.is_success() => {
-                        return Err(Attempt::Fatal(RegistryError::Status {
-                            what: what.clone(),
-                            status: s.as_u16(),
-                            body: self.excerpt(resp).await,
-                        }))
-                    }
-                    _ => {}
                 }
-                let mut hasher = Hasher::new();
-                let mut stream = resp.bytes_stream();
-                let limit = self.low_speed;
-                let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
-                let stalled = |got: u64, received: u64| {
-                    Attempt::Retry(
-                        RegistryError::Stalled {
-                            what: what.clone(),
-                            detail: format!(
-                                "{got} bytes in the last {}s (at least {} B/s expected); {received} of {} bytes received",
-                                limit.window.as_secs(),
-                                limit.bytes_per_sec,
-                                desc.size
-                            ),
-                        },
-                        None,
-                    )
-                };
-                loop {
-                    let next = match tokio::time::timeout(limit.window, stream.next()).await {
-                        Ok(n) => n,
-                        Err(_) => return Err(stalled(window_bytes, hasher.len())),
-                    };
-                    let Some(chunk) = next else { break };
-                    let chunk =
-                        chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
-                    window_bytes += chunk.len() as u64;
-                    if window_start.elapsed() >= limit.window {
-                        if window_bytes < limit.bytes_per_sec * limit.window.as_secs().max(1) {
-                            return Err(stalled(window_bytes, hasher.len()));
-                        }
-                        window_start = tokio::time::Instant::now();
-                        window_bytes = 0;
-                    }
-                    hasher.update(&chunk);
-                    if hasher.len() > desc.size {
-                        return Err(Attempt::Fatal(RegistryError::SizeMismatch {
-                            what: what.clone(),
-                            expected: desc.size,
-                            actual: hasher.len(),
-                        }));
-                    }
-                    out.write_all(&chunk)
-                        .await
-                        .map_err(|e| Attempt::Fatal(io_err(e)))?;
-                    progress.add(chunk.len() as u64);
-                }
-                if hasher.len() != desc.size {
-                    return Err(Attempt::Retry(
-                        RegistryError::SizeMismatch {
-                            what: what.clone(),
-                            expected: desc.size,
-                            actual: hasher.len(),
-                        },
-                        None,
-                    ));
-                }
-                let actual = hasher.finish();
-                if actual != desc.digest {
-                    return Err(Attempt::Retry(
-                        RegistryError::DigestMismatch {
-                            what: what.clone(),
-                            expected: desc.digest.clone(),
-                            actual,
-                        },
-                        None,
-                    ));
-                }
-                out.flush().await.map_err(|e| Attempt::Fatal(io_err(e)))?;
-                Ok(())
+            };
+            let actual = result?;
+            if actual == desc.digest {
+                return Ok(());
             }
-            .await;
-            match result {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Fatal(e)) => return Err(e),
-                Err(Attempt::Retry(e, ra)) => self.wait_before_retry(&mut attempt, e, ra).await?,
+            let mismatch = RegistryError::DigestMismatch {
+                what: what.clone(),
+                expected: desc.digest.clone(),
+                actual,
+            };
+            // A file can start over; a stream already passed the bytes on.
+            let restarted = target.restart().await.map_err(|source| RegistryError::Io {
+                what: what.clone(),
+                source,
+            })?;
+            if !restarted {
+                return Err(mismatch);
+            }
+            self.wait_before_retry(&mut attempt, mismatch, None).await?;
+        }
+    }
+
+    /// One GET of what `target` still lacks (all of it, or from the offset
+    /// `hasher` has reached).
+    async fn fetch_attempt(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        url: &Url,
+        what: &str,
+        hasher: &mut Hasher,
+        target: &mut dyn ChunkTarget,
+    ) -> Result<(), Attempt> {
+        let from = hasher.len();
+        let resp = self
+            .send_once(&[scope_pull(repo)], what, &|c| {
+                let req = c.get(url.clone());
+                if from > 0 {
+                    req.header(reqwest::header::RANGE, format!("bytes={from}-"))
+                } else {
+                    req
+                }
+            })
+            .await?;
+        // Bytes of the body already given to the target (a 200 to a Range).
+        let mut skip = 0u64;
+        match resp.status() {
+            StatusCode::NOT_FOUND => {
+                return Err(Attempt::Fatal(RegistryError::NotFound {
+                    what: what.to_string(),
+                }))
+            }
+            StatusCode::PARTIAL_CONTENT if from > 0 => {
+                let start = content_range_start(resp.headers());
+                if start != Some(from) {
+                    return Err(Attempt::Fatal(RegistryError::Protocol {
+                        what: what.to_string(),
+                        detail: format!(
+                            "asked for the bytes from {from} on, the registry answered with a range starting at {start:?}"
+                        ),
+                    }));
+                }
+            }
+            StatusCode::OK => skip = from,
+            s => {
+                return Err(Attempt::Fatal(RegistryError::Status {
+                    what: what.to_string(),
+                    status: s.as_u16(),
+                    body: self.excerpt(resp).await,
+                }))
             }
         }
+        let mut stream = resp.bytes_stream();
+        let limit = self.low_speed;
+        let (mut window_start, mut window_bytes) = (tokio::time::Instant::now(), 0u64);
+        let stalled = |got: u64, received: u64| {
+            Attempt::Retry(
+                RegistryError::Stalled {
+                    what: what.to_string(),
+                    detail: format!(
+                        "{got} bytes in the last {}s (at least {} B/s expected); {received} of {} bytes received",
+                        limit.window.as_secs(),
+                        limit.bytes_per_sec,
+                        desc.size
+                    ),
+                },
+                None,
+            )
+        };
+        loop {
+            let next = match tokio::time::timeout(limit.window, stream.next()).await {
+                Ok(n) => n,
+                Err(_) => return Err(stalled(window_bytes, hasher.len())),
+            };
+            let Some(chunk) = next else { break };
+            let mut chunk = chunk.map_err(|e| Attempt::Retry(self.transport_error(&e), None))?;
+            window_bytes += chunk.len() as u64;
+            if window_start.elapsed() >= limit.window {
+                if window_bytes < limit.bytes_per_sec * limit.window.as_secs().max(1) {
+                    return Err(stalled(window_bytes, hasher.len()));
+                }
+                window_start = tokio::time::Instant::now();
+                window_bytes = 0;
+            }
+            if skip > 0 {
+                let n = skip.min(chunk.len() as u64);
+                let _ = chunk.split_to(n as usize);
+                skip -= n;
+                if chunk.is_empty() {
+                    continue;
+                }
+            }
+            if hasher.len() + chunk.len() as u64 > desc.size {
+                return Err(Attempt::Fatal(RegistryError::SizeMismatch {
+                    what: what.to_string(),
+                    expected: desc.size,
+                    actual: hasher.len() + chunk.len() as u64,
+                }));
+            }
+            hasher.update(&chunk);
+            target.put(chunk).await.map_err(|source| {
+                Attempt::Fatal(RegistryError::Io {
+                    what: what.to_string(),
+                    source,
+                })
+            })?;
+        }
+        if hasher.len() != desc.size {
+            return Err(Attempt::Retry(
+                RegistryError::SizeMismatch {
+                    what: what.to_string(),
+                    expected: desc.size,
+                    actual: hasher.len(),
+                },
+                None,
+            ));
+        }
+        Ok(())
     }
 
     /// Push a blob unless it is there: mount it from `mount_from` (same
@@ -1598,4 +1667,43 @@ mod tests {
         assert!(p.delay(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
         assert!(p.delay(30, None) <= Duration::from_secs(20));
     }
+}
+
+/// Where a download goes, chunk by chunk, in order.
+pub trait ChunkTarget: Send {
+    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>>;
+    /// Forget every chunk taken, if this target can (a file); false if not.
+    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+struct FileChunks<'a> {
+    out: &'a mut tokio::fs::File,
+    progress: &'a Progress,
+}
+
+impl ChunkTarget for FileChunks<'_> {
+    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>> {
+        Box::pin(async move {
+            self.out.write_all(&chunk).await?;
+            self.progress.add(chunk.len() as u64);
+            Ok(())
+        })
+    }
+
+    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
+        Box::pin(async move {
+            self.out.set_len(0).await?;
+            self.out.seek(std::io::SeekFrom::Start(0)).await?;
+            Ok(true)
+        })
+    }
+}
+
+/// The first byte of a `Content-Range: bytes A-B/N` answer.
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("content-range")?.to_str().ok()?;
+    let range = v.strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
 }

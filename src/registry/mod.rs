@@ -13,8 +13,8 @@ mod client;
 
 pub use auth::{Credential, CredentialStore};
 pub use client::{
-    BlobBody, BlobIntegrityError, LowSpeed, PushOutcome, RawManifest, Registries, Registry,
-    RegistryConfig, RetryPolicy,
+    BlobBody, BlobIntegrityError, ChunkTarget, LowSpeed, PushOutcome, RawManifest, Registries,
+    Registry, RegistryConfig, RetryPolicy,
 };
 
 use crate::digest::Digest;

@@ -619,6 +619,7 @@ impl Sink for MemorySink {
                 present: self.present.clone(),
                 unwanted: self.unwanted.clone(),
                 order,
+                ..Default::default()
             })
         })
     }

@@ -66,6 +66,17 @@ pub trait Source: Send + Sync {
     /// One blob of the graph, ready to be opened (again) and verified.
     fn fetch<'a>(&'a self, graph: &'a Graph, blob: &'a BlobInfo) -> BoxFuture<'a, Result<Blob>>;
 
+    /// One blob for a sink that reads it exactly once, in order, soon (a
+    /// bundle being written): a source may hand out a download in progress
+    /// instead of a finished copy.
+    fn fetch_once<'a>(
+        &'a self,
+        graph: &'a Graph,
+        blob: &'a BlobInfo,
+    ) -> BoxFuture<'a, Result<Blob>> {
+        self.fetch(graph, blob)
+    }
+
     /// After the last blob: anything the source must still check (the
     /// bundle's end, nothing hidden after it).
     fn finish(&mut self) -> BoxFuture<'_, Result<()>> {
@@ -94,6 +105,9 @@ pub struct Prepared {
     pub unwanted: HashSet<crate::digest::Digest>,
     /// Blobs must arrive in exactly this order (a bundle, a tar stream).
     pub order: Option<Vec<crate::digest::Digest>>,
+    /// Each blob is read once, in order, as it is put (a bundle): the
+    /// engine may hand it downloads in progress ([`Source::fetch_once`]).
+    pub reads_once: bool,
 }
 
 /// What a sink did, for the reports of every command.
@@ -176,6 +190,21 @@ pub trait Resolver: Send + Sync {
         blob: &'a crate::oci::Descriptor,
         out: &'a mut tokio::fs::File,
     ) -> BoxFuture<'a, std::result::Result<(), crate::registry::RegistryError>>;
+    /// A blob chunk by chunk into `target`, size and digest checked before
+    /// it returns; only a registry streams (a layout directory is local).
+    fn fetch_blob_chunks<'a>(
+        &'a self,
+        _repo: &'a str,
+        blob: &'a crate::oci::Descriptor,
+        _target: &'a mut dyn crate::registry::ChunkTarget,
+    ) -> BoxFuture<'a, std::result::Result<(), crate::registry::RegistryError>> {
+        Box::pin(async move {
+            Err(crate::registry::RegistryError::Protocol {
+                what: format!("blob {}", blob.digest),
+                detail: format!("{} cannot stream blobs", self.location()),
+            })
+        })
+    }
 }
 
 impl Resolver for crate::registry::Registry {
@@ -218,5 +247,15 @@ impl Resolver for crate::registry::Registry {
             let hidden = crate::progress::Progress::hidden();
             crate::registry::Registry::fetch_blob(self, repo, blob, out, &hidden).await
         })
+    }
+    fn fetch_blob_chunks<'a>(
+        &'a self,
+        repo: &'a str,
+        blob: &'a crate::oci::Descriptor,
+        target: &'a mut dyn crate::registry::ChunkTarget,
+    ) -> BoxFuture<'a, std::result::Result<(), crate::registry::RegistryError>> {
+        Box::pin(crate::registry::Registry::fetch_blob_chunks(
+            self, repo, blob, target,
+        ))
     }
 }

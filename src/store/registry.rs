@@ -57,6 +57,8 @@ pub struct RegistrySource<'a> {
     /// Per image of the graph, whether that store is a local layout
     /// directory: its blobs are not worth keeping for a rerun.
     local: Vec<bool>,
+    /// Hand a reading-once sink downloads in progress ([`Source::fetch_once`]).
+    stream: bool,
 }
 
 impl<'a> RegistrySource<'a> {
@@ -79,6 +81,7 @@ impl<'a> RegistrySource<'a> {
             spool: Spool::Temp(spool),
             stores: vec![],
             local: vec![],
+            stream: true,
         })
     }
 
@@ -97,7 +100,15 @@ impl<'a> RegistrySource<'a> {
             spool: Spool::Cache(cache),
             stores: vec![],
             local: vec![],
+            stream: true,
         }
+    }
+
+    /// Every download goes into the cache first, even for a sink that
+    /// could read it as it arrives (`--cache-dir`: kept on purpose).
+    pub fn keep_every_download(mut self) -> Self {
+        self.stream = false;
+        self
     }
 
     async fn resolve_all(&self) -> Result<Vec<(Arc<dyn Resolver>, Vec<Resolved>, Vec<String>)>> {
@@ -214,6 +225,42 @@ impl Source for RegistrySource<'_> {
 
     fn fetch<'a>(&'a self, graph: &'a Graph, blob: &'a BlobInfo) -> BoxFuture<'a, Result<Blob>> {
         Box::pin(self.spool_blob(graph, blob))
+    }
+
+    /// A download in progress, read by the sink as it arrives: no spool
+    /// file (one disk write and read less per byte). A blob the cache holds
+    /// is reused; with a `--cache-dir` (kept across runs on purpose) every
+    /// download still goes there.
+    fn fetch_once<'a>(
+        &'a self,
+        graph: &'a Graph,
+        blob: &'a BlobInfo,
+    ) -> BoxFuture<'a, Result<Blob>> {
+        Box::pin(async move {
+            let local = self.local.get(blob.image).copied().unwrap_or(false);
+            if local || !self.stream {
+                return self.spool_blob(graph, blob).await;
+            }
+            if let Spool::Cache(cache) = &self.spool {
+                if let Some(hit) = cache.reuse(&blob.digest, blob.size).await? {
+                    return Ok(Arc::new(hit) as Blob);
+                }
+                cache.count_streamed(blob.size);
+            }
+            let img = graph.images.get(blob.image).ok_or_else(|| {
+                Error::Selection(format!("blob {} belongs to no image", blob.digest))
+            })?;
+            let store = self
+                .stores
+                .get(blob.image)
+                .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
+            let desc = Descriptor::blob(blob.digest.clone(), blob.size);
+            Ok(Arc::new(crate::stream::Streamed::start(
+                store.clone(),
+                img.repository.clone(),
+                desc,
+            )) as Blob)
+        })
     }
 }
 
@@ -842,7 +889,7 @@ impl Sink for RegistrySink<'_> {
             Ok(Prepared {
                 present,
                 unwanted,
-                order: None,
+                ..Default::default()
             })
         })
     }
