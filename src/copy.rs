@@ -156,14 +156,16 @@ pub async fn copy(
         (false, true) => how.random_in_order(&todo).await,
         (true, ordered) => how.one_pass(&todo, ordered).await,
     };
-    progress.finish();
     for (outcomes, size) in moved? {
         report.tally(&outcomes, size);
     }
     // A one-pass source reads (and checks) what follows the last blob it
     // handed out before anything is committed.
     source.finish().await?;
+    // A sink that reads blobs as it writes (a bundle) is still reading them
+    // here: the progress line runs until it is done.
     report.sink = sink.commit(graph).await?;
+    progress.finish();
     Ok(report)
 }
 
@@ -243,6 +245,7 @@ async fn put(
     blob: &BlobInfo,
     data: Blob,
     progress: &Progress,
+    reads_once: bool,
 ) -> Result<(Vec<Put>, u64)> {
     let counted = Arc::new(AtomicU64::new(0));
     let data: Blob = Arc::new(Counted {
@@ -251,9 +254,12 @@ async fn put(
         progress: progress.clone(),
     });
     let outcomes = sink.put_blob(blob, data).await?;
-    // Mounted, already there, or queued for a writer: the blob is done for
-    // the progress line, whatever was read of it so far (and later reads of
-    // it add nothing).
+    if reads_once {
+        // Queued for a writer that reads it later: its reads move the line.
+        return Ok((outcomes, blob.size));
+    }
+    // Mounted or already there: the blob is done for the progress line,
+    // whatever was read of it so far (and later reads of it add nothing).
     let before = counted.fetch_max(blob.size, Ordering::Relaxed);
     progress.add(blob.size.saturating_sub(before));
     Ok((outcomes, blob.size))
@@ -282,7 +288,7 @@ impl Move<'_> {
         futures_util::stream::iter(todo.iter().copied())
             .map(|b| async move {
                 let data = fetch(source, graph, b, reads_once).await?;
-                put(sink, b, data, progress).await
+                put(sink, b, data, progress, self.reads_once).await
             })
             .buffer_unordered(self.jobs)
             .try_collect()
@@ -303,7 +309,7 @@ impl Move<'_> {
         let mut out = Vec::new();
         while let Some(item) = fetched.next().await {
             let (b, data) = item?;
-            out.push(put(sink, b, data, progress).await?);
+            out.push(put(sink, b, data, progress, self.reads_once).await?);
         }
         Ok(out)
     }
@@ -326,7 +332,7 @@ impl Move<'_> {
                 }
             };
             if ordered {
-                out.push(put(sink, b, data, progress).await?);
+                out.push(put(sink, b, data, progress, self.reads_once).await?);
                 continue;
             }
             while in_flight.len() >= jobs {
@@ -334,7 +340,7 @@ impl Move<'_> {
                     out.push(done?);
                 }
             }
-            in_flight.push(put(sink, b, data, progress));
+            in_flight.push(put(sink, b, data, progress, self.reads_once));
         }
         while let Some(done) = in_flight.next().await {
             out.push(done?);

@@ -5,8 +5,8 @@
 //!
 //! The bundle index is written first, so the sink needs the whole graph at
 //! [`Sink::prepare`]; it then takes blobs in its member order. One thread
-//! owns the tar/zstd writer and hashes the output as it goes; frames are
-//! compressed on all cores inside it (`frames.rs`).
+//! owns the tar writer; frames are compressed on all cores and written (and
+//! the file hashed) by an output thread (`frames.rs`).
 
 use super::volumes::{VolumeLabel, LABEL_PATH};
 use super::writer::BundleWriter;
