@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# airlock vs the skopeo pipeline on the same machine, same registries, same
-# workload (../shared/bench: a deterministic multi-arch signed image set).
+# airlock vs the skopeo pipeline and vs this machine's limits, same machine,
+# same registries, same workload (../shared/bench: a deterministic
+# multi-arch signed image set).
 #
 #   scripts/bench.sh [SCALE] [RUNS]     SCALE 1 ~ 200 MB of blobs, 5 ~ 1 GB
 #
-# Both tools: export 17 tags (8 indexes + signatures) from src (127.0.0.1:5001)
-# into one .tar.zst, then import it into an emptied dst (127.0.0.1:5002),
-# every run under /usr/bin/time -v, medians of RUNS; the destination is
-# checked after every import (verify-registry.sh: every tag's digest).
-# Results and a summary table: target/bench/sSCALE/summary.md
+# One run measures, each RUNS times under /usr/bin/time -v (medians):
+#   skopeo pipeline: export (skopeo copy to a layout + tar | zstd) and import
+#   limits (../shared/bench/limits.sh): registry GET of every blob (curl, 4
+#     streams), registry PUT of every blob (4 streams), sha256 on both cores,
+#     tar | zstd -1
+#   airlock: export, verify, import of the file, import from a pipe
+#     (cat | airlock import -), each import into an emptied dst and checked
+#     (verify-registry.sh: every tag's digest)
+# Results and the summary table: target/bench/sSCALE/summary.md
+#   SKIP_BASELINE=1 reuses the skopeo and limit runs already in that directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
@@ -26,11 +32,11 @@ mkdir -p "$RES" "$WORK"
 cargo build --release --quiet
 AIRLOCK=$PWD/target/release/airlock
 
-if [[ ${SKIP_BASELINE:-0} == 1 && -f $RES/export-1.time ]]; then
-  echo "== skopeo baseline: reusing $RES (SKIP_BASELINE=1)"
+if [[ ${SKIP_BASELINE:-0} == 1 && -f $RES/export-1.time && -f $RES/limit-http-put-p4-1.time ]]; then
+  echo "== skopeo baseline and limits: reusing $RES (SKIP_BASELINE=1)"
 else
-  echo "== skopeo baseline (scale $SCALE, $RUNS runs)"
-  RESULTS=$RES "$BENCH/run-baseline.sh" -s "$SCALE" -n "$RUNS" -m export,import >/dev/null
+  echo "== skopeo baseline and machine limits (scale $SCALE, $RUNS runs)"
+  RESULTS=$RES "$BENCH/run-baseline.sh" -s "$SCALE" -n "$RUNS" -m export,import,limits >/dev/null
 fi
 
 echo "== airlock"
@@ -39,15 +45,24 @@ trap '"$BENCH/registry.sh" stop src >/dev/null; "$BENCH/registry.sh" stop dst >/
 "$BENCH/seed-registry.sh" 5001 "$WL" >/dev/null
 mapfile -t REFS < <(grep -v -e '^#' -e '^$' "$WL/images.txt" | sed 's|^|127.0.0.1:5001/|')
 RES=$RES source "$BENCH/timing.sh"
+B=$WORK/airlock.tar.zst
 for i in $(seq 1 "$RUNS"); do
-  rm -f "$WORK/airlock.tar.zst" "$WORK/airlock.tar.zst.sha256"
-  RES=$RES timed airlock-export "$i" "$AIRLOCK" export -q -o "$WORK/airlock.tar.zst" "${REFS[@]}"
+  rm -rf "$B" "$B.sha256" "$B.partial"
+  RES=$RES timed airlock-export "$i" "$AIRLOCK" export -q -o "$B" "${REFS[@]}"
 done
-stat -c %s "$WORK/airlock.tar.zst" >"$RES/airlock-export.bundle-bytes"
-"$AIRLOCK" verify -q "$WORK/airlock.tar.zst" >/dev/null
+stat -c %s "$B" >"$RES/airlock-export.bundle-bytes"
+for i in $(seq 1 "$RUNS"); do
+  RES=$RES timed airlock-verify "$i" "$AIRLOCK" verify -q "$B" >/dev/null
+done
+: >"$RES/airlock-verify.log"
 for i in $(seq 1 "$RUNS"); do
   "$BENCH/registry.sh" reset dst 5002 >/dev/null
-  RES=$RES timed airlock-import "$i" "$AIRLOCK" import -q "$WORK/airlock.tar.zst" --to 127.0.0.1:5002 >/dev/null
+  RES=$RES timed airlock-import "$i" "$AIRLOCK" import -q "$B" --to 127.0.0.1:5002 >/dev/null
+  "$BENCH/verify-registry.sh" 5002 "$WL" >>"$RES/airlock-verify.log"
+done
+for i in $(seq 1 "$RUNS"); do
+  "$BENCH/registry.sh" reset dst 5002 >/dev/null
+  RES=$RES timed airlock-import-pipe "$i" bash -c "cat '$B' | '$AIRLOCK' import -q - --to 127.0.0.1:5002 >/dev/null"
   "$BENCH/verify-registry.sh" 5002 "$WL" >>"$RES/airlock-verify.log"
 done
 
@@ -59,27 +74,50 @@ done
   python3 "$BENCH/summarize.py" "$RES"
   echo
   python3 - "$RES" <<'PY'
-import re, statistics, sys, glob, os
+import re, statistics, sys, glob
 res = sys.argv[1]
-def med(name, key):
-    vals = []
-    for f in glob.glob(f"{res}/{name}-*.time"):
+def runs(name):
+    out = []
+    for f in glob.glob(f"{res}/{name}-[0-9]*.time"):
+        if not re.fullmatch(rf"{re.escape(name)}-\d+\.time", f.rsplit("/", 1)[1]):
+            continue
         t = open(f).read()
-        if key == "wall":
-            m = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t)
-            s = 0.0
-            for p in m.group(1).split(":"):
-                s = s * 60 + float(p)
-            vals.append(s)
-        else:
-            vals.append(int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024)
-    return statistics.median(vals)
+        wall = 0.0
+        for p in re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", t).group(1).split(":"):
+            wall = wall * 60 + float(p)
+        cpu = float(re.search(r"User time \(seconds\): (\S+)", t).group(1)) + float(re.search(r"System time \(seconds\): (\S+)", t).group(1))
+        rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", t).group(1)) / 1024
+        out.append((wall, cpu, rss))
+    return out
+def med(name, i):
+    r = runs(name)
+    return statistics.median(x[i] for x in r) if r else None
 b = int(open(f"{res}/bytes").read())
-print("| step | skopeo pipeline s | airlock s | speed-up | skopeo MB/s | airlock MB/s | skopeo peak RSS MiB | airlock peak RSS MiB |")
+rows = [
+    ("export", "airlock-export", [("skopeo pipeline", "export", "speed-up"),
+                                  ("registry GET, 4 streams", "limit-http-get-p4", "of limit"),
+                                  ("tar \\| zstd -T0 -1", "limit-tar-zstd1", "of limit")]),
+    ("import (file)", "airlock-import", [("skopeo pipeline", "import", "speed-up"),
+                                         ("registry PUT, 4 streams", "limit-http-put-p4", "of limit")]),
+    ("import (pipe)", "airlock-import-pipe", [("skopeo pipeline", "import", "speed-up"),
+                                              ("registry PUT, 4 streams", "limit-http-put-p4", "of limit")]),
+    ("verify", "airlock-verify", [("sha256 on 2 cores (openssl)", "limit-sha256-ossl-x2", "of limit")]),
+]
+print("| work | airlock s | airlock CPU s | airlock MB/s | peak RSS MiB | reference | reference s | ratio |")
 print("|---|---|---|---|---|---|---|---|")
-for step in ("export", "import"):
-    s, a = med(step, "wall"), med("airlock-" + step, "wall")
-    print(f"| {step} | {s:.2f} | {a:.2f} | {s/a:.2f}x | {b/s/1e6:.0f} | {b/a/1e6:.0f} | {med(step,'rss'):.0f} | {med('airlock-'+step,'rss'):.0f} |")
+for work, name, refs in rows:
+    a = med(name, 0)
+    if a is None:
+        continue
+    first = True
+    for label, ref, kind in refs:
+        r = med(ref, 0)
+        if r is None:
+            continue
+        ratio = f"{r / a:.2f}x" if kind == "speed-up" else f"{100 * r / a:.0f} %"
+        cells = [work, f"{a:.2f}", f"{med(name, 1):.2f}", f"{b / a / 1e6:.0f}", f"{med(name, 2):.0f}"] if first else ["", "", "", "", ""]
+        print("| " + " | ".join(cells + [label, f"{r:.2f}", ratio]) + " |")
+        first = False
 PY
   for f in "$RES"/*.bundle-bytes; do echo "$(basename "$f" .bundle-bytes) bundle: $(cat "$f") bytes"; done
 } | tee "$RES/summary.md"

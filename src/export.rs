@@ -240,6 +240,11 @@ pub async fn export(
             Ok(report)
         }
         (Err(e), Some(g)) => {
+            if e.kind() == crate::error::ErrorKind::Integrity {
+                // A source that sent bad bytes: nothing of this run is worth
+                // resuming from.
+                g.discard_partial_output();
+            }
             let kept = g.kept_blobs();
             if kept > 0 || g.has_partial_output() {
                 opts.events.note(&format!(

@@ -238,6 +238,20 @@ impl OutputGuard {
         std::fs::remove_dir_all(&self.dir).map_err(Error::io(self.dir.display()))
     }
 
+    /// Delete the unfinished bundle(s) in the state directory.
+    pub fn discard_partial_output(&self) {
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                if e.file_name()
+                    .to_string_lossy()
+                    .ends_with(PARTIAL_OUTPUT_SUFFIX)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+
     /// An unfinished bundle is in the state directory (a rerun recovers it).
     pub fn has_partial_output(&self) -> bool {
         has_partial_output(&self.dir)

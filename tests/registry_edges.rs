@@ -441,3 +441,63 @@ async fn user_errors_name_what_is_wrong() {
         &["/nonexistent.tar.zst"],
     );
 }
+
+/// A blob download cut off half way is resumed from the next byte with a
+/// `Range` request (not fetched again from the start), and the bundle is
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_download_resumes_with_a_range_request() {
+    let (src, images) = seeded_source().await;
+    let s = client(&src, test_config()).await;
+    let platform = s
+        .get_manifest(&images[0].repository, &images[0].platforms[0].1.to_string())
+        .await
+        .unwrap();
+    let layer = platform.view().unwrap().layers[0].clone();
+    let proxy = Proxy::start(
+        &src.host,
+        vec![Rule {
+            method: "GET",
+            path_contains: format!("/blobs/{}", layer.digest),
+            fault: Fault::Truncate,
+            times: 1,
+        }],
+    )
+    .await;
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("b.tar.zst");
+    let sel = selection::from_refs(
+        &[format!(
+            "{}/{}:{}",
+            proxy.host, images[0].repository, images[0].tag
+        )],
+        &[],
+    )
+    .unwrap();
+    export::export(
+        &Registries::new(test_config()),
+        &sel,
+        &ExportOptions::new(&out),
+    )
+    .await
+    .unwrap();
+    assert_eq!(proxy.injected().len(), 1, "{:?}", proxy.injected());
+    let gets: Vec<String> = proxy
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.starts_with("GET ") && r.contains(&layer.digest.to_string()))
+        .cloned()
+        .collect();
+    assert_eq!(gets.len(), 2, "{gets:?}");
+    assert!(!gets[0].contains("range="), "{gets:?}");
+    // The truncating proxy passed on half the body (and the head).
+    let from: u64 = gets[1]
+        .split("range=bytes=")
+        .nth(1)
+        .and_then(|r| r.trim_end_matches('-').parse().ok())
+        .unwrap_or_else(|| panic!("the retry asks for the rest: {gets:?}"));
+    assert!(from > 0 && from < layer.size, "{from} of {}", layer.size);
+    airlock::verify::verify(&out, None).unwrap();
+}

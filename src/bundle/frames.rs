@@ -55,6 +55,9 @@ fn take_from(pool: &Pool, capacity: usize) -> Vec<u8> {
     }
 }
 
+/// What the output thread gives back: the output and every frame's sizes.
+type Finished<W> = io::Result<(W, Vec<FrameEntry>)>;
+
 /// Frames written so far, shared with the output thread: the writer waits
 /// on it so that at most `max_in_flight` frames are held in memory.
 struct Written {
@@ -73,7 +76,7 @@ pub struct FramedWriter<W: Write + Send + 'static> {
     buf: Vec<u8>,
     jobs: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
-    output: Option<JoinHandle<io::Result<(W, Vec<FrameEntry>)>>>,
+    output: Option<JoinHandle<Finished<W>>>,
     written: std::sync::Arc<Written>,
     inputs: Pool,
     submitted: u64,

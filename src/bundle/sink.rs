@@ -303,6 +303,56 @@ impl BundleSink {
     }
 }
 
+/// A file whose written bytes go to the disk while the export runs: every
+/// 64 MiB a background thread runs `fdatasync` on it (coalesced; the writer
+/// never waits for it), so that the fsync before the rename finds little
+/// left to do instead of a whole bundle of dirty pages.
+struct EarlyWriteback {
+    file: std::fs::File,
+    since_sync: u64,
+    syncs: Option<std::sync::mpsc::SyncSender<()>>,
+}
+
+impl EarlyWriteback {
+    const STEP: u64 = 64 << 20;
+
+    fn new(file: std::fs::File) -> Self {
+        let syncs = file.try_clone().ok().map(|f| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+            std::thread::spawn(move || {
+                while rx.recv().is_ok() {
+                    // Advisory: the fsync before the rename is what counts.
+                    let _ = f.sync_data();
+                }
+            });
+            tx
+        });
+        EarlyWriteback {
+            file,
+            since_sync: 0,
+            syncs,
+        }
+    }
+}
+
+impl Write for EarlyWriteback {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.since_sync += n as u64;
+        if self.since_sync >= Self::STEP {
+            self.since_sync = 0;
+            if let Some(tx) = &self.syncs {
+                // Full: a sync is already under way or queued; it covers these bytes too.
+                let _ = tx.try_send(());
+            }
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 type FileWriter = BundleWriter<HashingWriter<BufWriter<Box<dyn Write + Send>>>>;
 
 /// The writer thread's files: one bundle, or volume after volume, each
@@ -344,7 +394,7 @@ impl VolumeFiles {
 
     fn open(&mut self, v: u32) -> std::io::Result<()> {
         let out: Box<dyn Write + Send> = match self.destinations.get_mut(v as usize - 1) {
-            Some(Some(f)) => Box::new(f.try_clone()?),
+            Some(Some(f)) => Box::new(EarlyWriteback::new(f.try_clone()?)),
             _ => Box::new(std::io::stdout()),
         };
         let hashing = HashingWriter::new(BufWriter::with_capacity(1 << 20, out));

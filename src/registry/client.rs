@@ -1619,6 +1619,45 @@ fn note_retry(
     ));
 }
 
+/// Where a download goes, chunk by chunk, in order.
+pub trait ChunkTarget: Send {
+    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>>;
+    /// Forget every chunk taken, if this target can (a file); false if not.
+    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+struct FileChunks<'a> {
+    out: &'a mut tokio::fs::File,
+    progress: &'a Progress,
+}
+
+impl ChunkTarget for FileChunks<'_> {
+    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>> {
+        Box::pin(async move {
+            self.out.write_all(&chunk).await?;
+            self.progress.add(chunk.len() as u64);
+            Ok(())
+        })
+    }
+
+    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
+        Box::pin(async move {
+            self.out.set_len(0).await?;
+            self.out.seek(std::io::SeekFrom::Start(0)).await?;
+            Ok(true)
+        })
+    }
+}
+
+/// The first byte of a `Content-Range: bytes A-B/N` answer.
+fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get("content-range")?.to_str().ok()?;
+    let range = v.strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1667,43 +1706,4 @@ mod tests {
         assert!(p.delay(0, Some(Duration::from_secs(3))) >= Duration::from_secs(3));
         assert!(p.delay(30, None) <= Duration::from_secs(20));
     }
-}
-
-/// Where a download goes, chunk by chunk, in order.
-pub trait ChunkTarget: Send {
-    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>>;
-    /// Forget every chunk taken, if this target can (a file); false if not.
-    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
-        Box::pin(async { Ok(false) })
-    }
-}
-
-struct FileChunks<'a> {
-    out: &'a mut tokio::fs::File,
-    progress: &'a Progress,
-}
-
-impl ChunkTarget for FileChunks<'_> {
-    fn put(&mut self, chunk: Bytes) -> futures_util::future::BoxFuture<'_, std::io::Result<()>> {
-        Box::pin(async move {
-            self.out.write_all(&chunk).await?;
-            self.progress.add(chunk.len() as u64);
-            Ok(())
-        })
-    }
-
-    fn restart(&mut self) -> futures_util::future::BoxFuture<'_, std::io::Result<bool>> {
-        Box::pin(async move {
-            self.out.set_len(0).await?;
-            self.out.seek(std::io::SeekFrom::Start(0)).await?;
-            Ok(true)
-        })
-    }
-}
-
-/// The first byte of a `Content-Range: bytes A-B/N` answer.
-fn content_range_start(headers: &HeaderMap) -> Option<u64> {
-    let v = headers.get("content-range")?.to_str().ok()?;
-    let range = v.strip_prefix("bytes ")?;
-    range.split('-').next()?.trim().parse().ok()
 }

@@ -4,7 +4,7 @@
 //! 429 with Retry-After), drop the connection, forward the request and
 //! cut the response body in half, answer 200 with a body of its own, or
 //! hold the request until the test releases it (to catch an export in the
-//! middle). Every request is logged (`requests`).
+//! middle). Every request is logged (`requests`, with its `Range` header).
 
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -173,10 +173,19 @@ async fn handle(
         .to_string();
     let mut parts = line.split_whitespace();
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    // A Range header is logged after the path: `GET /v2/… range=bytes=N-`.
+    let range = String::from_utf8_lossy(&head)
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("range:")
+                .map(|v| format!(" range={}", v.trim()))
+        })
+        .unwrap_or_default();
     log.requests
         .lock()
         .unwrap()
-        .push(format!("{method} {path}"));
+        .push(format!("{method} {path}{range}"));
     let fault = {
         let mut rules = rules.lock().unwrap();
         rules
