@@ -14,7 +14,7 @@ use crate::digest::{Digest, VerifyingReader};
 use crate::error::{Error, Result};
 use crate::graph::ArtifactKind;
 use crate::oci::{Manifest, ManifestView};
-use crate::progress::Events;
+use crate::progress::EventsHandle;
 use crate::store::null::NullSink;
 use crate::store::registry::Target;
 use crate::store::{GraphRequest, Source};
@@ -101,7 +101,7 @@ impl Content {
         template: &str,
         policy: Option<&crate::trust::Policy>,
         mode: VerifyMode,
-        events: &dyn Events,
+        events: &EventsHandle,
     ) -> Result<Content> {
         let target = Target {
             host: String::new(),
@@ -137,7 +137,7 @@ impl Content {
         target: &Target,
         policy: Option<&crate::trust::Policy>,
         mode: VerifyMode,
-        events: &dyn Events,
+        events: &EventsHandle,
     ) -> Result<()> {
         let mut source = BundleSource::open_files(files)?;
         let name = source.name();
@@ -159,7 +159,8 @@ impl Content {
                 &mut source,
                 &graph,
                 &mut null,
-                &CopyOptions::new(4, "verify", Default::default()),
+                // The server starts once every blob is proven: the wait shows.
+                &CopyOptions::new(4, "verify", events.clone()),
             )
             .await?;
             if let Ok(mut v) = self.verified.lock() {
@@ -181,7 +182,7 @@ impl Content {
         for (n, g) in graphs.iter().enumerate() {
             if let Some(v) = verdicts.as_ref().and_then(|v| v.get(n)) {
                 if v.blocks() {
-                    events.note(&format!("not served (policy): {}", v.line()));
+                    events.0.note(&format!("not served (policy): {}", v.line()));
                     continue;
                 }
             }
