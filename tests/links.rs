@@ -461,8 +461,9 @@ async fn a_stalled_upload_is_cut_and_retried() {
     let proxy = Proxy::start(
         &dst.host,
         vec![Rule {
+            // The layer's (its closing PUT names its digest), not the config's.
             method: "PUT",
-            path_contains: "/blobs/uploads/".into(),
+            path_contains: layer.digest.hex(),
             fault: Fault::StallUpload { after: 1 << 20 },
             times: 1,
         }],

@@ -1950,6 +1950,13 @@ impl Registry {
                 counter.fetch_add(b.len() as u64, Ordering::Relaxed);
             }
         });
+        // Method and URL only (taken before the body, which cannot be cloned).
+        let logged = crate::progress::verbose().then(|| {
+            req.try_clone()
+                .and_then(|r| r.build().ok())
+                .map(|r| format!("{} {}", r.method(), r.url()))
+                .unwrap_or_else(|| "upload".into())
+        });
         let mut req = req
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_LENGTH, len)
@@ -1957,12 +1964,6 @@ impl Registry {
         if let Some(h) = header {
             req = req.header(AUTHORIZATION, h);
         }
-        let logged = crate::progress::verbose().then(|| {
-            req.try_clone()
-                .and_then(|r| r.build().ok())
-                .map(|r| format!("{} {}", r.method(), r.url()))
-                .unwrap_or_else(|| "upload (a streamed body)".into())
-        });
         let started = tokio::time::Instant::now();
         let limit = self.low_speed;
         let floor = limit.bytes_per_sec * limit.window.as_secs().max(1);
