@@ -220,7 +220,9 @@ struct RegistryArgs {
     /// Attempts per request or blob before giving up.
     #[arg(long, default_value_t = 6)]
     retries: u32,
-    /// Upload blobs in chunks of this many bytes (default: one streamed PUT).
+    /// Upload blobs in chunks of this many bytes (default: one streamed PUT; a retry of a
+    /// blob of 1 MiB or more continues in chunks from what the registry holds, this size at
+    /// most).
     #[arg(long, value_name = "BYTES")]
     upload_chunk_size: Option<usize>,
     /// Concurrent blob transfers.
