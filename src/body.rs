@@ -211,12 +211,29 @@ impl OpenBlob for InMemory {
     }
 }
 
-/// Stream a verified reader into an upload body. The last chunk is held
-/// back until the reader reports EOF, which a [`Verified`] does only once
-/// the digest matched: a bad blob never reaches its last byte.
-pub fn upload_body(mut r: Verified, progress: Progress) -> BlobBody {
+/// Stream a verified reader into an upload body, from byte `offset` on
+/// (a resumed upload: the bytes before it are read and hashed, not sent,
+/// so the digest is still checked over the whole blob). The last chunk is
+/// held back until the reader reports EOF, which a [`Verified`] does only
+/// once the digest matched: a bad blob never reaches its last byte.
+pub fn upload_body(mut r: Verified, offset: u64, progress: Progress) -> BlobBody {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(4);
     tokio::task::spawn_blocking(move || {
+        if offset > 0 {
+            match io::copy(&mut (&mut r).take(offset), &mut io::sink()) {
+                Ok(n) if n == offset => {}
+                Ok(n) => {
+                    let _ = tx.blocking_send(Err(crate::digest::integrity_error(format!(
+                        "the blob ended at byte {n}, before the upload's offset {offset}"
+                    ))));
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
         let mut held: Option<Bytes> = None;
         loop {
             match fill_chunk(&mut r, 256 * 1024) {
@@ -283,6 +300,36 @@ mod tests {
         };
         let err = bad.open().unwrap().read_all(5).unwrap_err();
         assert!(crate::digest::is_integrity_error(&err), "{err}");
+    }
+
+    /// A resumed upload's body skips what the registry holds, and still
+    /// verifies the whole blob: a bad byte in the skipped part fails it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_body_from_an_offset_sends_the_rest_and_checks_it_all() {
+        use futures_util::StreamExt;
+        async fn read(bytes: Bytes, digest: &Digest, offset: u64) -> Vec<io::Result<Bytes>> {
+            let blob = InMemory {
+                bytes,
+                digest: digest.clone(),
+            };
+            let body = upload_body(blob.open().unwrap(), offset, Progress::hidden());
+            body.collect::<Vec<_>>().await
+        }
+        let data = Bytes::from((0..600_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+        let digest = Digest::of(&data);
+        let sent: Vec<u8> = read(data.clone(), &digest, 500_000)
+            .await
+            .into_iter()
+            .flat_map(|r| r.unwrap().to_vec())
+            .collect();
+        assert_eq!(sent, &data[500_000..]);
+        let all = read(data.clone(), &digest, 600_000).await;
+        assert!(all.is_empty(), "nothing left to send, and the end is clean");
+        let mut bad = data.to_vec();
+        bad[10] ^= 1;
+        let items = read(Bytes::from(bad), &digest, 500_000).await;
+        let err = items.last().unwrap().as_ref().unwrap_err();
+        assert!(crate::digest::is_integrity_error(err), "{err}");
     }
 
     #[test]

@@ -155,3 +155,54 @@ pub struct FormatError {
     pub kind: ErrorKind,
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
+
+/// An error and its causes as one line, `outer: cause: cause`, each said
+/// once. Many errors show their cause in their own message (`"{path}:
+/// {source}"`, as thiserror's `{source}` does) and also return it as their
+/// `source()`, which every caller walks (exit codes, broken pipes,
+/// integrity); printing the whole chain would then say
+/// `"stdout: No space left on device (os error 28): No space left on device
+/// (os error 28)"`. A cause whose text is already shown is left out.
+pub fn chain_text<'a>(
+    chain: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for e in chain {
+        let t = e.to_string();
+        if !t.is_empty() && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_os_error_is_said_once() {
+        let full = || std::io::Error::from_raw_os_error(28);
+        let e = Error::Io {
+            path: "stdout".into(),
+            source: full(),
+        };
+        let text = chain_text(std::iter::successors(
+            Some(&e as &(dyn std::error::Error + 'static)),
+            |e| e.source(),
+        ));
+        assert_eq!(text, format!("stdout: {}", full()));
+        // Through anyhow's context, as the CLI prints it.
+        let any = anyhow::Error::new(Error::Registry(RegistryError::Io {
+            what: "spool file for blob x".into(),
+            source: full(),
+        }))
+        .context("exporting");
+        let text = chain_text(any.chain());
+        assert_eq!(text.matches("os error 28").count(), 1, "{text}");
+        assert!(
+            text.starts_with("exporting: spool file for blob x: "),
+            "{text}"
+        );
+    }
+}

@@ -220,7 +220,9 @@ struct RegistryArgs {
     /// Attempts per request or blob before giving up.
     #[arg(long, default_value_t = 6)]
     retries: u32,
-    /// Upload blobs in chunks of this many bytes (default: one streamed PUT).
+    /// Upload blobs in chunks of this many bytes (default: one streamed PUT; a retry of a
+    /// blob of 1 MiB or more continues in chunks from what the registry holds, this size at
+    /// most).
     #[arg(long, value_name = "BYTES")]
     upload_chunk_size: Option<usize>,
     /// Concurrent blob transfers.
@@ -235,13 +237,18 @@ struct RegistryArgs {
     /// false: accept any certificate (and plain HTTP) from every registry (as skopeo's flag).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     tls_verify: bool,
-    /// A download slower than this many bytes per second, on average over --low-speed-time,
-    /// has stalled: it is retried, then an error naming the blob (as curl's --speed-limit).
+    /// A download or upload slower than this many bytes per second, on average over
+    /// --low-speed-time, has stalled: it is retried (an upload continues where the registry
+    /// stands), then an error naming the blob (as curl's --speed-limit).
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     low_speed_limit: u64,
     /// The window of --low-speed-limit, in seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     low_speed_time: u64,
+    /// How long a request waits for the registry's answer (a blob's body on its way up is
+    /// timed by --low-speed-limit instead, whatever its size).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    request_timeout: u64,
     /// Certificates for every registry: *.crt CAs, NAME.cert + NAME.key client certificate
     /// (mTLS). /etc/containers/certs.d/HOST/ and /etc/docker/certs.d/HOST/ are read too.
     #[arg(long, value_name = "DIR")]
@@ -301,6 +308,7 @@ impl RegistryArgs {
                 bytes_per_sec: self.low_speed_limit,
                 window: std::time::Duration::from_secs(self.low_speed_time.max(1)),
             },
+            request_timeout: Some(std::time::Duration::from_secs(self.request_timeout.max(1))),
             cert_dirs: self.cert_dir.clone(),
             certs_d: vec![
                 PathBuf::from("/etc/containers/certs.d"),
@@ -678,7 +686,7 @@ fn print_json_error(e: &anyhow::Error, code: i32) {
         _ => "error",
     };
     let mut doc = serde_json::json!({
-        "error": {"message": format!("{e:#}"), "kind": kind, "exitCode": code},
+        "error": {"message": airlock::error::chain_text(e.chain()), "kind": kind, "exitCode": code},
     });
     if COMMAND.get() == Some(&"verify") {
         doc["verified"] = false.into();
@@ -811,7 +819,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let (Some(log), Some(record)) = (audit_log, audit.as_mut()) {
                 match &result {
                     Ok(report) => audit_import(record, report),
-                    Err(e) => record.failed(e),
+                    Err(e) => record.failed(&airlock::error::chain_text(e.chain())),
                 }
                 record
                     .append(&log)
@@ -942,7 +950,7 @@ async fn run(cli: Cli) -> Result<()> {
                     let result = verify_cmd(files, json, trust, bundle_key, audit.as_mut()).await;
                     if let (Some(log), Some(record)) = (audit_log, audit.as_mut()) {
                         if let Err(e) = &result {
-                            record.failed(e);
+                            record.failed(&airlock::error::chain_text(e.chain()));
                         }
                         record.append(&log).with_context(|| {
                             format!("appending to the audit log {}", log.display())
@@ -2056,7 +2064,7 @@ fn main() {
         }
         eprintln!(
             "airlock: error: {}",
-            airlock::progress::printable_text(&format!("{e:#}"))
+            airlock::progress::printable_text(&airlock::error::chain_text(e.chain()))
         );
         std::process::exit(code);
     }

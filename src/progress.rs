@@ -105,8 +105,14 @@ impl std::fmt::Debug for EventsHandle {
 /// erase a line or fake the output around it; and it is cut to
 /// [`MAX_SHOWN`] characters, so a name of megabytes cannot flood a message.
 pub fn printable(s: &str) -> String {
-    let mut out = escape(s.chars().take(MAX_SHOWN), false);
-    let kept: usize = s.chars().take(MAX_SHOWN).map(char::len_utf8).sum();
+    printable_upto(s, MAX_SHOWN)
+}
+
+/// [`printable`] with another limit: at most `max` characters of `s`
+/// (a registry's whole error message, up to 2 KiB).
+pub fn printable_upto(s: &str, max: usize) -> String {
+    let mut out = escape(s.chars().take(max), false);
+    let kept: usize = s.chars().take(max).map(char::len_utf8).sum();
     if kept < s.len() {
         out.push_str(&format!("…({} more bytes)", s.len() - kept));
     }

@@ -280,8 +280,8 @@ async fn forge(
             let nd = Digest::of(text.as_bytes());
             let d2: airlock::oci::Descriptor = serde_json::from_value(serde_json::json!({"mediaType": desc.media_type, "digest": nd.to_string(), "size": text.len()})).unwrap();
             let bytes = text.into_bytes();
-            reg.push_blob(repo, &d2, None, || {
-                let b = bytes.clone();
+            reg.push_blob(repo, &d2, None, |offset| {
+                let b = bytes[offset as usize..].to_vec();
                 async move { Ok(body(b)) }
             })
             .await

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -77,17 +78,24 @@ pub struct RegistryConfig {
     /// `/etc/docker/certs.d`.
     pub certs_d: Vec<PathBuf>,
     pub retry: RetryPolicy,
-    /// Upload blobs in PATCH chunks of this size instead of one streamed PUT.
+    /// Upload blobs in PATCH chunks of this size instead of one streamed PUT
+    /// (also the largest chunk of a resumed upload).
     pub upload_chunk_size: Option<usize>,
-    /// A download slower than this is a stall (retried, then an error).
+    /// A download, or an upload's body, slower than this is a stall
+    /// (retried, then an error).
     pub low_speed: LowSpeed,
+    /// How long a request waits for its answer, and for each read of it
+    /// (default 120 s). Not a limit on a blob body on its way up: that is
+    /// timed by `low_speed`, then its answer by this.
+    pub request_timeout: Option<Duration>,
     /// Retry notes go here.
     pub events: crate::progress::EventsHandle,
 }
 
-/// curl's `--speed-limit`/`--speed-time`: a body that brings fewer than
-/// `bytes_per_sec` on average over `window` has stalled. A timeout on
-/// stalls, not on totals: a large blob on a slow link still finishes.
+/// curl's `--speed-limit`/`--speed-time`: a body that moves fewer than
+/// `bytes_per_sec` on average over `window` has stalled, downloads and
+/// uploads alike. A timeout on stalls, not on totals: a large blob on a
+/// slow link still finishes.
 #[derive(Clone, Copy, Debug)]
 pub struct LowSpeed {
     pub bytes_per_sec: u64,
@@ -146,7 +154,12 @@ enum Attempt {
 pub struct Registry {
     host: String,
     base: Url,
+    /// Every request but blob uploads: a read timeout of `request_timeout`.
     http: reqwest::Client,
+    /// Blob upload sessions: no read timeout, which would count the whole
+    /// upload of a body against it; [`Registry::send_body`] times those.
+    upload_http: reqwest::Client,
+    request_timeout: Duration,
     credential: Option<Credential>,
     challenge: Mutex<Option<Challenge>>,
     tokens: Mutex<HashMap<String, String>>,
@@ -178,16 +191,7 @@ fn is_loopback(host: &str) -> bool {
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let t = s.to_string();
-        if !parts.iter().any(|p| p.contains(&t)) {
-            parts.push(t);
-        }
-        cur = s.source();
-    }
-    parts.join(": ")
+    crate::error::chain_text(std::iter::successors(Some(e), |e| e.source()))
 }
 
 /// Finds a [`BlobIntegrityError`] raised by a body stream, however deep.
@@ -226,13 +230,255 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// How long a request waits for its answer unless configured.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// At most this many tags in one repository's list.
 const MAX_TAGS: usize = 200_000;
 
-async fn body_excerpt(resp: Response) -> String {
-    let text = resp.text().await.unwrap_or_default();
-    let t: String = text.chars().take(300).collect();
-    crate::progress::printable(t.trim())
+/// The most of an error answer read (the rest is not waited for).
+const ERROR_BODY_READ: usize = 64 << 10;
+/// The most of an error answer shown: the distribution spec's errors whole
+/// up to this, any other body's first [`RAW_EXCERPT`] characters.
+const ERROR_TEXT_MAX: usize = 2048;
+const RAW_EXCERPT: usize = 300;
+
+/// What an error answer says, for a person: the distribution spec's
+/// `{"errors":[{"code","message","detail"}]}` as `CODE: message (detail)`,
+/// every error in full up to [`ERROR_TEXT_MAX`] characters (a target's "no
+/// space left on device" comes at the end of a long path); any other body's
+/// start. `credential` is redacted first, then control characters escaped.
+fn error_text(body: &[u8], credential: Option<&Credential>) -> String {
+    let (text, max) = match spec_errors(body) {
+        Some(t) => (t, ERROR_TEXT_MAX),
+        None => (String::from_utf8_lossy(body).into_owned(), RAW_EXCERPT),
+    };
+    crate::progress::printable_upto(redact(&text, credential).trim(), max)
+}
+
+/// The errors of a distribution-spec error body, or `None` for any other body.
+fn spec_errors(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<SpecError>,
+    }
+    #[derive(serde::Deserialize)]
+    struct SpecError {
+        #[serde(default)]
+        code: Option<String>,
+        #[serde(default)]
+        message: Option<String>,
+        #[serde(default)]
+        detail: Option<serde_json::Value>,
+    }
+    let doc: Errors = serde_json::from_slice(body).ok()?;
+    if doc.errors.is_empty() {
+        return None;
+    }
+    let one = |e: &SpecError| {
+        let mut parts = Vec::new();
+        parts.extend(e.code.clone().filter(|c| !c.is_empty()));
+        parts.extend(e.message.clone().filter(|m| !m.is_empty()));
+        let mut s = parts.join(": ");
+        let detail = match &e.detail {
+            None | Some(serde_json::Value::Null) => String::new(),
+            Some(serde_json::Value::String(d)) => d.clone(),
+            Some(other) => other.to_string(),
+        };
+        if !detail.is_empty() {
+            if !s.is_empty() {
+                s.push(' ');
+            }
+            s.push_str(&format!("({detail})"));
+        }
+        s
+    };
+    Some(doc.errors.iter().map(one).collect::<Vec<_>>().join("; "))
+}
+
+/// `Range: 0-<last>` of an upload session (`bytes=` tolerated): `last`.
+fn parse_upload_range(value: &str) -> Option<u64> {
+    let v = value.trim();
+    let v = v.strip_prefix("bytes=").unwrap_or(v);
+    let (first, last) = v.split_once('-')?;
+    if first.trim() != "0" {
+        return None;
+    }
+    last.trim().parse().ok()
+}
+
+/// Blobs at least this large keep their upload session across attempts
+/// (smaller ones start over: cheaper than asking where they stand).
+const RESUME_MIN: u64 = 1 << 20;
+/// The first chunk of a resumed upload (unless `upload_chunk_size`), the
+/// smallest and the largest chunk.
+const RESUME_CHUNK: u64 = 1 << 20;
+const MIN_CHUNK: u64 = 256 << 10;
+const MAX_CHUNK: u64 = 64 << 20;
+/// Attempts of one blob that moved the registry's offset forward, at most
+/// (those that move nothing count against the retry policy).
+pub const MAX_PROGRESSING_ATTEMPTS: u32 = 1000;
+
+/// The chunk size of a chunked upload. Unless configured, it starts at
+/// 1 MiB and doubles after every [`GROW_AFTER`] chunks in a row the
+/// registry took at that size (up to 64 MiB: a healthy link soon sends few,
+/// large requests, which matters at satellite round trips), until a chunk
+/// fails; from then on it stays at the largest size that passed, and halves
+/// when an attempt gets no chunk through (down to 256 KiB): on a link that
+/// drops every few megabytes it settles below the drop. A configured size
+/// is the ceiling (a proxy may cap request bodies), and only ever halves.
+#[derive(Debug)]
+struct Chunking {
+    size: u64,
+    max: u64,
+    growing: bool,
+    /// Chunks passed in a row at `size`.
+    streak: u32,
+    largest_passed: u64,
+}
+
+const GROW_AFTER: u32 = 4;
+
+/// The most of an upload's body that may still be in socket and link
+/// buffers once the last byte left airlock (Linux lets a socket's send
+/// buffer grow to 4 MiB; the receiver and the link hold more).
+const MAX_TAIL: u64 = 8 << 20;
+
+impl Chunking {
+    fn new(configured: Option<usize>) -> Chunking {
+        match configured {
+            Some(c) => {
+                let c = (c as u64).max(1);
+                Chunking {
+                    size: c,
+                    max: c,
+                    growing: false,
+                    streak: 0,
+                    largest_passed: 0,
+                }
+            }
+            None => Chunking {
+                size: RESUME_CHUNK,
+                max: MAX_CHUNK,
+                growing: true,
+                streak: 0,
+                largest_passed: 0,
+            },
+        }
+    }
+
+    fn passed(&mut self, n: u64) {
+        self.largest_passed = self.largest_passed.max(n);
+        if n == self.size {
+            self.streak += 1;
+        }
+        if self.growing && self.streak >= GROW_AFTER {
+            self.size = (self.size * 2).min(self.max);
+            self.streak = 0;
+        }
+    }
+
+    /// A chunk of `n` bytes failed; `got_through` says whether an earlier
+    /// chunk of the same attempt passed.
+    fn failed(&mut self, n: u64, got_through: bool) {
+        self.growing = false;
+        self.streak = 0;
+        if self.largest_passed > 0 && n > self.largest_passed {
+            self.size = self.largest_passed;
+        } else if !got_through {
+            self.size = (n / 2).max(MIN_CHUNK.min(self.max));
+        }
+    }
+}
+
+/// One blob's upload across attempts.
+struct BlobUpload {
+    /// The session a failed attempt left for the next one to continue.
+    session: Option<Url>,
+    /// Bytes the registry holds in that session (where the next chunk starts).
+    offset: u64,
+    /// The registry's offset moved forward during the last attempt.
+    progressed: bool,
+    /// Upload in chunks (configured, or a retry of a large blob).
+    chunked: bool,
+    chunking: Chunking,
+}
+
+/// What a `GET` on an upload session found.
+enum SessionState {
+    /// Its next location, and how many bytes it holds.
+    Holds(Url, u64),
+    /// It exists, but holds nothing we can continue (`0-0`, no `Range`).
+    Unusable,
+    /// The registry no longer knows it.
+    Gone,
+}
+
+/// The body of a chunked upload, shared by the chunks cut from it.
+struct ChunkSource {
+    body: BlobBody,
+    leftover: Option<Bytes>,
+}
+
+impl ChunkSource {
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        match self.leftover.take() {
+            Some(b) if !b.is_empty() => Some(Ok(b)),
+            _ => self.body.next().await,
+        }
+    }
+
+    /// The next `n` bytes of the shared body, as a stream of their own
+    /// (what a chunk's request reads; the rest stays for the next chunk).
+    fn take(
+        src: Arc<tokio::sync::Mutex<ChunkSource>>,
+        n: u64,
+    ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
+        futures_util::stream::unfold((src, n), |(src, left)| async move {
+            if left == 0 {
+                return None;
+            }
+            let item = {
+                let mut s = src.lock().await;
+                match s.next().await {
+                    Some(Ok(mut b)) => {
+                        if b.len() as u64 > left {
+                            s.leftover = Some(b.split_off(left as usize));
+                        }
+                        Ok(b)
+                    }
+                    Some(Err(e)) => Err(e),
+                    None => Err(crate::digest::integrity_error(format!(
+                        "the blob ended {left} bytes before its size"
+                    ))),
+                }
+            };
+            let left = match &item {
+                Ok(b) => left - b.len() as u64,
+                Err(_) => 0,
+            };
+            Some((item, (src, left)))
+        })
+    }
+}
+
+/// A blob body that failed to read (its source, or its verifying reader).
+fn body_read_failure(e: std::io::Error, what: &str) -> Attempt {
+    Attempt::Fatal(
+        match e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<BlobIntegrityError>())
+        {
+            Some(i) => RegistryError::Integrity {
+                what: what.to_string(),
+                detail: i.0.clone(),
+            },
+            None => RegistryError::Io {
+                what: what.to_string(),
+                source: e,
+            },
+        },
+    )
 }
 
 /// `text` with every form of `credential` a registry could echo back (the
@@ -326,11 +572,10 @@ fn scope_push(repo: &str) -> String {
 impl Registry {
     async fn connect(host: &str, config: &RegistryConfig) -> Result<Registry, RegistryError> {
         let insecure = config.insecure_all || config.insecure_hosts.iter().any(|h| h == host);
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(20))
-            .read_timeout(Duration::from_secs(120))
-            .pool_max_idle_per_host(16);
+        let request_timeout = config
+            .request_timeout
+            .unwrap_or(DEFAULT_REQUEST_TIMEOUT)
+            .max(Duration::from_secs(1));
         let mut extra = Vec::new();
         for f in &config.ca_files {
             let pem = std::fs::read(f).map_err(|e| RegistryError::Io {
@@ -353,19 +598,42 @@ impl Registry {
             .collect();
         let (cas, identity) = read_cert_dirs(host, &dirs)?;
         extra.extend(cas);
-        if let Some(id) = identity {
-            builder = builder.identity(id);
-        }
-        if !extra.is_empty() {
-            builder = builder.tls_certs_merge(extra);
-        }
-        if insecure {
-            builder = builder.danger_accept_invalid_certs(true);
-        }
-        let http = builder.build().map_err(|e| RegistryError::Tls {
-            host: host.to_string(),
-            detail: error_chain(&e),
-        })?;
+        let build = |read_timeout: Option<Duration>, unacked: Option<Duration>| {
+            let mut builder = reqwest::Client::builder()
+                .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(20))
+                .pool_max_idle_per_host(16);
+            if let Some(t) = read_timeout {
+                builder = builder.read_timeout(t);
+            }
+            #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+            if let Some(t) = unacked {
+                builder = builder.tcp_user_timeout(t);
+            }
+            #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+            let _ = unacked;
+            if let Some(id) = &identity {
+                builder = builder.identity(id.clone());
+            }
+            if !extra.is_empty() {
+                builder = builder.tls_certs_merge(extra.clone());
+            }
+            if insecure {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+            builder.build().map_err(|e| RegistryError::Tls {
+                host: host.to_string(),
+                detail: error_chain(&e),
+            })
+        };
+        let http = build(Some(request_timeout), None)?;
+        // Data the link does not acknowledge for the low-speed window: the
+        // kernel cuts the connection (the tail of a body, once sent, is
+        // otherwise out of sight).
+        let upload_http = build(
+            None,
+            Some(config.low_speed.window.max(Duration::from_secs(1))),
+        )?;
         let api_host = if host == crate::reference::DOCKER_HUB {
             "registry-1.docker.io"
         } else {
@@ -380,6 +648,8 @@ impl Registry {
             host: host.to_string(),
             base: https,
             http,
+            upload_http,
+            request_timeout,
             credential: config.credentials.lookup(host)?,
             challenge: Mutex::new(None),
             tokens: Mutex::new(HashMap::new()),
@@ -413,18 +683,27 @@ impl Registry {
         &self.host
     }
 
-    /// The start of an error body, printable, with our credentials redacted
-    /// (a registry may echo the `Authorization` header back).
+    /// What an error answer says ([`error_text`]), with our credentials
+    /// redacted (a registry may echo the `Authorization` header back). At
+    /// most [`ERROR_BODY_READ`] bytes are read, for at most the request timeout.
     async fn excerpt(&self, resp: Response) -> String {
-        redact(&body_excerpt(resp).await, self.credential.as_ref())
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        let read = async {
+            while let Some(Ok(chunk)) = stream.next().await {
+                let room = ERROR_BODY_READ - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= ERROR_BODY_READ {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(self.request_timeout, read).await;
+        self.excerpt_bytes(&body)
     }
 
     fn excerpt_bytes(&self, body: &[u8]) -> String {
-        let t = String::from_utf8_lossy(&body[..body.len().min(300)]);
-        redact(
-            &crate::progress::printable(t.trim()),
-            self.credential.as_ref(),
-        )
+        error_text(body, self.credential.as_ref())
     }
 
     /// `GET /v2/` once, to learn the auth challenge (and whether TLS works).
@@ -609,10 +888,22 @@ impl Registry {
         what: &str,
         build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
     ) -> Result<Response, Attempt> {
+        self.send_once_on(&self.http, scopes, what, build).await
+    }
+
+    /// [`Registry::send_once`] on `client`, its answer awaited for at most
+    /// the request timeout (the upload client has no read timeout of its own).
+    async fn send_once_on(
+        &self,
+        client: &reqwest::Client,
+        scopes: &[String],
+        what: &str,
+        build: &(dyn Fn(&reqwest::Client) -> RequestBuilder + Send + Sync),
+    ) -> Result<Response, Attempt> {
         let mut reauthed = false;
         loop {
             let header = self.auth_header(scopes).await.map_err(Attempt::Fatal)?;
-            let mut req = build(&self.http);
+            let mut req = build(client);
             if let Some(h) = &header {
                 req = req.header(AUTHORIZATION, h);
             }
@@ -623,7 +914,18 @@ impl Registry {
                     .map(|r| format!("{} {}", r.method(), r.url()))
                     .unwrap_or_else(|| "upload (a streamed body)".into())
             });
-            let sent = req.send().await;
+            let sent = match tokio::time::timeout(self.request_timeout, req.send()).await {
+                Ok(sent) => sent,
+                Err(_) => {
+                    return Err(Attempt::Retry(
+                        RegistryError::Timeout {
+                            what: what.to_string(),
+                            detail: format!("no answer within {}s", self.request_timeout.as_secs()),
+                        },
+                        None,
+                    ))
+                }
+            };
             if let Some(line) = logged {
                 let status = match &sent {
                     Ok(r) => r.status().as_u16().to_string(),
@@ -784,7 +1086,7 @@ impl Registry {
             return Err(RegistryError::Status {
                 what,
                 status: status.as_u16(),
-                body: String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into(),
+                body: self.excerpt_bytes(&bytes),
             });
         }
         let actual = Digest::of(&bytes);
@@ -1319,8 +1621,8 @@ impl Registry {
     }
 
     /// Push a blob unless it is there: mount it from `mount_from` (same
-    /// registry) when possible, else upload it from a fresh `open()` body.
-    /// Every failed attempt starts a new upload session from a new body.
+    /// registry) when possible, else upload it from an `open(offset)` body
+    /// (see [`Registry::push_absent_blob`]).
     pub async fn push_blob<F, Fut>(
         &self,
         repo: &str,
@@ -1329,7 +1631,7 @@ impl Registry {
         open: F,
     ) -> Result<PushOutcome, RegistryError>
     where
-        F: Fn() -> Fut,
+        F: Fn(u64) -> Fut,
         Fut: Future<Output = Result<BlobBody, RegistryError>>,
     {
         if self.blob_exists(repo, desc).await? {
@@ -1340,6 +1642,17 @@ impl Registry {
 
     /// [`Registry::push_blob`] for a blob the caller just found absent
     /// (one HEAD less per blob: the registry's CPU is the import's limit).
+    ///
+    /// `open(offset)` gives a new body for each attempt: the blob's bytes
+    /// from `offset` on (the bytes before it read and verified, not sent).
+    /// The first attempt is one streamed PUT (or PATCH chunks with
+    /// `upload_chunk_size`). A failed attempt of a blob of at least 1 MiB
+    /// keeps its upload session: the next one asks the registry how much it
+    /// holds and continues from there in chunks (a new session when the
+    /// registry has forgotten it). Smaller blobs start over. Attempts that
+    /// move nothing count against the retry policy; attempts that move the
+    /// registry's offset forward reset it (at most
+    /// [`MAX_PROGRESSING_ATTEMPTS`] of them).
     pub async fn push_absent_blob<F, Fut>(
         &self,
         repo: &str,
@@ -1348,27 +1661,96 @@ impl Registry {
         open: F,
     ) -> Result<PushOutcome, RegistryError>
     where
-        F: Fn() -> Fut,
+        F: Fn(u64) -> Fut,
         Fut: Future<Output = Result<BlobBody, RegistryError>>,
     {
         let what = format!("upload of blob {} to {}/{repo}", desc.digest, self.host);
-        // Every attempt is a new upload session from a new body.
-        self.retrying(|| self.try_push_blob(repo, desc, mount_from, &open, &what))
-            .await
+        let mut job = BlobUpload {
+            session: None,
+            offset: 0,
+            progressed: false,
+            chunked: self.chunk_size.is_some(),
+            chunking: Chunking::new(self.chunk_size),
+        };
+        let resumable = desc.size >= RESUME_MIN;
+        let (mut failures, mut progressing) = (0u32, 0u32);
+        loop {
+            let result = if job.session.is_some() {
+                self.resume_blob(repo, desc, &open, &mut job, &what).await
+            } else {
+                self.start_blob(repo, desc, mount_from, &open, &mut job, &what)
+                    .await
+            };
+            let (e, ra) = match result {
+                Ok(outcome) => return Ok(outcome),
+                Err(Attempt::Fatal(e)) => {
+                    self.cancel_upload(repo, &mut job, &what).await;
+                    return Err(e);
+                }
+                Err(Attempt::Retry(e, ra)) => (e, ra),
+            };
+            if resumable {
+                // Later attempts continue in chunks, which a failure can cut
+                // only one at a time.
+                job.chunked = true;
+            } else {
+                self.cancel_upload(repo, &mut job, &what).await;
+            }
+            if std::mem::take(&mut job.progressed) {
+                failures = 0;
+                progressing += 1;
+            }
+            let give_up = if progressing >= MAX_PROGRESSING_ATTEMPTS {
+                Err(e)
+            } else {
+                self.wait_before_retry(&mut failures, e, ra).await
+            };
+            if let Err(e) = give_up {
+                self.cancel_upload(repo, &mut job, &what).await;
+                return Err(e);
+            }
+        }
     }
 
-    async fn try_push_blob<F, Fut>(
+    /// A new upload session (mounting from `mount_from` when given), then
+    /// the whole blob from its first byte.
+    async fn start_blob<F, Fut>(
         &self,
         repo: &str,
         desc: &Descriptor,
         mount_from: Option<&str>,
         open: &F,
+        job: &mut BlobUpload,
         what: &str,
     ) -> Result<PushOutcome, Attempt>
     where
-        F: Fn() -> Fut,
+        F: Fn(u64) -> Fut,
         Fut: Future<Output = Result<BlobBody, RegistryError>>,
     {
+        let Some(location) = self.open_session(repo, desc, mount_from, what).await? else {
+            return Ok(PushOutcome::Mounted);
+        };
+        job.session = Some(location.clone());
+        job.offset = 0;
+        let body = open(0).await.map_err(Attempt::Fatal)?;
+        if job.chunked {
+            self.upload_chunks(repo, desc, job, body, what).await?;
+        } else {
+            self.upload_monolithic(repo, desc, &location, body, what)
+                .await?;
+        }
+        Ok(PushOutcome::Uploaded)
+    }
+
+    /// `POST /blobs/uploads/`: the new session's location, or `None` when
+    /// the registry mounted the blob instead.
+    async fn open_session(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        mount_from: Option<&str>,
+        what: &str,
+    ) -> Result<Option<Url>, Attempt> {
         let mut scopes = vec![scope_push(repo)];
         let mut start = self.url(&format!("v2/{repo}/blobs/uploads/"));
         if let Some(from) = mount_from.filter(|f| *f != repo) {
@@ -1379,13 +1761,13 @@ impl Registry {
                 .append_pair("from", from);
         }
         let resp = self
-            .send_once(&scopes, what, &|c| {
+            .send_once_on(&self.upload_http, &scopes, what, &|c| {
                 c.post(start.clone()).header(CONTENT_LENGTH, 0)
             })
             .await?;
         let status = resp.status();
         if status == StatusCode::CREATED && mount_from.is_some() {
-            return Ok(PushOutcome::Mounted);
+            return Ok(None);
         }
         if status != StatusCode::ACCEPTED {
             return Err(Attempt::Fatal(RegistryError::Status {
@@ -1395,26 +1777,117 @@ impl Registry {
             }));
         }
         // 202: an upload session, also the answer to a mount the registry declined.
-        let mut location = self.location(&resp, what).map_err(Attempt::Fatal)?;
-        let body = open().await.map_err(Attempt::Fatal)?;
-        let result = match self.chunk_size {
-            Some(chunk) => {
-                self.upload_chunked(repo, desc, &mut location, body, chunk, what)
-                    .await
-            }
-            None => {
-                self.upload_monolithic(repo, desc, &location, body, what)
-                    .await
-            }
+        self.location(&resp, what).map(Some).map_err(Attempt::Fatal)
+    }
+
+    /// Continue the session a failed attempt left: ask the registry how
+    /// much it holds, then send the rest in chunks. A session the registry
+    /// no longer knows (or holds nothing of) is replaced by a new one.
+    async fn resume_blob<F, Fut>(
+        &self,
+        repo: &str,
+        desc: &Descriptor,
+        open: &F,
+        job: &mut BlobUpload,
+        what: &str,
+    ) -> Result<PushOutcome, Attempt>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: Future<Output = Result<BlobBody, RegistryError>>,
+    {
+        let Some(location) = job.session.clone() else {
+            return Err(Attempt::Fatal(RegistryError::Protocol {
+                what: what.to_string(),
+                detail: "no upload session to resume".into(),
+            }));
         };
-        if result.is_err() {
-            // Best effort: free the session the registry holds for us.
-            let loc = location.clone();
+        match self.upload_status(repo, &location, what).await? {
+            SessionState::Holds(url, held) if held <= desc.size => {
+                if held > job.offset {
+                    job.progressed = true;
+                }
+                job.session = Some(url);
+                job.offset = held;
+                self.events.0.note(&format!(
+                    "{what}: the registry holds {held} of {} bytes, continuing from there",
+                    desc.size
+                ));
+            }
+            state => {
+                if matches!(state, SessionState::Gone) {
+                    // The last attempt's closing PUT may have gone through
+                    // with its answer lost: then the blob is there.
+                    job.session = None;
+                    if self
+                        .blob_exists(repo, desc)
+                        .await
+                        .map_err(|e| Attempt::Retry(e, None))?
+                    {
+                        return Ok(PushOutcome::Uploaded);
+                    }
+                } else {
+                    // Nothing (or nothing we can use) in it: free it.
+                    self.cancel_upload(repo, job, what).await;
+                }
+                job.session = None;
+                job.offset = 0;
+                let Some(url) = self.open_session(repo, desc, None, what).await? else {
+                    return Ok(PushOutcome::Mounted);
+                };
+                job.session = Some(url);
+            }
+        }
+        let body = open(job.offset).await.map_err(Attempt::Fatal)?;
+        self.upload_chunks(repo, desc, job, body, what).await?;
+        Ok(PushOutcome::Uploaded)
+    }
+
+    /// `GET` on an upload session (distribution spec): 204 with
+    /// `Range: 0-<last byte held>` and the session's next location.
+    async fn upload_status(
+        &self,
+        repo: &str,
+        location: &Url,
+        what: &str,
+    ) -> Result<SessionState, Attempt> {
+        let resp = self
+            .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
+                c.get(location.clone())
+            })
+            .await?;
+        if !resp.status().is_success() {
+            // 404 (distribution: unknown, or invalid after a cut request),
+            // 416 (the offset it holds is not the one it last told us), …
+            return Ok(SessionState::Gone);
+        }
+        let next = self
+            .location(&resp, what)
+            .unwrap_or_else(|_| location.clone());
+        // `0-0` is what distribution says for an empty session (and what
+        // one holding a single byte would say): start afresh.
+        Ok(
+            match resp
+                .headers()
+                .get("range")
+                .and_then(|h| h.to_str().ok())
+                .and_then(parse_upload_range)
+            {
+                Some(end) if end > 0 => SessionState::Holds(next, end + 1),
+                _ => SessionState::Unusable,
+            },
+        )
+    }
+
+    /// Free the session the registry holds for us (best effort).
+    async fn cancel_upload(&self, repo: &str, job: &mut BlobUpload, what: &str) {
+        if let Some(loc) = job.session.take() {
             let _ = self
-                .send_once(&[scope_push(repo)], what, &|c| c.delete(loc.clone()))
+                .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
+                    c.delete(loc.clone())
+                })
                 .await;
         }
-        result.map(|_| PushOutcome::Uploaded)
+        job.offset = 0;
     }
 
     fn location(&self, resp: &Response, what: &str) -> Result<Url, RegistryError> {
@@ -1438,7 +1911,44 @@ impl Registry {
                 what: what.to_string(),
                 detail,
             }),
-            None => Attempt::Retry(self.transport_error(e), None),
+            // The kernel cut a connection whose data the link did not
+            // acknowledge for the low-speed window (TCP_USER_TIMEOUT).
+            None if std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| {
+                c.source()
+            })
+            .any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            }) =>
+            {
+                Attempt::Retry(
+                    RegistryError::Stalled {
+                        what: what.to_string(),
+                        detail: format!(
+                            "the link acknowledged nothing sent for {}s",
+                            self.low_speed.window.as_secs()
+                        ),
+                    },
+                    None,
+                )
+            }
+            // The upload's URL (a long session token) says less than `what`.
+            None => Attempt::Retry(
+                match self.transport_error(e) {
+                    RegistryError::Connect { host, detail } => RegistryError::Connect {
+                        host,
+                        detail: format!(
+                            "{what}: {}",
+                            match e.url() {
+                                Some(u) => detail.replace(&format!(" for url ({u})"), ""),
+                                None => detail,
+                            }
+                        ),
+                    },
+                    other => other,
+                },
+                None,
+            ),
         }
     }
 
@@ -1479,6 +1989,124 @@ impl Registry {
         Ok(())
     }
 
+    /// A request carrying (part of) a blob: no total timeout. While the
+    /// body moves, the low-speed rule (fewer than `bytes_per_sec × window`
+    /// bytes taken in a window is a stall, as for downloads). Once the
+    /// last byte is handed to the network, up to [`MAX_TAIL`] bytes of it may
+    /// still sit in socket and link buffers: the answer is awaited for the
+    /// time those take at the rate the body last moved (at least the
+    /// low-speed limit), plus the request timeout; meanwhile a link that
+    /// acknowledges nothing for the low-speed window is cut by the kernel
+    /// (`TCP_USER_TIMEOUT`). A 401 (a token that expired during a long
+    /// upload) drops the token and is retried.
+    async fn send_body<S>(
+        &self,
+        repo: &str,
+        req: RequestBuilder,
+        body: S,
+        len: u64,
+        what: &str,
+    ) -> Result<Response, Attempt>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
+        let scopes = [scope_push(repo)];
+        let header = self.auth_header(&scopes).await.map_err(Attempt::Fatal)?;
+        let sent = Arc::new(AtomicU64::new(0));
+        let counter = sent.clone();
+        let body = body.inspect(move |item| {
+            if let Ok(b) = item {
+                counter.fetch_add(b.len() as u64, Ordering::Relaxed);
+            }
+        });
+        // Method and URL only (taken before the body, which cannot be cloned).
+        let logged = crate::progress::verbose().then(|| {
+            req.try_clone()
+                .and_then(|r| r.build().ok())
+                .map(|r| format!("{} {}", r.method(), r.url()))
+                .unwrap_or_else(|| "upload".into())
+        });
+        let mut req = req
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header(CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(body));
+        if let Some(h) = header {
+            req = req.header(AUTHORIZATION, h);
+        }
+        let started = tokio::time::Instant::now();
+        let limit = self.low_speed;
+        let floor = limit.bytes_per_sec * limit.window.as_secs().max(1);
+        let (mut window_start, mut window_sent) = (started, 0u64);
+        let mut rate = limit.bytes_per_sec.max(1);
+        let mut answer_by: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+        let mut tick = tokio::time::interval(limit.window.min(Duration::from_millis(250)));
+        let send = req.send();
+        tokio::pin!(send);
+        let outcome = loop {
+            tokio::select! {
+                r = &mut send => break Ok(r),
+                now = tick.tick() => {
+                    let n = sent.load(Ordering::Relaxed);
+                    if n >= len {
+                        let tail = Duration::from_secs_f64(len.min(MAX_TAIL) as f64 / rate as f64);
+                        let (at, by) = *answer_by.get_or_insert((now, now + tail + self.request_timeout));
+                        if now >= by {
+                            break Err(RegistryError::Timeout {
+                                what: what.to_string(),
+                                detail: format!(
+                                    "no answer {}s after the last of {len} bytes was sent",
+                                    (now - at).as_secs()
+                                ),
+                            });
+                        }
+                    } else if now - window_start >= limit.window {
+                        let moved = n - window_sent;
+                        if moved < floor {
+                            break Err(RegistryError::Stalled {
+                                what: what.to_string(),
+                                detail: format!(
+                                    "{moved} bytes sent in the last {}s (at least {} B/s expected); {n} of {len} bytes sent",
+                                    limit.window.as_secs(),
+                                    limit.bytes_per_sec
+                                ),
+                            });
+                        }
+                        rate = rate.max(moved / limit.window.as_secs().max(1));
+                        (window_start, window_sent) = (now, n);
+                    }
+                }
+            }
+        };
+        if let Some(line) = logged {
+            let status = match &outcome {
+                Ok(Ok(r)) => r.status().as_u16().to_string(),
+                _ => "failed".into(),
+            };
+            self.events.0.note(&format!(
+                "{line} -> {status} ({} ms, {} bytes sent)",
+                started.elapsed().as_millis(),
+                sent.load(Ordering::Relaxed)
+            ));
+        }
+        let resp = match outcome {
+            Err(e) => return Err(Attempt::Retry(e, None)),
+            Ok(sent) => sent.map_err(|e| self.body_failure(&e, what))?,
+        };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            self.tokens.lock().await.remove(&scopes.join(" "));
+            let body = self.excerpt(resp).await;
+            return Err(Attempt::Retry(
+                RegistryError::Auth {
+                    host: self.host.clone(),
+                    scope: scopes.join(" "),
+                    detail: format!("{what}: 401 {body}"),
+                },
+                None,
+            ));
+        }
+        Ok(resp)
+    }
+
     async fn upload_monolithic(
         &self,
         repo: &str,
@@ -1490,92 +2118,119 @@ impl Registry {
         let mut url = location.clone();
         url.query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
-        let header = self
-            .auth_header(&[scope_push(repo)])
-            .await
-            .map_err(Attempt::Fatal)?;
-        let mut req = self
-            .http
-            .put(url)
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_LENGTH, desc.size)
-            .body(reqwest::Body::wrap_stream(body));
-        if let Some(h) = header {
-            req = req.header(AUTHORIZATION, h);
-        }
-        let resp = req.send().await.map_err(|e| self.body_failure(&e, what))?;
+        let req = self.upload_http.put(url);
+        let resp = self.send_body(repo, req, body, desc.size, what).await?;
         self.finish_upload(resp, desc, what).await
     }
 
-    async fn upload_chunked(
+    /// PATCH the blob from `job.offset` (where `body` starts) in chunks,
+    /// each streamed from `body` (one chunk's bytes are never held in
+    /// memory), then the closing PUT. `job` follows the registry: its
+    /// location and the bytes it confirmed.
+    async fn upload_chunks(
         &self,
         repo: &str,
         desc: &Descriptor,
-        location: &mut Url,
-        mut body: BlobBody,
-        chunk_size: usize,
+        job: &mut BlobUpload,
+        body: BlobBody,
         what: &str,
     ) -> Result<(), Attempt> {
-        let mut offset: u64 = 0;
-        let mut pending: Vec<u8> = Vec::with_capacity(chunk_size.min(desc.size as usize));
-        let mut ended = false;
-        loop {
-            // Fill one chunk; the body stream is bounded, so memory stays at one chunk.
-            while !ended && pending.len() < chunk_size {
-                match body.next().await {
-                    Some(Ok(b)) => pending.extend_from_slice(&b),
-                    Some(Err(e)) => {
-                        return Err(
-                            match e
-                                .get_ref()
-                                .and_then(|i| i.downcast_ref::<BlobIntegrityError>())
-                            {
-                                Some(i) => Attempt::Fatal(RegistryError::Integrity {
-                                    what: what.to_string(),
-                                    detail: i.0.clone(),
-                                }),
-                                None => Attempt::Fatal(RegistryError::Io {
-                                    what: what.to_string(),
-                                    source: e,
-                                }),
-                            },
-                        )
-                    }
-                    None => ended = true,
-                }
-            }
-            if pending.is_empty() {
+        let body = Arc::new(tokio::sync::Mutex::new(ChunkSource {
+            body,
+            leftover: None,
+        }));
+        let mut confirmed_here = false;
+        while job.offset < desc.size {
+            let Some(location) = job.session.clone() else {
                 break;
-            }
-            let take = pending.len().min(chunk_size);
-            let chunk = Bytes::copy_from_slice(&pending[..take]);
-            pending.drain(..take);
-            let end = offset + chunk.len() as u64 - 1;
-            let loc = location.clone();
-            let resp = self
-                .send_once(&[scope_push(repo)], what, &|c| {
-                    c.patch(loc.clone())
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header("content-range", format!("{offset}-{end}"))
-                        .header(CONTENT_LENGTH, chunk.len())
-                        .body(chunk.clone())
-                })
-                .await?;
-            if resp.status() != StatusCode::ACCEPTED {
-                return Err(Attempt::Fatal(RegistryError::Status {
+            };
+            let n = job.chunking.size.min(desc.size - job.offset);
+            let end = job.offset + n - 1;
+            let req = self
+                .upload_http
+                .patch(location)
+                .header("content-range", format!("{}-{end}", job.offset));
+            let part = ChunkSource::take(body.clone(), n);
+            let resp = match self.send_body(repo, req, part, n, what).await {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Attempt::Retry(..) = e {
+                        job.chunking.failed(n, confirmed_here);
+                    }
+                    return Err(e);
+                }
+            };
+            let status = resp.status();
+            if status != StatusCode::ACCEPTED {
+                let ra = retry_after(resp.headers());
+                let err = RegistryError::Status {
                     what: what.to_string(),
-                    status: resp.status().as_u16(),
+                    status: status.as_u16(),
                     body: self.excerpt(resp).await,
-                }));
+                };
+                // A server error, or a session out of step (404, 416): the
+                // next attempt asks the registry where it stands.
+                return Err(
+                    if status.is_server_error()
+                        || status == StatusCode::TOO_MANY_REQUESTS
+                        || status == StatusCode::NOT_FOUND
+                        || status == StatusCode::RANGE_NOT_SATISFIABLE
+                    {
+                        job.chunking.failed(n, confirmed_here);
+                        Attempt::Retry(err, ra)
+                    } else {
+                        Attempt::Fatal(err)
+                    },
+                );
             }
-            *location = self.location(&resp, what).map_err(Attempt::Fatal)?;
-            offset = end + 1;
+            let next = self.location(&resp, what).map_err(Attempt::Fatal)?;
+            // The registry's own count, when it gives one, is the truth.
+            let held = resp
+                .headers()
+                .get("range")
+                .and_then(|h| h.to_str().ok())
+                .and_then(parse_upload_range)
+                .map_or(end + 1, |last| last + 1);
+            job.session = Some(next);
+            if held != end + 1 {
+                return Err(Attempt::Retry(
+                    RegistryError::Protocol {
+                        what: what.to_string(),
+                        detail: format!(
+                            "the registry holds {held} bytes after a chunk ending at byte {end}"
+                        ),
+                    },
+                    None,
+                ));
+            }
+            job.offset = held;
+            job.progressed = true;
+            confirmed_here = true;
+            job.chunking.passed(n);
         }
-        let mut url = location.clone();
+        // Every byte was sent: the body must end here, and its end is the
+        // verifying reader's proof (its last bytes were held back until then).
+        match body.lock().await.next().await {
+            None => {}
+            Some(Err(e)) => return Err(body_read_failure(e, what)),
+            Some(Ok(_)) => {
+                return Err(Attempt::Fatal(RegistryError::Integrity {
+                    what: what.to_string(),
+                    detail: format!("the blob is longer than its {} bytes", desc.size),
+                }))
+            }
+        }
+        let Some(location) = job.session.clone() else {
+            return Err(Attempt::Fatal(RegistryError::Protocol {
+                what: what.to_string(),
+                detail: "no upload session".into(),
+            }));
+        };
+        let mut url = location;
         url.query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
         let resp = self
-            .send_once(&[scope_push(repo)], what, &|c| {
+            .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
                 c.put(url.clone()).header(CONTENT_LENGTH, 0)
             })
             .await?;
@@ -1696,6 +2351,131 @@ mod tests {
         ] {
             assert_eq!(is_loopback(host), loopback, "{host}");
         }
+    }
+
+    #[test]
+    fn spec_errors_are_shown_whole_and_bounded() {
+        let long = format!(
+            "filesystem: write /var/lib/registry/{}/data: no space left on device",
+            "x".repeat(400)
+        );
+        let body = serde_json::json!({"errors": [
+            {"code": "UNKNOWN", "message": "unknown error", "detail": long},
+            {"code": "DENIED", "message": "nope", "detail": {"why": ["a"]}},
+            {"code": "UNSUPPORTED", "detail": null},
+        ]})
+        .to_string();
+        assert_eq!(
+            error_text(body.as_bytes(), None),
+            format!(
+                "UNKNOWN: unknown error ({long}); DENIED: nope ({{\"why\":[\"a\"]}}); UNSUPPORTED"
+            )
+        );
+        // Bounded, with what was left out counted.
+        let huge = serde_json::json!({"errors": [{"code": "X", "message": "m".repeat(10_000)}]});
+        let text = error_text(huge.to_string().as_bytes(), None);
+        assert!(text.chars().count() < ERROR_TEXT_MAX + 40, "{}", text.len());
+        assert!(text.ends_with("more bytes)"), "{text}");
+        // Any other body: its start, escaped; credentials redacted first.
+        let cred = Credential::Basic {
+            username: "u".into(),
+            password: "hunter22".into(),
+        };
+        let html = format!("<html>\u{1b}[31m {} hunter22", "y".repeat(500));
+        let text = error_text(html.as_bytes(), Some(&cred));
+        assert!(text.starts_with("<html>\\u{1b}[31m"), "{text}");
+        assert!(text.chars().count() < RAW_EXCERPT + 40);
+        let text = error_text(
+            b"{\"errors\":[{\"message\":\"hunter22 \\n x\"}]}",
+            Some(&cred),
+        );
+        assert_eq!(text, "<redacted> \\n x");
+    }
+
+    #[test]
+    fn upload_ranges() {
+        assert_eq!(parse_upload_range("0-1048575"), Some(1048575));
+        assert_eq!(parse_upload_range("bytes=0-9"), Some(9));
+        assert_eq!(parse_upload_range("0-0"), Some(0));
+        assert_eq!(parse_upload_range("5-9"), None);
+        assert_eq!(parse_upload_range("0-"), None);
+        assert_eq!(parse_upload_range("junk"), None);
+    }
+
+    #[test]
+    fn chunks_grow_on_a_healthy_link_and_settle_below_a_flaky_one() {
+        let mut c = Chunking::new(None);
+        assert_eq!(c.size, RESUME_CHUNK);
+        for _ in 0..GROW_AFTER {
+            c.passed(c.size);
+        }
+        assert_eq!(c.size, 2 * RESUME_CHUNK);
+        for _ in 0..64 {
+            c.passed(c.size);
+        }
+        assert_eq!(c.size, MAX_CHUNK, "never above the ceiling");
+        // A larger chunk than any that passed fails: back to the largest
+        // that passed, and no more growth.
+        let mut c = Chunking::new(None);
+        for _ in 0..GROW_AFTER {
+            c.passed(c.size);
+        }
+        c.failed(c.size, true);
+        assert_eq!(c.size, RESUME_CHUNK);
+        for _ in 0..10 {
+            c.passed(c.size);
+        }
+        assert_eq!(c.size, RESUME_CHUNK);
+        // An attempt that gets nothing through halves, down to the floor.
+        let mut c = Chunking::new(None);
+        for _ in 0..10 {
+            c.failed(c.size, false);
+        }
+        assert_eq!(c.size, MIN_CHUNK);
+        // A configured size is the ceiling.
+        let mut c = Chunking::new(Some(100_000));
+        c.passed(100_000);
+        c.passed(100_000);
+        c.passed(100_000);
+        c.passed(100_000);
+        assert_eq!(c.size, 100_000);
+        c.failed(100_000, false);
+        assert_eq!(c.size, 100_000, "a configured size below the floor stays");
+    }
+
+    #[tokio::test]
+    async fn chunks_cut_from_one_body_add_up_to_it() {
+        let parts: Vec<std::io::Result<Bytes>> = vec![
+            Ok(Bytes::from_static(b"abcde")),
+            Ok(Bytes::from_static(b"fg")),
+            Ok(Bytes::from_static(b"hijklmn")),
+        ];
+        let body: BlobBody = Box::pin(futures_util::stream::iter(parts));
+        let src = Arc::new(tokio::sync::Mutex::new(ChunkSource {
+            body,
+            leftover: None,
+        }));
+        let mut got = Vec::new();
+        for n in [3u64, 5, 6] {
+            let chunk: Vec<Bytes> = ChunkSource::take(src.clone(), n)
+                .map(|r| r.unwrap())
+                .collect()
+                .await;
+            got.push(chunk.concat());
+        }
+        assert_eq!(got, [&b"abc"[..], b"defgh", b"ijklmn"]);
+        assert!(src.lock().await.next().await.is_none());
+        // A body shorter than its chunk: an integrity error, not a short request.
+        let body: BlobBody = Box::pin(futures_util::stream::iter(vec![Ok(Bytes::from_static(
+            b"ab",
+        ))]));
+        let src = Arc::new(tokio::sync::Mutex::new(ChunkSource {
+            body,
+            leftover: None,
+        }));
+        let items: Vec<_> = ChunkSource::take(src, 4).collect().await;
+        let err = items.last().unwrap().as_ref().unwrap_err();
+        assert!(crate::digest::is_integrity_error(err), "{err}");
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub enum RegistryError {
     },
     #[error("{what} stalled: {detail}; the link or the registry is too slow (--low-speed-limit, --low-speed-time)")]
     Stalled { what: String, detail: String },
+    #[error("{what}: {detail} (--request-timeout)")]
+    Timeout { what: String, detail: String },
     #[error("{what}: refused by the blob source: {detail}")]
     Integrity { what: String, detail: String },
     #[error("{what}: {source}")]

@@ -800,7 +800,7 @@ async fn mount_external(
                 continue;
             }
             let outcome = reg
-                .push_absent_blob(repo, &desc, Some(&from), || async {
+                .push_absent_blob(repo, &desc, Some(&from), |_| async {
                     Err(crate::registry::RegistryError::Protocol {
                         what: format!("mount of {d} from {from} into {repo}"),
                         detail: "the registry declined the mount, and an incremental bundle does not carry this blob".into(),
@@ -913,7 +913,7 @@ impl Sink for RegistrySink<'_> {
                     continue;
                 }
                 let outcome = reg
-                    .push_absent_blob(repo, &desc, have.as_deref(), || {
+                    .push_absent_blob(repo, &desc, have.as_deref(), |offset| {
                         let data = data.clone();
                         let progress = self.progress.clone();
                         let digest = blob.digest.clone();
@@ -928,7 +928,7 @@ impl Sink for RegistrySink<'_> {
                                     what: format!("source of blob {digest}"),
                                     source: e,
                                 })?;
-                            Ok(upload_body(body, progress))
+                            Ok(upload_body(body, offset, progress))
                         }
                     })
                     .await?;

@@ -4,8 +4,11 @@
 //! 429 with Retry-After), drop the connection, forward the request and
 //! cut the response body in half, answer 200 with a body of its own, or
 //! hold the request until the test releases it (to catch an export in the
-//! middle). Every request is logged (`requests`, with its `Range` header).
+//! middle), cut or slow down an upload's body. Every request is logged
+//! (`requests`, with its `Range` header), and the bytes of upload bodies the
+//! link carried are counted (`uploaded`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -27,6 +30,29 @@ pub enum Fault {
     EndlessTags,
     /// 401 with a Basic challenge (so the client sends its credentials next).
     Challenge,
+    /// This status with this JSON body, in place of the registry's answer.
+    Answer(u16, String),
+    /// The link dies once it carried `after` bytes of an upload's body (the
+    /// next byte is never carried): counted per request (`shared: false`,
+    /// every connection carries at most `after` bytes), or over every
+    /// request the rule matches (`shared: true`: it dies each time `after`
+    /// more bytes went up, wherever in a request that falls). `buffered`:
+    /// the registry's front holds a request until its body is whole (nginx's
+    /// default, `proxy_request_buffering on`), so a cut request never reaches
+    /// the registry; otherwise the registry gets the bytes that came, as a
+    /// bare registry on the link would.
+    Cut {
+        after: u64,
+        shared: bool,
+        buffered: bool,
+    },
+    /// An upload's body read at this many bytes per second (a slow uplink).
+    SlowUpload(u64),
+    /// An upload's body read up to `after` bytes, then no more, the
+    /// connection held open (a link that stalls).
+    StallUpload {
+        after: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +70,11 @@ pub struct Proxy {
     pub injected: Arc<Mutex<Vec<String>>>,
     /// `METHOD PATH` of every request, in arrival order.
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// Bytes of upload bodies (PUT/PATCH to `/blobs/uploads/`) the link
+    /// carried from the client, whether or not the registry got them.
+    pub uploaded: Arc<AtomicU64>,
+    /// `Content-Range` of every upload PATCH, in arrival order.
+    pub ranges: Arc<Mutex<Vec<String>>>,
     released: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -62,10 +93,15 @@ impl Proxy {
         let injected = Arc::new(Mutex::new(Vec::new()));
         let requests = Arc::new(Mutex::new(Vec::new()));
         let (released, release_rx) = tokio::sync::watch::channel(false);
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let ranges = Arc::new(Mutex::new(Vec::new()));
         let log = Log {
             injected: injected.clone(),
             requests: requests.clone(),
             released: release_rx,
+            uploaded: uploaded.clone(),
+            ranges: ranges.clone(),
+            link: Arc::new(AtomicU64::new(0)),
         };
         let (r, up) = (rules.clone(), upstream.to_string());
         let task = tokio::spawn(async move {
@@ -81,6 +117,8 @@ impl Proxy {
             rules,
             injected,
             requests,
+            uploaded,
+            ranges,
             released,
             task,
         }
@@ -107,6 +145,16 @@ impl Proxy {
 
     pub fn injected(&self) -> Vec<String> {
         self.injected.lock().unwrap().clone()
+    }
+
+    /// Bytes of upload bodies the link carried so far.
+    pub fn uploaded(&self) -> u64 {
+        self.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// `Content-Range` of every upload PATCH so far.
+    pub fn ranges(&self) -> Vec<String> {
+        self.ranges.lock().unwrap().clone()
     }
 }
 
@@ -145,6 +193,17 @@ struct Log {
     injected: Arc<Mutex<Vec<String>>>,
     requests: Arc<Mutex<Vec<String>>>,
     released: tokio::sync::watch::Receiver<bool>,
+    uploaded: Arc<AtomicU64>,
+    ranges: Arc<Mutex<Vec<String>>>,
+    /// Upload bytes carried since the link last died (`Cut { shared: true }`).
+    link: Arc<AtomicU64>,
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
 }
 
 async fn handle(
@@ -257,6 +316,15 @@ async fn handle(
             let _ = client.shutdown().await;
             return Ok(());
         }
+        Some(Fault::Answer(code, ref body)) => {
+            let resp = format!(
+                "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
         Some(Fault::Respond(content_type, ref body)) => {
             let head = format!(
                 "HTTP/1.1 200 Injected\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -268,6 +336,9 @@ async fn handle(
             return Ok(());
         }
         _ => {}
+    }
+    if (method == "PUT" || method == "PATCH") && path.contains("/blobs/uploads/") {
+        return upload(client, upstream, &head, rest, fault, &log).await;
     }
     let mut up = TcpStream::connect(upstream).await?;
     up.write_all(&force_close(&head)).await?;
@@ -307,5 +378,117 @@ async fn handle(
     }
     let _ = cw.shutdown().await;
     to_upstream.abort();
+    Ok(())
+}
+
+/// An upload request: its body carried (counted, perhaps slowly, perhaps
+/// cut) to the registry, then the answer back.
+async fn upload(
+    mut client: TcpStream,
+    upstream: &str,
+    head: &[u8],
+    mut pending: Vec<u8>,
+    fault: Option<Fault>,
+    log: &Log,
+) -> std::io::Result<()> {
+    let text = String::from_utf8_lossy(head).into_owned();
+    let len: u64 = header(&text, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if let Some(r) = header(&text, "content-range") {
+        log.ranges.lock().unwrap().push(r.to_string());
+    }
+    let (budget, shared, buffered) = match fault {
+        Some(Fault::Cut {
+            after,
+            shared,
+            buffered,
+        }) => (Some(after), shared, buffered),
+        _ => (None, false, false),
+    };
+    let rate = match fault {
+        Some(Fault::SlowUpload(r)) => Some(r.max(10)),
+        _ => None,
+    };
+    let stall_at = match fault {
+        Some(Fault::StallUpload { after }) => Some(after),
+        _ => None,
+    };
+    let mut up = if buffered {
+        None
+    } else {
+        let mut up = TcpStream::connect(upstream).await?;
+        up.write_all(&force_close(head)).await?;
+        Some(up)
+    };
+    let mut held = Vec::new();
+    let (mut got, mut buf) = (0u64, vec![0u8; 256 * 1024]);
+    while got < len {
+        if stall_at.is_some_and(|at| got >= at) {
+            // Read nothing more, the connection held open.
+            tokio::time::sleep(std::time::Duration::from_secs(600)).await;
+            return Ok(());
+        }
+        let want = ((len - got) as usize)
+            .min(match rate {
+                Some(r) => (r as usize / 10).min(buf.len()),
+                None => buf.len(),
+            })
+            .min(match stall_at {
+                Some(at) => (at - got) as usize,
+                None => usize::MAX,
+            });
+        let chunk = if !pending.is_empty() {
+            let n = want.min(pending.len());
+            pending.drain(..n).collect::<Vec<u8>>()
+        } else {
+            let n = client.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Ok(()); // the client went away: so does the request
+            }
+            buf[..n].to_vec()
+        };
+        if let Some(after) = budget {
+            let carried = if shared {
+                log.link.load(Ordering::Relaxed)
+            } else {
+                got
+            };
+            let left = after.saturating_sub(carried);
+            if chunk.len() as u64 > left {
+                // The link dies here: what fits is carried, nothing more.
+                let keep = &chunk[..left as usize];
+                log.uploaded.fetch_add(keep.len() as u64, Ordering::Relaxed);
+                if let Some(up) = up.as_mut() {
+                    let _ = up.write_all(keep).await;
+                }
+                log.link.store(0, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+        log.uploaded
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        log.link.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        got += chunk.len() as u64;
+        match up.as_mut() {
+            Some(up) => up.write_all(&chunk).await?,
+            None => held.extend_from_slice(&chunk),
+        }
+        if rate.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    let mut up = match up {
+        Some(up) => up,
+        None => {
+            let mut up = TcpStream::connect(upstream).await?;
+            up.write_all(&force_close(head)).await?;
+            up.write_all(&held).await?;
+            up
+        }
+    };
+    let (mut ur, _uw) = up.split();
+    tokio::io::copy(&mut ur, &mut client).await?;
+    let _ = client.shutdown().await;
     Ok(())
 }
