@@ -277,18 +277,19 @@ struct Move<'a> {
 }
 
 impl Move<'_> {
+    async fn fetch(&self, blob: &BlobInfo, once: bool) -> Result<Blob> {
+        fetch(self.source, self.graph, blob, once).await
+    }
+
+    async fn put(&self, blob: &BlobInfo, data: Blob) -> Result<(Vec<Put>, u64)> {
+        put(self.sink, blob, data, self.progress, self.reads_once).await
+    }
+
     async fn random_any_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
-        let (source, graph, sink, progress, reads_once) = (
-            self.source,
-            self.graph,
-            self.sink,
-            self.progress,
-            self.reads_once,
-        );
         futures_util::stream::iter(todo.iter().copied())
             .map(|b| async move {
-                let data = fetch(source, graph, b, reads_once).await?;
-                put(sink, b, data, progress, self.reads_once).await
+                let data = self.fetch(b, self.reads_once).await?;
+                self.put(b, data).await
             })
             .buffer_unordered(self.jobs)
             .try_collect()
@@ -296,20 +297,13 @@ impl Move<'_> {
     }
 
     async fn random_in_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
-        let (source, graph, sink, progress, reads_once) = (
-            self.source,
-            self.graph,
-            self.sink,
-            self.progress,
-            self.reads_once,
-        );
         let mut fetched = futures_util::stream::iter(todo.iter().copied())
-            .map(|b| async move { fetch(source, graph, b, reads_once).await.map(|d| (b, d)) })
+            .map(|b| async move { self.fetch(b, self.reads_once).await.map(|d| (b, d)) })
             .buffered(self.jobs);
         let mut out = Vec::new();
         while let Some(item) = fetched.next().await {
             let (b, data) = item?;
-            out.push(put(sink, b, data, progress, self.reads_once).await?);
+            out.push(self.put(b, data).await?);
         }
         Ok(out)
     }
@@ -317,13 +311,11 @@ impl Move<'_> {
     /// A one-pass source: fetch strictly in order (the source reads past what
     /// is not asked for); puts overlap up to `jobs` unless the sink wants order.
     async fn one_pass(&self, todo: &[&BlobInfo], ordered: bool) -> Result<Moved> {
-        let (source, graph, sink, progress, jobs) =
-            (self.source, self.graph, self.sink, self.progress, self.jobs);
         let mut out = Vec::new();
         let mut in_flight = FuturesUnordered::new();
         for b in todo.iter().copied() {
             // Uploads keep going while the source reads the next blob.
-            let next = fetch(source, graph, b, false);
+            let next = self.fetch(b, false);
             tokio::pin!(next);
             let data = loop {
                 tokio::select! {
@@ -332,15 +324,15 @@ impl Move<'_> {
                 }
             };
             if ordered {
-                out.push(put(sink, b, data, progress, self.reads_once).await?);
+                out.push(self.put(b, data).await?);
                 continue;
             }
-            while in_flight.len() >= jobs {
+            while in_flight.len() >= self.jobs {
                 if let Some(done) = in_flight.next().await {
                     out.push(done?);
                 }
             }
-            in_flight.push(put(sink, b, data, progress, self.reads_once));
+            in_flight.push(self.put(b, data));
         }
         while let Some(done) = in_flight.next().await {
             out.push(done?);

@@ -1615,14 +1615,8 @@ async fn serve_cmd(
         VerifyArg::Lazy => airlock::serve::VerifyMode::Lazy,
     };
     let content =
-        airlock::serve::Content::load(
-            bundles,
-            &template,
-            policy.as_ref(),
-            mode,
-            &stderr_events(),
-        )
-        .await?;
+        airlock::serve::Content::load(bundles, &template, policy.as_ref(), mode, &stderr_events())
+            .await?;
     let (repos, tags): (usize, usize) = (
         content.repos.len(),
         content.repos.values().map(|r| r.tags.len()).sum(),

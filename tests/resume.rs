@@ -116,6 +116,31 @@ impl Setup {
         }
     }
 
+    /// The same command again, the faults gone: every blob but the last is
+    /// recovered from the unfinished bundle, only the last is fetched, and
+    /// the bundle is byte for byte the one a fresh export writes.
+    fn rerun_fetches_only_the_last_blob(&self) {
+        self.proxy.set_rules(vec![]);
+        self.proxy.release();
+        let gets_before = self.proxy.count("GET", "/blobs/");
+        let out = run_ok(&mut cmd(&self.out(), &self.refs, &["--json"]));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["reusedBlobs"], (self.blobs - 1) as u64, "{report}");
+        assert_eq!(report["downloadedBlobs"], 1, "{report}");
+        let full_bytes = self.full_report["downloadedBytes"].as_u64().unwrap();
+        let rerun_bytes = report["downloadedBytes"].as_u64().unwrap();
+        assert!(
+            full_bytes > 0 && rerun_bytes < full_bytes,
+            "the rerun downloaded {rerun_bytes} bytes, a full export {full_bytes}"
+        );
+        assert_eq!(
+            self.proxy.count("GET", "/blobs/") - gets_before,
+            1,
+            "only the missing blob is fetched again"
+        );
+        assert_eq!(sha256_file(&self.out()), sha256_file(&self.full));
+    }
+
     /// Names in the output directory.
     fn out_dir_names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.out().parent().unwrap())
@@ -248,27 +273,8 @@ fn kill_9_mid_export_then_the_same_command_resumes() {
     );
     assert_eq!(complete_blobs_in_unfinished(&state), s.blobs - 1);
 
-    s.proxy.set_rules(vec![]);
-    s.proxy.release();
-    let gets_before = s.proxy.count("GET", "/blobs/");
-    let out = run_ok(&mut cmd(&s.out(), &s.refs, &["--json"]));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["reusedBlobs"], (s.blobs - 1) as u64, "{report}");
-    assert_eq!(report["downloadedBlobs"], 1, "{report}");
-    let full_bytes = s.full_report["downloadedBytes"].as_u64().unwrap();
-    let rerun_bytes = report["downloadedBytes"].as_u64().unwrap();
-    assert!(
-        full_bytes > 0 && rerun_bytes < full_bytes,
-        "the rerun downloaded {rerun_bytes} bytes, a full export {full_bytes}"
-    );
-    assert_eq!(
-        s.proxy.count("GET", "/blobs/") - gets_before,
-        1,
-        "only the missing blob is fetched again"
-    );
+    s.rerun_fetches_only_the_last_blob();
     verify_ok(&s.out());
-    // Byte for byte the bundle a fresh export writes.
-    assert_eq!(sha256_file(&s.out()), sha256_file(&s.full));
     assert_eq!(
         s.out_dir_names(),
         ["b.tar.zst", "b.tar.zst.sha256"],
@@ -315,14 +321,7 @@ fn interrupt_mid_export(signal: libc::c_int, code: i32) {
     assert_eq!(inside, ["blobs", "lock"], "no download in flight is kept");
     assert_eq!(complete_blobs_in_unfinished(&state), s.blobs - 1);
     // The rerun takes them from there and fetches only the last blob.
-    s.proxy.set_rules(vec![]);
-    s.proxy.release();
-    let gets_before = s.proxy.count("GET", "/blobs/");
-    let out = run_ok(&mut cmd(&s.out(), &s.refs, &["--json"]));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["downloadedBlobs"], 1, "{report}");
-    assert_eq!(s.proxy.count("GET", "/blobs/") - gets_before, 1);
-    assert_eq!(sha256_file(&s.out()), sha256_file(&s.full));
+    s.rerun_fetches_only_the_last_blob();
     // The temp spool of older versions is not used for a file output.
     assert!(!s
         .out_dir_names()
