@@ -159,6 +159,26 @@ impl Spooled {
         Ok(())
     }
 
+    /// Fill the spool from a reader that verifies the blob itself (a
+    /// bundle walk's member reader: it fails at its end, instead of
+    /// reporting EOF, unless size and sha256 match): the bytes are not
+    /// hashed a second time. When this returns Ok the file is the blob.
+    pub(crate) fn fill_from_verifying(&mut self, data: &mut dyn Read) -> io::Result<()> {
+        let mut out = io::BufWriter::new(self.file.as_file_mut());
+        // One byte past the size: the read that finds the end is the one
+        // that checks the digest.
+        let n = io::copy(&mut data.take(self.size + 1), &mut out)?;
+        out.flush()?;
+        if n != self.size {
+            return Err(crate::digest::integrity_error(format!(
+                "blob {} read as {n} bytes, expected {}",
+                self.digest, self.size
+            )));
+        }
+        self.hashed_on_write = true;
+        Ok(())
+    }
+
     /// The caller wrote the file with a download that checked size and
     /// digest (`Registry::fetch_blob`).
     pub(crate) fn checked_by_download(&mut self) {
@@ -347,6 +367,25 @@ mod tests {
                 // Never marked as checked: opening it re-verifies, and fails.
                 assert!(s.open().unwrap().read_all(7).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn a_spool_filled_from_a_verifying_reader_keeps_its_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = Digest::of(b"payload");
+        let verifying =
+            |b: &'static [u8]| VerifyingReader::new(b, d.clone(), 7, "member".to_string());
+        let mut good = Spooled::create_in(dir.path(), &d, 7).unwrap();
+        good.fill_from_verifying(&mut verifying(b"payload"))
+            .unwrap();
+        assert_eq!(good.open().unwrap().read_all(7).unwrap(), b"payload");
+        for wrong in [&b"paYload"[..], b"pay"] {
+            let mut s = Spooled::create_in(dir.path(), &d, 7).unwrap();
+            let err = s.fill_from_verifying(&mut verifying(wrong)).unwrap_err();
+            assert!(crate::digest::is_integrity_error(&err), "{err}");
+            // Never marked as checked: opening it re-verifies, and fails.
+            assert!(s.open().unwrap().read_all(7).is_err());
         }
     }
 }

@@ -532,7 +532,8 @@ impl StreamReader {
         // read it after this reader has finished), in the system temp dir.
         let dir = std::env::temp_dir();
         let mut s = Spooled::create_in(&dir, &member.digest, member.size).map_err(io_err)?;
-        s.fill(data)
+        // `data` is the walk's verifying reader: one hash per byte, there.
+        s.fill_from_verifying(data)
             .map_err(|e| super::member_error(&self.name, member, e))?;
         Ok(s)
     }
