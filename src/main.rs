@@ -409,8 +409,10 @@ enum Command {
         /// Replace an existing output file.
         #[arg(long)]
         force: bool,
-        /// Keep verified downloads in DIR/blobs/sha256/ across exports (never deleted by
-        /// airlock) instead of in the state directory OUTPUT.partial/; blobs there are reused.
+        /// Download every blob into DIR/blobs/sha256/ first and keep it there across
+        /// exports (never deleted by airlock); blobs there are reused. Without it, blobs
+        /// stream straight into the bundle, and a stopped export's state directory
+        /// OUTPUT.partial/ keeps the unfinished bundle for the rerun.
         #[arg(long, value_name = "DIR")]
         cache_dir: Option<PathBuf>,
         /// Sign the bundle index with this PKCS#8 PEM ECDSA P-256 key (writes B.tar.zst.sig).

@@ -199,8 +199,9 @@ impl BundleSink {
         let (level, threads, frame_max) = (self.opts.level, self.opts.threads, self.opts.frame_max);
         let stopped = self.stopped.clone();
         self.writer = Some(tokio::task::spawn_blocking(move || -> Written {
+            let mut rx = rx;
             let written = write_members(
-                rx,
+                &mut rx,
                 destinations,
                 index_bytes,
                 index,
@@ -213,6 +214,8 @@ impl BundleSink {
                     *slot = Some(e.to_string());
                 }
             }
+            // Closed only now: a sender that finds it closed finds the reason too.
+            drop(rx);
             written
         }));
         self.tx = Some(tx);
@@ -222,7 +225,7 @@ impl BundleSink {
 
 #[allow(clippy::too_many_arguments)]
 fn write_members(
-    mut rx: mpsc::Receiver<Item>,
+    rx: &mut mpsc::Receiver<Item>,
     destinations: Vec<Option<std::fs::File>>,
     index_bytes: Vec<u8>,
     index: BundleIndex,
