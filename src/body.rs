@@ -27,7 +27,7 @@ enum Inner {
     /// Hashed as it is read.
     Hashing(VerifyingReader<Box<dyn Read + Send>>),
     /// A spool file whose bytes were hashed as they were written (see
-    /// [`Spooled::fill`]): only its size is checked again.
+    /// [`Spooled::fill_from_verifying`]): only its size is checked again.
     Spool(io::Take<Box<dyn Read + Send>>, u64, String),
 }
 
@@ -118,7 +118,7 @@ pub trait OpenBlob: Send + Sync {
 pub type Blob = Arc<dyn OpenBlob>;
 
 /// A blob a source has read past (a pipe) or downloaded: a temp file.
-/// Filled through [`Spooled::fill`] (from a [`Verified`] reader, so hashed as
+/// Filled through [`Spooled::fill_from_verifying`] (from a reader that verifies, so checked as
 /// written) it is read back without a second hash; filled any other way it
 /// is re-verified whenever it is opened.
 pub struct Spooled {
@@ -139,24 +139,6 @@ impl Spooled {
             size,
             hashed_on_write: false,
         })
-    }
-
-    /// Fill the spool from any reader, hashing as it writes: when this
-    /// returns Ok the bytes on disk are the blob, and reads skip the hash.
-    pub fn fill(&mut self, data: impl Read) -> io::Result<()> {
-        let mut hashing =
-            crate::digest::HashingWriter::new(io::BufWriter::new(self.file.as_file_mut()));
-        io::copy(&mut data.take(self.size + 1), &mut hashing)?;
-        let (mut w, digest, len) = hashing.finish();
-        w.flush()?;
-        if len != self.size || digest != self.digest {
-            return Err(crate::digest::integrity_error(format!(
-                "blob {} read as {len} bytes with digest {digest}, expected {} bytes",
-                self.digest, self.size
-            )));
-        }
-        self.hashed_on_write = true;
-        Ok(())
     }
 
     /// Fill the spool from a reader that verifies the blob itself (a
@@ -350,24 +332,6 @@ mod tests {
         let items = read(Bytes::from(bad), &digest, 500_000).await;
         let err = items.last().unwrap().as_ref().unwrap_err();
         assert!(crate::digest::is_integrity_error(err), "{err}");
-    }
-
-    #[test]
-    fn a_spool_is_hashed_as_it_is_filled() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = Digest::of(b"payload");
-        let mut good = Spooled::create_in(dir.path(), &d, 7).unwrap();
-        good.fill(&b"payload"[..]).unwrap();
-        assert_eq!(good.open().unwrap().read_all(7).unwrap(), b"payload");
-        for wrong in [&b"paYload"[..], b"payload!", b"pay"] {
-            let mut s = Spooled::create_in(dir.path(), &d, 7).unwrap();
-            let err = s.fill(wrong).unwrap_err();
-            assert!(crate::digest::is_integrity_error(&err), "{err}");
-            if wrong.len() <= 7 {
-                // Never marked as checked: opening it re-verifies, and fails.
-                assert!(s.open().unwrap().read_all(7).is_err());
-            }
-        }
     }
 
     #[test]

@@ -623,6 +623,26 @@ enum Command {
     },
 }
 
+/// The audit record of an import or a verify: what was checked, with which
+/// keys and policy (the outcome is filled in when the command ends).
+fn audit_record(
+    command: &str,
+    bundle: &[String],
+    bundle_key: &BundleKeyArgs,
+    trust: &TrustArgs,
+) -> airlock::audit::AuditRecord {
+    let mut r = airlock::audit::AuditRecord::new(command);
+    r.bundle = bundle.to_vec();
+    r.bundle_key = bundle_key.bundle_key.clone();
+    r.trust.keys = trust
+        .keys
+        .iter()
+        .map(|k| airlock::audit::KeyFile::of(k))
+        .collect();
+    r.trust.policy = trust.policy.as_deref().map(airlock::audit::KeyFile::of);
+    r
+}
+
 fn stderr_events() -> airlock::progress::EventsHandle {
     airlock::progress::EventsHandle(Arc::new(StderrEvents))
 }
@@ -791,16 +811,8 @@ async fn run(cli: Cli) -> Result<()> {
             registry,
         } => {
             let mut audit = audit_log.as_ref().map(|_| {
-                let mut r = airlock::audit::AuditRecord::new("import");
-                r.bundle = bundle.clone();
+                let mut r = audit_record("import", &bundle, &bundle_key, &trust);
                 r.destination = Some(to.clone());
-                r.bundle_key = bundle_key.bundle_key.clone();
-                r.trust.keys = trust
-                    .keys
-                    .iter()
-                    .map(|k| airlock::audit::KeyFile::of(k))
-                    .collect();
-                r.trust.policy = trust.policy.as_deref().map(airlock::audit::KeyFile::of);
                 r
             });
             let result = import_cmd(
@@ -928,18 +940,9 @@ async fn run(cli: Cli) -> Result<()> {
             bundle_key,
             registry,
         } => {
-            let mut audit = audit_log.as_ref().map(|_| {
-                let mut r = airlock::audit::AuditRecord::new("verify");
-                r.bundle = bundle.clone();
-                r.bundle_key = bundle_key.bundle_key.clone();
-                r.trust.keys = trust
-                    .keys
-                    .iter()
-                    .map(|k| airlock::audit::KeyFile::of(k))
-                    .collect();
-                r.trust.policy = trust.policy.as_deref().map(airlock::audit::KeyFile::of);
-                r
-            });
+            let mut audit = audit_log
+                .as_ref()
+                .map(|_| audit_record("verify", &bundle, &bundle_key, &trust));
             let at_rest = bundle
                 .iter()
                 .all(|b| b.starts_with("docker://") || b.starts_with("oci:"));

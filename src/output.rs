@@ -52,19 +52,7 @@ pub struct Recovered {
 /// stops at the first member that is not whole.
 pub fn recover_partial_outputs(state: &Path, cache: &crate::cache::BlobCache) -> Result<Recovered> {
     let mut recovered = Recovered::default();
-    let entries = match std::fs::read_dir(state) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(recovered),
-        Err(e) => return Err(Error::io(state.display())(e)),
-    };
-    for e in entries {
-        let e = e.map_err(Error::io(state.display()))?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
-        if !is_file || !name.ends_with(PARTIAL_OUTPUT_SUFFIX) {
-            continue;
-        }
-        let path = e.path();
+    for path in partial_outputs(state).map_err(Error::io(state.display()))? {
         if let Ok(f) = File::open(&path) {
             let label = path.display().to_string();
             // Where the file stops being whole is expected: an error ends
@@ -240,15 +228,8 @@ impl OutputGuard {
 
     /// Delete the unfinished bundle(s) in the state directory.
     pub fn discard_partial_output(&self) {
-        if let Ok(rd) = std::fs::read_dir(&self.dir) {
-            for e in rd.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .ends_with(PARTIAL_OUTPUT_SUFFIX)
-                {
-                    let _ = std::fs::remove_file(e.path());
-                }
-            }
+        for path in partial_outputs(&self.dir).unwrap_or_default() {
+            let _ = std::fs::remove_file(path);
         }
     }
 
@@ -280,15 +261,30 @@ impl Drop for OutputGuard {
 
 /// An unfinished bundle (or volume) in the state directory `dir`.
 pub fn has_partial_output(dir: &Path) -> bool {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()).any(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .ends_with(PARTIAL_OUTPUT_SUFFIX)
-            })
-        })
-        .unwrap_or(false)
+    partial_outputs(dir).is_ok_and(|p| !p.is_empty())
+}
+
+/// The unfinished bundles (plain files named `…unfinished`) in the state
+/// directory `dir`; none if there is no such directory.
+fn partial_outputs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut paths = Vec::new();
+    for e in entries {
+        let e = e?;
+        let is_file = e.file_type().map(|t| t.is_file()).unwrap_or(false);
+        if is_file
+            && e.file_name()
+                .to_string_lossy()
+                .ends_with(PARTIAL_OUTPUT_SUFFIX)
+        {
+            paths.push(e.path());
+        }
+    }
+    Ok(paths)
 }
 
 /// Files in `DIR/blobs/sha256`.

@@ -124,10 +124,12 @@ impl<'a> RegistrySource<'a> {
             .await
     }
 
-    /// Download a blob of image `image` into a spool file or the cache
-    /// (hash checked on the fly, retried from scratch), unless the cache
-    /// holds it intact.
-    async fn spool_blob(&self, graph: &Graph, blob: &BlobInfo) -> Result<Blob> {
+    /// The repository and store a blob of the graph is fetched from.
+    fn origin<'g>(
+        &'g self,
+        graph: &'g Graph,
+        blob: &BlobInfo,
+    ) -> Result<(&'g str, &'g Arc<dyn Resolver>)> {
         let img = graph
             .images
             .get(blob.image)
@@ -136,16 +138,22 @@ impl<'a> RegistrySource<'a> {
             .stores
             .get(blob.image)
             .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
+        Ok((&img.repository, store))
+    }
+
+    /// Download a blob of image `image` into a spool file or the cache
+    /// (hash checked on the fly, retried from scratch), unless the cache
+    /// holds it intact.
+    async fn spool_blob(&self, graph: &Graph, blob: &BlobInfo) -> Result<Blob> {
+        let (repo, store) = self.origin(graph, blob)?;
         let desc = Descriptor::blob(blob.digest.clone(), blob.size);
         let local = self.local.get(blob.image).copied().unwrap_or(false);
         let cache = match &self.spool {
             Spool::Cache(cache) if !local => cache,
             Spool::Cache(cache) => {
-                return spool_into(cache.temp_dir(), store.as_ref(), &img.repository, &desc).await
+                return spool_into(cache.temp_dir(), store.as_ref(), repo, &desc).await
             }
-            Spool::Temp(dir) => {
-                return spool_into(dir.path(), store.as_ref(), &img.repository, &desc).await
-            }
+            Spool::Temp(dir) => return spool_into(dir.path(), store.as_ref(), repo, &desc).await,
         };
         if let Some(hit) = cache.reuse(&blob.digest, blob.size).await? {
             return Ok(Arc::new(hit));
@@ -153,7 +161,7 @@ impl<'a> RegistrySource<'a> {
         let tmp = cache.temp_file(&blob.digest)?;
         let f = tmp.reopen().map_err(Error::io(tmp.path().display()))?;
         let mut f = tokio::fs::File::from_std(f);
-        store.fetch_blob(&img.repository, &desc, &mut f).await?;
+        store.fetch_blob(repo, &desc, &mut f).await?;
         drop(f);
         Ok(Arc::new(cache.admit(tmp, &blob.digest, blob.size)?))
     }
@@ -247,17 +255,11 @@ impl Source for RegistrySource<'_> {
                 }
                 cache.count_streamed(blob.size);
             }
-            let img = graph.images.get(blob.image).ok_or_else(|| {
-                Error::Selection(format!("blob {} belongs to no image", blob.digest))
-            })?;
-            let store = self
-                .stores
-                .get(blob.image)
-                .ok_or_else(|| Error::Selection(format!("no store for {}", img.source)))?;
+            let (repo, store) = self.origin(graph, blob)?;
             let desc = Descriptor::blob(blob.digest.clone(), blob.size);
             Ok(Arc::new(crate::stream::Streamed::start(
                 store.clone(),
-                img.repository.clone(),
+                repo.to_string(),
                 desc,
             )) as Blob)
         })
