@@ -440,6 +440,27 @@ mod tests {
     }
 
     #[test]
+    fn an_unfinished_bundle_that_is_not_one_yields_nothing_and_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("b.tar.zst.partial");
+        std::fs::create_dir_all(&state).unwrap();
+        let cache = crate::cache::BlobCache::open(&state, &temp_dir(&state)).unwrap();
+        let junk = state.join(format!(".b.tar.zst.XyZ{PARTIAL_OUTPUT_SUFFIX}"));
+        // Not zstd at all, then a zstd frame of garbage that is no tar.
+        for bytes in [
+            b"not a bundle".to_vec(),
+            zstd::bulk::compress(&[7u8; 4096], 1).unwrap(),
+        ] {
+            std::fs::write(&junk, bytes).unwrap();
+            assert!(has_partial_output(&state));
+            let got = recover_partial_outputs(&state, &cache).unwrap();
+            assert_eq!((got.blobs, got.bytes), (0, 0));
+            assert!(!junk.exists(), "the unfinished file is removed");
+            assert_eq!(count_blobs(&state), 0, "nothing entered the cache");
+        }
+    }
+
+    #[test]
     fn stale_temp_files_are_removed_and_blobs_kept() {
         let d = tempfile::tempdir().unwrap();
         let out = d.path().join("b.tar.zst");
