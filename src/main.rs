@@ -522,6 +522,12 @@ enum Command {
         /// Append this verification's record to an audit log (as import --audit-log).
         #[arg(long, value_name = "FILE", env = "AIRLOCK_AUDIT_LOG")]
         audit_log: Option<PathBuf>,
+        /// Also hash each bundle file whole and check it against its NAME.sha256: proves the
+        /// compressed file byte for byte as exported. Every member, tar header and the index
+        /// are verified either way; this second hash of every byte roughly doubles the work.
+        /// Always done for a stream (-).
+        #[arg(long)]
+        file_hash: bool,
         #[command(flatten)]
         trust: TrustArgs,
         #[command(flatten)]
@@ -936,6 +942,7 @@ async fn run(cli: Cli) -> Result<()> {
             bundle,
             json,
             audit_log,
+            file_hash,
             trust,
             bundle_key,
             registry,
@@ -952,7 +959,13 @@ async fn run(cli: Cli) -> Result<()> {
             match bundle.as_slice() {
                 refs if at_rest => verify_images_cmd(refs, json, trust, registry).await,
                 files if !any_at_rest && (files.len() == 1 || !files.iter().any(|f| f == "-")) => {
-                    let result = verify_cmd(files, json, trust, bundle_key, audit.as_mut()).await;
+                    let file_hash = if file_hash {
+                        verify::FileHash::Check
+                    } else {
+                        verify::FileHash::Skip
+                    };
+                    let result =
+                        verify_cmd(files, json, file_hash, trust, bundle_key, audit.as_mut()).await;
                     if let (Some(log), Some(record)) = (audit_log, audit.as_mut()) {
                         if let Err(e) = &result {
                             record.failed(&airlock::error::chain_text(e.chain()));
@@ -1700,6 +1713,7 @@ fn inspect_cmd(bundle: &[PathBuf], json: bool) -> Result<()> {
 async fn verify_cmd(
     files: &[String],
     json: bool,
+    file_hash: verify::FileHash,
     trust: TrustArgs,
     bundle_key: BundleKeyArgs,
     audit: Option<&mut airlock::audit::AuditRecord>,
@@ -1720,12 +1734,13 @@ async fn verify_cmd(
             Some(input),
             policy.as_ref(),
             &bundle_key,
+            verify::FileHash::Check,
         )
         .await
     } else if expanded.len() == 1 {
-        verify::verify_bundle(&expanded[0], None, policy.as_ref(), &bundle_key).await
+        verify::verify_bundle(&expanded[0], None, policy.as_ref(), &bundle_key, file_hash).await
     } else {
-        verify::verify_volumes(&expanded, policy.as_ref(), &bundle_key).await
+        verify::verify_volumes(&expanded, policy.as_ref(), &bundle_key, file_hash).await
     };
     let report = match result {
         Ok(r) => r,
@@ -1835,7 +1850,7 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
     }
     for v in &report.volumes {
         outln!(
-            "ok  volume {} of {}  {}  {} members{}  file sha256 {}{}",
+            "ok  volume {} of {}  {}  {} members{}{}",
             v.volume,
             v.count,
             v.path,
@@ -1845,10 +1860,10 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
             } else {
                 String::new()
             },
-            v.file_sha256,
-            match v.sidecar_ok {
-                Some(true) => " (matches its .sha256)",
-                _ => " (no .sha256 file)",
+            match (v.file_sha256.as_str(), v.sidecar_ok) {
+                ("", _) => String::new(),
+                (hex, Some(true)) => format!("  file sha256 {hex} (matches its .sha256)"),
+                (hex, _) => format!("  file sha256 {hex} (no .sha256 file)"),
             }
         );
     }
@@ -1870,8 +1885,10 @@ fn print_verify(report: &verify::VerifyReport) -> Result<()> {
         report.bundle,
         report.members,
         human_bytes(report.bytes),
-        match report.sidecar_ok {
-            Some(true) => ", file sha256 matches the .sha256 file",
+        match (report.file_sha256.as_str(), report.sidecar_ok) {
+            (_, Some(true)) => ", file sha256 matches the .sha256 file",
+            ("", _) =>
+                " (the whole file was not hashed: --file-hash checks it against NAME.sha256)",
             _ => " (no .sha256 file to compare)",
         }
     );

@@ -1,8 +1,12 @@
-//! `airlock verify`: the offline audit of a bundle, a copy to nothing. One
-//! pass over the file: the whole-file sha256 (checked against
-//! `NAME.sha256` when present), every member's size and digest against the
-//! bundle index, no member the index does not list, the descriptor graph
-//! complete, and (with a policy) every image's signatures.
+//! `airlock verify`: the offline audit of a bundle, a copy to nothing.
+//! Every member's size and digest against the bundle index, every tar
+//! header, padding and the archive's end, no member the index does not
+//! list, the descriptor graph complete, and (with a policy) every image's
+//! signatures. That pins every byte of the archive's content; the
+//! whole-file sha256 (checked against `NAME.sha256`) proves the compressed
+//! file byte for byte on top, at the cost of a second hash of every byte:
+//! always for a stream (it is read once anyway), for a file when asked
+//! (`--file-hash`; measured in README § Benchmark).
 
 use crate::bundle::{read_sidecar, BundleSource};
 use crate::copy::{copy, CopyOptions};
@@ -32,8 +36,10 @@ pub struct VerifiedImage {
 pub struct VerifyReport {
     pub bundle: String,
     pub bundle_digest: Digest,
+    /// Empty when the whole file was not hashed (a file without `--file-hash`).
     pub file_sha256: String,
-    /// `Some(true)` when `NAME.sha256` exists and matches.
+    /// `Some(true)` when `NAME.sha256` exists and matches; `None` when there
+    /// is none, or the whole file was not hashed.
     pub sidecar_ok: Option<bool>,
     pub created: String,
     pub tool: String,
@@ -69,6 +75,7 @@ pub struct VolumeCheck {
     pub volume: u32,
     pub count: u32,
     pub path: String,
+    /// Empty when the file was not hashed whole.
     pub file_sha256: String,
     pub sidecar_ok: Option<bool>,
     /// Whole members verified in this volume (sha256 against the index).
@@ -128,7 +135,8 @@ fn check_signature(
     })
 }
 
-/// Verify the bundle at `path` (or a stream, when `input` is given).
+/// Verify the bundle at `path` (or a stream, when `input` is given), the
+/// whole-file hash and its sidecar included.
 /// Blocking: runs its own runtime on a thread of its own.
 pub fn verify(path: &Path, input: Option<Box<dyn Read + Send>>) -> Result<VerifyReport> {
     verify_with_policy(path, input, None)
@@ -147,7 +155,7 @@ pub fn verify_with_policy(
                 .enable_all()
                 .build()
                 .map_err(Error::io("the async runtime"))?;
-            rt.block_on(verify_bundle(path, input, policy, &None))
+            rt.block_on(verify_bundle(path, input, policy, &None, FileHash::Check))
         })
         .join()
         .unwrap_or_else(|_| {
@@ -159,31 +167,41 @@ pub fn verify_with_policy(
     })
 }
 
+/// Whether a bundle file is also hashed whole (for its `.sha256`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileHash {
+    Check,
+    Skip,
+}
+
 /// The audit itself (or of `input`, a stream read once), nothing kept.
 pub async fn verify_bundle(
     path: &Path,
     input: Option<Box<dyn Read + Send>>,
     policy: Option<&crate::trust::Policy>,
     bundle_key: &Option<(std::path::PathBuf, String)>,
+    file_hash: FileHash,
 ) -> Result<VerifyReport> {
     match input {
         Some(raw) => {
             let source = BundleSource::stream(raw, &path.display().to_string());
             verify_source(source, policy, bundle_key).await
         }
-        None => verify_volumes(&[path.to_path_buf()], policy, bundle_key).await,
+        None => verify_volumes(&[path.to_path_buf()], policy, bundle_key, file_hash).await,
     }
 }
 
 /// A bundle file or the volumes of a bundle (files or directories, any
-/// order). With a seek table, the members are hashed in parallel while
-/// each file is hashed whole on a thread of its own (for its `.sha256`);
-/// without one, the file is read once as a stream. With some volumes only,
-/// each given volume is checked alone.
+/// order). With a seek table, the members are hashed in parallel (and,
+/// with [`FileHash::Check`], each file whole on a thread of its own, for
+/// its `.sha256`); without one, the file is read once as a stream and
+/// hashed whole on the way. With some volumes only, each given volume is
+/// read alone, whole.
 pub async fn verify_volumes(
     paths: &[PathBuf],
     policy: Option<&crate::trust::Policy>,
     bundle_key: &Option<(PathBuf, String)>,
+    file_hash: FileHash,
 ) -> Result<VerifyReport> {
     let paths = crate::bundle::volumes::expand_paths(paths)?;
     let Some(set) = crate::bundle::SeekableBundle::open_set(&paths)? else {
@@ -209,6 +227,7 @@ pub async fn verify_volumes(
     }
     let hashing: Vec<_> = files
         .iter()
+        .filter(|_| file_hash == FileHash::Check)
         .map(|(_, p)| {
             let p = p.clone();
             tokio::task::spawn_blocking(move || hash_file(&p))
@@ -218,11 +237,17 @@ pub async fn verify_volumes(
     let mut report = verify_source(source, policy, bundle_key).await?;
     let mut digests = Vec::new();
     for (h, (_, p)) in hashing.into_iter().zip(&files) {
-        digests.push(h.await.map_err(Error::task(p.display()))??);
+        digests.push(Some(h.await.map_err(Error::task(p.display()))??));
     }
+    digests.resize(files.len(), None);
+    let sidecar = |path: &Path, digest: &Option<Digest>| match digest {
+        Some(d) => check_sidecar(path, true, d),
+        None => Ok(None),
+    };
+    let hex = |digest: &Option<Digest>| digest.as_ref().map(|d| d.hex()).unwrap_or_default();
     if set.index.volumes.is_none() {
-        report.file_sha256 = digests[0].hex();
-        report.sidecar_ok = check_sidecar(&files[0].1, true, &digests[0])?;
+        report.file_sha256 = hex(&digests[0]);
+        report.sidecar_ok = sidecar(&files[0].1, &digests[0])?;
         return Ok(report);
     }
     for ((v, path), digest) in files.iter().zip(digests) {
@@ -231,8 +256,8 @@ pub async fn verify_volumes(
             volume: *v,
             count,
             path: path.display().to_string(),
-            file_sha256: digest.hex(),
-            sidecar_ok: check_sidecar(path, true, &digest)?,
+            file_sha256: hex(&digest),
+            sidecar_ok: sidecar(path, &digest)?,
             members: entries.iter().filter(|e| e.chunk == 0).count(),
             chunks: entries.iter().filter(|e| e.chunk > 0).count(),
         });

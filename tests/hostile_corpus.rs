@@ -276,7 +276,11 @@ struct Case {
     class: Class,
     /// The files given (one bundle, or volumes).
     files: Vec<PathBuf>,
+    /// `verify --file-hash` (and plain `verify` unless `verify_default` says).
     verify: Outcome,
+    /// Plain `verify` (members, headers, index; no whole-file hash), where
+    /// it differs.
+    verify_default: Option<Outcome>,
     import: Outcome,
     pipe: Outcome,
     inspect: Outcome,
@@ -305,6 +309,7 @@ impl Builder {
             class,
             files: vec![p],
             verify: all.clone(),
+            verify_default: None,
             import: all.clone(),
             pipe: all,
             inspect,
@@ -414,6 +419,8 @@ fn build_cases(good: &Good, dir: &Path) -> Vec<Case> {
         class: Class::Allocation,
         files: vec![p],
         verify: fail(3, ".sha256"),
+        // Without --file-hash the sidecar is not read at all.
+        verify_default: Some(Outcome::Pass),
         import: Outcome::Pass,
         pipe: Outcome::Pass,
         inspect: Outcome::Pass,
@@ -822,6 +829,7 @@ fn build_cases(good: &Good, dir: &Path) -> Vec<Case> {
         class: Class::Names,
         files: vec![p],
         verify: Outcome::Pass,
+        verify_default: None,
         import: Outcome::Pass,
         pipe: Outcome::Pass,
         inspect: Outcome::Pass,
@@ -895,6 +903,7 @@ fn volume_cases(vols: &[PathBuf], foreign: &[PathBuf], dir: &Path) -> Vec<Case> 
             class: Class::Volumes,
             files,
             verify: v,
+            verify_default: None,
             import: i,
             pipe: p,
             inspect: Outcome::Any,
@@ -1128,12 +1137,21 @@ fn check(case: &Case, what: &str, want: &Outcome, r: &Run, stats: &Mutex<Stats>)
 fn run_case(i: usize, case: &Case, host: &str, stats: &Mutex<Stats>) -> Vec<String> {
     let files: Vec<String> = case.files.iter().map(|p| p.display().to_string()).collect();
     let mut problems = Vec::new();
+    let mut args = vec!["verify".to_string(), "--file-hash".to_string()];
+    args.extend(files.iter().cloned());
+    problems.extend(check(
+        case,
+        "verify --file-hash",
+        &case.verify,
+        &run_timed(&args, None),
+        stats,
+    ));
     let mut args = vec!["verify".to_string()];
     args.extend(files.iter().cloned());
     problems.extend(check(
         case,
         "verify",
-        &case.verify,
+        case.verify_default.as_ref().unwrap_or(&case.verify),
         &run_timed(&args, None),
         stats,
     ));
