@@ -10,7 +10,8 @@
 #   limits (../shared/bench/limits.sh): registry GET of every blob (curl, 4
 #     streams), registry PUT of every blob (4 streams), sha256 on both cores,
 #     tar | zstd -1
-#   airlock: export, verify, import of the file, import from a pipe
+#   airlock: export, verify (and verify --file-hash), import of the file,
+#     import from a pipe
 #     (cat | airlock import -), each import into an emptied dst and checked
 #     (verify-registry.sh: every tag's digest)
 # Results and the summary table: target/bench/sSCALE/summary.md
@@ -62,6 +63,7 @@ for i in $(seq 1 "$RUNS"); do
 done
 for i in $(seq 1 "$RUNS"); do
   RES=$RES timed airlock-verify "$i" "$AIRLOCK" verify -q "$B" >/dev/null
+  RES=$RES timed airlock-verify-file-hash "$i" "$AIRLOCK" verify -q --file-hash "$B" >/dev/null
 done
 : >"$RES/airlock-verify.log"
 for i in $(seq 1 "$RUNS"); do
@@ -112,6 +114,7 @@ rows = [
     ("import (pipe)", "airlock-import-pipe", [("skopeo pipeline", "import", "speed-up"),
                                               ("registry PUT, 4 streams", "limit-http-put-p4", "of limit")]),
     ("verify", "airlock-verify", [("sha256 on 2 cores (openssl)", "limit-sha256-ossl-x2", "of limit")]),
+    ("verify --file-hash", "airlock-verify-file-hash", [("sha256 on 2 cores (openssl)", "limit-sha256-ossl-x2", "of limit")]),
 ]
 print("| work | airlock s | airlock CPU s | airlock MB/s | peak RSS MiB | reference | reference s | ratio |")
 print("|---|---|---|---|---|---|---|---|")

@@ -286,7 +286,11 @@ impl Move<'_> {
     }
 
     async fn random_any_order(&self, todo: &[&BlobInfo]) -> Result<Moved> {
-        futures_util::stream::iter(todo.iter().copied())
+        // Largest first: the last blobs to start are small ones, so the
+        // copy does not end on one large blob moving alone on one stream.
+        let mut todo = todo.to_vec();
+        todo.sort_by_key(|b| std::cmp::Reverse(b.size));
+        futures_util::stream::iter(todo)
             .map(|b| async move {
                 let data = self.fetch(b, self.reads_once).await?;
                 self.put(b, data).await

@@ -8,7 +8,8 @@ use crate::digest::Digest;
 use crate::image::{Artifact, ArtifactKind};
 use crate::oci::{ManifestError, ManifestView};
 use crate::registry::{RawManifest, RegistryError};
-use std::collections::HashSet;
+use futures_util::StreamExt;
+use std::collections::{HashMap, HashSet};
 
 /// How deep to follow artifacts of artifacts (signatures of attestations).
 pub const MAX_DEPTH: usize = 2;
@@ -34,7 +35,15 @@ pub struct Discovery<'a> {
     /// repository, subject, artifact (tag or digest) and why.
     pub skipped: Vec<String>,
     seen: HashSet<Digest>,
+    /// Answers fetched ahead, concurrently ([`Discovery::prefetch`]), each
+    /// used once by the walk, which keeps its order. Failures are not kept:
+    /// the walk asks again and reports them where they belong.
+    manifests: HashMap<String, RawManifest>,
+    referrers: HashMap<Digest, Option<Vec<crate::oci::Descriptor>>>,
 }
+
+/// Requests a prefetch keeps in flight.
+const PREFETCH: usize = 8;
 
 /// The media type of a manifest the client refused for its type alone:
 /// such an artifact is skipped; every other error stays fatal.
@@ -57,6 +66,66 @@ impl<'a> Discovery<'a> {
             found: Vec::new(),
             skipped: Vec::new(),
             seen: HashSet::new(),
+            manifests: HashMap::new(),
+            referrers: HashMap::new(),
+        }
+    }
+
+    /// Ask for what [`Discovery::discover`] will ask about `subjects` first
+    /// (their cosign tags and fallback index, when listed, and their
+    /// referrers), all at once: the walk then waits for one round trip per
+    /// level instead of one per request.
+    pub async fn prefetch(&mut self, subjects: &[Digest]) {
+        let mut tags: Vec<String> = Vec::new();
+        for s in subjects {
+            for (suffix, _) in COSIGN_SUFFIXES {
+                tags.push(cosign_tag(s, suffix));
+            }
+            tags.push(s.tag_stem());
+        }
+        tags.retain(|t| self.tags.contains(t));
+        let (registry, repo) = (self.registry, self.repo);
+        // Futures made up front, not in a stream's closure: a closure over
+        // borrowed data there makes the future not provably Send.
+        let asks: Vec<_> = tags
+            .into_iter()
+            .map(|t| async move {
+                let m = registry.get_manifest(repo, &t).await;
+                (t, m)
+            })
+            .collect();
+        let manifests: Vec<_> = futures_util::stream::iter(asks)
+            .buffer_unordered(PREFETCH)
+            .collect()
+            .await;
+        for (t, m) in manifests {
+            if let Ok(m) = m {
+                self.manifests.insert(t, m);
+            }
+        }
+        let asks: Vec<_> = subjects
+            .iter()
+            .cloned()
+            .map(|s| async move {
+                let r = registry.referrers(repo, &s).await;
+                (s, r)
+            })
+            .collect();
+        let referrers: Vec<_> = futures_util::stream::iter(asks)
+            .buffer_unordered(PREFETCH)
+            .collect()
+            .await;
+        for (s, r) in referrers {
+            if let Ok(r) = r {
+                self.referrers.insert(s, r);
+            }
+        }
+    }
+
+    async fn get_manifest(&mut self, reference: &str) -> Result<RawManifest, RegistryError> {
+        match self.manifests.remove(reference) {
+            Some(m) => Ok(m),
+            None => self.registry.get_manifest(self.repo, reference).await,
         }
     }
 
@@ -101,7 +170,7 @@ impl<'a> Discovery<'a> {
         subject: &Digest,
         reference: &str,
     ) -> Result<Option<RawManifest>, RegistryError> {
-        match self.registry.get_manifest(self.repo, reference).await {
+        match self.get_manifest(reference).await {
             Ok(m) => Ok(Some(m)),
             Err(e) => match refused_media_type(&e) {
                 Some(media_type) => {
@@ -126,7 +195,7 @@ impl<'a> Discovery<'a> {
         if !self.tags.contains(&stem) {
             return Ok(None);
         }
-        let idx = self.registry.get_manifest(self.repo, &stem).await?;
+        let idx = self.get_manifest(&stem).await?;
         let view = ManifestView::parse(&idx.bytes, Some(&idx.media_type)).map_err(|source| {
             RegistryError::Manifest {
                 what: format!("referrers fallback tag {stem} in {}", self.repo),
@@ -154,7 +223,11 @@ impl<'a> Discovery<'a> {
         // layout directory or a registry may have both it and a referrers
         // API); its referrers are read from it when there is no API.
         let fallback = self.fallback_index(subject).await?;
-        let referrers = match self.registry.referrers(self.repo, subject).await? {
+        let listed = match self.referrers.remove(subject) {
+            Some(r) => r,
+            None => self.registry.referrers(self.repo, subject).await?,
+        };
+        let referrers = match listed {
             Some(mut list) => {
                 for d in fallback.unwrap_or_default() {
                     if !list.iter().any(|x| x.digest == d.digest) {

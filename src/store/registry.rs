@@ -986,8 +986,14 @@ async fn push_one(reg: &Registry, repo: &str, m: &ManifestPush, graph: &Graph) -
     Ok(present)
 }
 
+/// Requests to the destination in flight at once for manifests, tags and
+/// the read-back: each is small, so their round trips are what costs.
+const MANIFEST_REQUESTS: usize = 8;
+
 /// Platform manifests and indexes by digest first, tags only once all
-/// exist; then the artifacts the same way.
+/// exist; then the artifacts the same way. Within a step the requests run
+/// concurrently; the steps stay in order (children before the indexes that
+/// list them, manifests before tags, images before their signatures).
 async fn push_manifests(
     reg: &Registry,
     plan: &Plan,
@@ -996,35 +1002,73 @@ async fn push_manifests(
     report: &mut SinkReport,
 ) -> Result<()> {
     for artifacts in [false, true] {
-        for p in &plan.images {
-            let list = if artifacts {
-                &p.graph.artifacts
-            } else {
-                &p.graph.manifests
-            };
-            for m in list {
-                if push_one(reg, &p.repo, m, graph).await? {
+        let all: Vec<(&str, &ManifestPush)> = plan
+            .images
+            .iter()
+            .flat_map(|p| {
+                let list = if artifacts {
+                    &p.graph.artifacts
+                } else {
+                    &p.graph.manifests
+                };
+                list.iter().map(move |m| (p.repo.as_str(), m))
+            })
+            .collect();
+        for indexes in [false, true] {
+            let step = all
+                .iter()
+                .filter(|(_, m)| crate::oci::is_index_type(&m.media_type) == indexes);
+            let asks: Vec<_> = step
+                .map(|(repo, m)| push_one(reg, repo, m, graph))
+                .collect();
+            let present: Vec<bool> = futures_util::stream::iter(asks)
+                .buffer_unordered(MANIFEST_REQUESTS)
+                .try_collect()
+                .await?;
+            for p in present {
+                if p {
                     report.manifests_present += 1;
                 } else {
                     report.manifests_written += 1;
                 }
             }
-            for m in list {
-                let Some(tag) = &m.tag else { continue };
-                if skip_tags.contains(&(p.repo.clone(), tag.clone())) {
-                    report
-                        .tags_skipped
-                        .push(format!("{}/{}:{tag}", reg.host(), p.repo));
-                    continue;
-                }
-                if reg.head_manifest(&p.repo, tag).await? != Some(m.digest.clone()) {
-                    if let Some(raw) = graph.manifests.get(&m.digest) {
-                        reg.put_manifest(&p.repo, tag, &raw.bytes, &m.media_type)
-                            .await?;
-                    }
-                }
-                report.tags_set += 1;
+        }
+        let mut tags = Vec::new();
+        for (repo, m) in &all {
+            let Some(tag) = &m.tag else { continue };
+            if skip_tags.contains(&(repo.to_string(), tag.clone())) {
+                report
+                    .tags_skipped
+                    .push(format!("{}/{repo}:{tag}", reg.host()));
+                continue;
             }
+            tags.push((*repo, tag.as_str(), *m));
+        }
+        report.tags_set += tags.len();
+        let asks: Vec<_> = tags
+            .into_iter()
+            .map(|(repo, tag, m)| set_tag(reg, repo, tag, m, graph))
+            .collect();
+        futures_util::stream::iter(asks)
+            .buffer_unordered(MANIFEST_REQUESTS)
+            .try_collect::<Vec<()>>()
+            .await?;
+    }
+    Ok(())
+}
+
+/// Point `tag` at manifest `m` (already pushed), unless it already does.
+async fn set_tag(
+    reg: &Registry,
+    repo: &str,
+    tag: &str,
+    m: &ManifestPush,
+    graph: &Graph,
+) -> Result<()> {
+    if reg.head_manifest(repo, tag).await? != Some(m.digest.clone()) {
+        if let Some(raw) = graph.manifests.get(&m.digest) {
+            reg.put_manifest(repo, tag, &raw.bytes, &m.media_type)
+                .await?;
         }
     }
     Ok(())
@@ -1052,28 +1096,35 @@ async fn read_back(
             missing.join(", ")
         )));
     }
+    let mut reads = Vec::new();
     for p in &plan.images {
         for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
-            let mut refs = vec![m.digest.to_string()];
+            reads.push((p.repo.as_str(), m.digest.to_string(), &m.digest));
             if let Some(t) = &m.tag {
                 if !skip_tags.contains(&(p.repo.clone(), t.clone())) {
-                    refs.push(t.clone());
-                }
-            }
-            for r in refs {
-                let got = reg.get_manifest(&p.repo, &r).await?;
-                if got.digest != m.digest {
-                    return Err(Error::ReadBack(format!(
-                        "{}/{}:{r} reads back as {}, expected {}",
-                        reg.host(),
-                        p.repo,
-                        got.digest,
-                        m.digest
-                    )));
+                    reads.push((p.repo.as_str(), t.clone(), &m.digest));
                 }
             }
         }
     }
+    let asks: Vec<_> = reads
+        .into_iter()
+        .map(|(repo, r, expected)| async move {
+            let got = reg.get_manifest(repo, &r).await?;
+            if &got.digest != expected {
+                return Err(Error::ReadBack(format!(
+                    "{}/{repo}:{r} reads back as {}, expected {expected}",
+                    reg.host(),
+                    got.digest,
+                )));
+            }
+            Ok(())
+        })
+        .collect();
+    futures_util::stream::iter(asks)
+        .buffer_unordered(MANIFEST_REQUESTS)
+        .try_collect::<Vec<()>>()
+        .await?;
     Ok(())
 }
 

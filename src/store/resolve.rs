@@ -16,6 +16,7 @@ use crate::registry::RegistryError;
 use crate::selection::ImageSelection;
 use crate::store::discover::{Discovery, MAX_DEPTH};
 use crate::version::Version;
+use futures_util::StreamExt;
 use std::collections::HashSet;
 
 /// One image resolved at its source, with everything it needs.
@@ -347,8 +348,15 @@ async fn walk_root(
     if !sel.single_platform {
         w.manifests = filtered_root(root, &selected, view.manifests.len(), what(&root.digest))?;
     }
-    for child in selected {
-        let m = store.get_manifest(repo, &child.digest.to_string()).await?;
+    // Every platform manifest asked for at once; checked in order.
+    let references: Vec<String> = selected.iter().map(|c| c.digest.to_string()).collect();
+    let asks: Vec<_> = references
+        .iter()
+        .map(|r| store.get_manifest(repo, r))
+        .collect();
+    let fetched: Vec<_> = futures_util::stream::iter(asks).buffered(8).collect().await;
+    for (child, m) in selected.iter().zip(fetched) {
+        let m = m?;
         if m.digest != child.digest {
             return Err(Error::Registry(RegistryError::DigestMismatch {
                 what: what(&child.digest),
@@ -407,6 +415,20 @@ async fn resolve_root(
     }
 
     let mut discovery = Discovery::new(store, repo, tags);
+    // The subjects the walk below starts from, as it picks them.
+    let mut subjects = Vec::new();
+    if source_digest != root.digest {
+        subjects.push(source_digest.clone());
+    }
+    if platform_of.is_none() {
+        subjects.push(root.digest.clone());
+    }
+    for p in &platforms {
+        if p.digest != root.digest && p.digest != source_digest && !subjects.contains(&p.digest) {
+            subjects.push(p.digest.clone());
+        }
+    }
+    discovery.prefetch(&subjects).await;
     if source_digest != root.digest {
         discovery.discover(&source_digest, MAX_DEPTH).await?;
     }
