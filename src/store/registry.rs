@@ -624,8 +624,19 @@ async fn preflight(
     let mut conflicts = Vec::new();
     let mut artifact_conflicts = Vec::new();
     let mut out = Preflight::default();
-    for t in planned_tags(plan) {
-        let Some(existing) = reg.head_manifest(&t.repo, &t.tag).await? else {
+    // Every tag asked about at once (small requests: their round trips are
+    // the cost); decided in order below.
+    let tags = planned_tags(plan);
+    let asks: Vec<_> = tags
+        .iter()
+        .map(|t| reg.head_manifest(&t.repo, &t.tag))
+        .collect();
+    let existing: Vec<Option<Digest>> = futures_util::stream::iter(asks)
+        .buffered(MANIFEST_REQUESTS)
+        .try_collect()
+        .await?;
+    for (t, existing) in tags.into_iter().zip(existing) {
+        let Some(existing) = existing else {
             continue;
         };
         if existing == t.digest {
@@ -739,7 +750,8 @@ async fn presence(
     plan: &Plan,
     jobs: usize,
 ) -> Result<(HashSet<(Digest, String)>, HashSet<Digest>)> {
-    let have = held(reg, blob_pairs(graph, plan), jobs).await?;
+    // HEADs are small: more in flight than uploads.
+    let have = held(reg, blob_pairs(graph, plan), jobs.max(MANIFEST_REQUESTS)).await?;
     let everywhere = plan
         .blob_repos
         .iter()
@@ -1084,7 +1096,7 @@ async fn read_back(
     // Every blob where the plan put it, with its size: a registry that
     // answered 201 to an upload without storing it is caught here.
     let pairs = blob_pairs(graph, plan);
-    let have = held(reg, pairs.clone(), 8).await?;
+    let have = held(reg, pairs.clone(), MANIFEST_REQUESTS).await?;
     let missing: Vec<String> = pairs
         .into_iter()
         .filter(|(d, r, _)| !have.contains(&(d.clone(), r.clone())))
