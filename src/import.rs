@@ -125,7 +125,7 @@ pub async fn import_stream(
         .with_on_existing_artifact(opts.on_existing_artifact)
         .with_jobs(opts.jobs);
     import_into(
-        BundleSource::stream(input, name),
+        BundleSource::stream_unhashed(input, name),
         &mut sink,
         opts,
         &EventsHandle::default(),

@@ -1330,7 +1330,8 @@ async fn import_cmd(
         }
     };
     let report = if stdin {
-        let source = airlock::bundle::BundleSource::stream(Box::new(std::io::stdin()), "stdin");
+        let source =
+            airlock::bundle::BundleSource::stream_unhashed(Box::new(std::io::stdin()), "stdin");
         import::import_into(source, sink, &opts, &stderr_events()).await?
     } else {
         import::import_files_into(&files, sink, &opts, &stderr_events()).await?

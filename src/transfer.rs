@@ -94,7 +94,7 @@ fn open_source<'a>(
     }
     Ok(match source {
         Endpoint::Bundle(p) => From::Bundle(Box::new(BundleSource::open_file(p)?)),
-        Endpoint::Stdio => From::Bundle(Box::new(BundleSource::stream(
+        Endpoint::Stdio => From::Bundle(Box::new(BundleSource::stream_unhashed(
             Box::new(std::io::stdin()),
             "stdin",
         ))),

@@ -614,21 +614,25 @@ fn build_cases(good: &Good, dir: &Path) -> Vec<Case> {
     let mut g = good.clone();
     g.ents
         .insert(layer, Ent::new("blobs/sha256/unlisted", b"x".to_vec()));
+    // As with the duplicate: every member after it is one place off, and a
+    // parallel reader may meet one of those first.
     b.bad(
         Class::OneReader,
         "unlisted-member",
         g.bundle(),
         3,
-        "blobs/sha256/unlisted",
+        "blobs/sha256/unlisted | has a bad checksum",
     );
     let mut g = good.clone();
     g.ents.swap(small, small + 1);
+    // The first of the pair finds the second's header; the second's header
+    // position falls inside the first's data: either may be read first.
     b.bad(
         Class::OneReader,
         "out-of-order",
         g.bundle(),
         3,
-        "found where the index lists",
+        "found where the index lists | has a bad checksum",
     );
     let mut g = good.clone();
     g.ents.remove(layer);

@@ -82,10 +82,23 @@ impl BundleSource {
     /// A bundle read once, in order (stdin, a data diode, a file without
     /// seek table). The whole input is hashed for [`BundleSource::file_digest`].
     pub fn stream(input: Box<dyn Read + Send>, name: &str) -> BundleSource {
+        Self::stream_hashed(input, name, true)
+    }
+
+    /// [`BundleSource::stream`] without the whole-input hash, for an import
+    /// or a copy: every member is still verified and the input read to its
+    /// end; only the file digest, which nothing there compares, is not
+    /// computed (a second sha256 of every byte: measured, a third of a pipe
+    /// import's CPU).
+    pub fn stream_unhashed(input: Box<dyn Read + Send>, name: &str) -> BundleSource {
+        Self::stream_hashed(input, name, false)
+    }
+
+    fn stream_hashed(input: Box<dyn Read + Send>, name: &str, whole: bool) -> BundleSource {
         BundleSource {
             name: name.to_string(),
             positions: HashMap::new(),
-            kind: Kind::Stream(StreamHandle::start(input, name)),
+            kind: Kind::Stream(StreamHandle::start(input, name, whole)),
             index: None,
             file_digest: None,
         }
@@ -300,7 +313,7 @@ impl Source for BundleSource {
                         .await
                         .map_err(Error::task(&self.name))??;
                 }
-                Kind::Stream(s) => self.file_digest = Some(s.finish().await?),
+                Kind::Stream(s) => self.file_digest = s.finish().await?,
             }
             Ok(())
         })
@@ -318,7 +331,7 @@ enum Request {
         oneshot::Sender<Result<(BundleIndex, Digest, Graph)>>,
     ),
     Fetch(Digest, oneshot::Sender<Result<Blob>>),
-    Finish(oneshot::Sender<Result<Digest>>),
+    Finish(oneshot::Sender<Result<Option<Digest>>>),
 }
 
 struct StreamHandle {
@@ -334,10 +347,10 @@ fn stopped(name: &str) -> Error {
 }
 
 impl StreamHandle {
-    fn start(input: Box<dyn Read + Send>, name: &str) -> StreamHandle {
+    fn start(input: Box<dyn Read + Send>, name: &str, hash_whole: bool) -> StreamHandle {
         let (tx, rx) = mpsc::channel();
         let reader_name = name.to_string();
-        std::thread::spawn(move || StreamReader::new(reader_name, rx).run(input));
+        std::thread::spawn(move || StreamReader::new(reader_name, rx).run(input, hash_whole));
         StreamHandle {
             name: name.to_string(),
             requests: Mutex::new(tx),
@@ -364,7 +377,7 @@ impl StreamHandle {
         self.ask(|tx| Request::Fetch(d.clone(), tx)).await
     }
 
-    async fn finish(&self) -> Result<Digest> {
+    async fn finish(&self) -> Result<Option<Digest>> {
         self.ask(Request::Finish).await
     }
 }
@@ -384,7 +397,7 @@ struct StreamReader {
     held: HashMap<Digest, Blob>,
     graph_sent: bool,
     pending: Option<(Digest, oneshot::Sender<Result<Blob>>)>,
-    finish: Option<oneshot::Sender<Result<Digest>>>,
+    finish: Option<oneshot::Sender<Result<Option<Digest>>>>,
 }
 
 impl StreamReader {
@@ -412,7 +425,7 @@ impl StreamReader {
         }
     }
 
-    fn run(mut self, input: Box<dyn Read + Send>) {
+    fn run(mut self, input: Box<dyn Read + Send>, hash_whole: bool) {
         match self.requests.recv() {
             Ok(Request::Graph(req, reply)) => self.graph_reply = Some((req, reply)),
             Ok(other) => {
@@ -421,19 +434,31 @@ impl StreamReader {
             }
             Err(_) => return,
         }
-        let mut hashing = HashingReader::new(io::BufReader::with_capacity(1 << 20, input));
-        let result = read_stream(&mut hashing, &self.name.clone(), |ev| self.on_event(ev))
-            .and_then(|_| self.at_end())
-            .and_then(|_| {
-                // The seek table trails the tar; hash it too for the file digest.
-                io::copy(&mut hashing, &mut io::sink())
-                    .map(|_| ())
-                    .map_err(|e| self.corrupt(format!("truncated or corrupt archive: {e}")))
-            });
+        let buffered = io::BufReader::with_capacity(1 << 20, input);
+        let (result, file_digest) = if hash_whole {
+            let mut hashing = HashingReader::new(buffered);
+            let result = self.read_through(&mut hashing);
+            (result, Some(hashing.finish().0))
+        } else {
+            let mut plain = buffered;
+            (self.read_through(&mut plain), None)
+        };
         match result {
-            Ok(()) => self.answer_rest(hashing.finish().0),
+            Ok(()) => self.answer_rest(file_digest),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// Every member, the end of the tar, then the rest of the input (the
+    /// seek table: read, so that a file digest covers it too).
+    fn read_through(&mut self, input: &mut impl Read) -> std::result::Result<(), BundleError> {
+        read_stream(&mut *input, &self.name.clone(), |ev| self.on_event(ev))
+            .and_then(|_| self.at_end())
+            .and_then(|_| {
+                io::copy(input, &mut io::sink())
+                    .map(|_| ())
+                    .map_err(|e| self.corrupt(format!("truncated or corrupt archive: {e}")))
+            })
     }
 
     fn on_event(&mut self, ev: StreamEvent) -> std::result::Result<(), BundleError> {
@@ -632,7 +657,7 @@ impl StreamReader {
         }
     }
 
-    fn answer_rest(mut self, file_digest: Digest) {
+    fn answer_rest(mut self, file_digest: Option<Digest>) {
         if let Some(reply) = self.finish.take() {
             let _ = reply.send(Ok(file_digest));
             return;
