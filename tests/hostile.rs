@@ -30,7 +30,11 @@ fn unpack(bundle: &Path) -> Entries {
 
 /// Re-frame entries into a seekable bundle, writing names as given (even hostile ones).
 fn repack(entries: &Entries, out: &Path) {
-    let mut w = BundleWriter::new(std::fs::File::create(out).unwrap(), 3, 1, 1 << 20).unwrap();
+    repack_at_level(entries, out, 3)
+}
+
+fn repack_at_level(entries: &Entries, out: &Path, level: i32) {
+    let mut w = BundleWriter::new(std::fs::File::create(out).unwrap(), level, 1, 1 << 20).unwrap();
     for (path, data, t) in entries {
         if *t == tar::EntryType::Regular && !path.contains("..") {
             w.append(path, data.len() as u64, &mut &data[..]).unwrap();
@@ -261,4 +265,63 @@ async fn tampered_manifest_from_a_pipe_pushes_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&e[i].0), "{stderr}");
     assert!(dst.catalog().await.is_empty());
+}
+
+/// What `verify --file-hash` adds to a plain verify: the compressed file
+/// byte for byte against its `.sha256`. The same content framed otherwise
+/// passes a plain verify (every member, header and the index are intact)
+/// and fails the file hash; a wrong sidecar is only read with the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_file_hash_is_checked_only_when_asked() {
+    let (_src, work, good) = exported().await;
+    let sidecar = |p: &Path| PathBuf::from(format!("{}.sha256", p.display()));
+    let good_line = std::fs::read_to_string(sidecar(&good)).unwrap();
+    let good_hex = good_line.split_whitespace().next().unwrap().to_string();
+
+    let (code, doc) = {
+        let (code, out, err) = airlock(&["verify", "--json", good.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        (
+            code,
+            serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        )
+    };
+    assert_eq!(code, 0);
+    assert_eq!(
+        doc["fileSha256"], "",
+        "a plain verify does not hash the file"
+    );
+    assert!(doc["sidecarOk"].is_null());
+    let (code, out, err) = airlock(&["verify", "--json", "--file-hash", good.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["fileSha256"], good_hex.as_str());
+    assert_eq!(doc["sidecarOk"], true);
+
+    // The same members compressed at another level, under the exported
+    // file's sidecar.
+    let reframed = work.path().join("reframed.tar.zst");
+    repack_at_level(&unpack(&good), &reframed, 19);
+    assert_ne!(
+        std::fs::read(&reframed).unwrap(),
+        std::fs::read(&good).unwrap(),
+        "the test needs other bytes"
+    );
+    std::fs::write(
+        sidecar(&reframed),
+        format!("{good_hex}  reframed.tar.zst\n"),
+    )
+    .unwrap();
+    let (code, out, err) = airlock(&["verify", reframed.to_str().unwrap()]);
+    assert_eq!(code, 0, "the content is intact: {err}");
+    assert!(
+        out.contains("--file-hash"),
+        "says the file was not hashed: {out}"
+    );
+    let (code, _, err) = airlock(&["verify", "--file-hash", reframed.to_str().unwrap()]);
+    assert_eq!(code, 3, "{err}");
+    assert!(
+        err.contains("reframed.tar.zst.sha256"),
+        "names the sidecar: {err}"
+    );
 }
