@@ -119,6 +119,44 @@ async fn assert_big_image(dst: &TestRegistry, digest: &Digest, layer: &Descripto
     .expect("the layer reads back with its digest");
 }
 
+/// The upload tests' bed: a bundle with one large layer, and an empty
+/// destination registry behind the fault proxy with the rules given (made
+/// from the layer's descriptor, for rules that name it).
+struct UploadBed {
+    _work: tempfile::TempDir,
+    bundle: PathBuf,
+    digest: Digest,
+    layer: Descriptor,
+    dst: TestRegistry,
+    proxy: Proxy,
+}
+
+impl UploadBed {
+    async fn start(rules: impl FnOnce(&Descriptor) -> Vec<Rule>) -> UploadBed {
+        let work = tempfile::tempdir().unwrap();
+        let (bundle, digest, layer) = big_bundle(work.path(), BIG).await;
+        let dst = TestRegistry::start();
+        let proxy = Proxy::start(&dst.host, rules(&layer)).await;
+        UploadBed {
+            _work: work,
+            bundle,
+            digest,
+            layer,
+            dst,
+            proxy,
+        }
+    }
+
+    /// `airlock import` of the bundle through the proxy: exit code, stderr.
+    async fn import(&self, args: &[&str]) -> (i32, String) {
+        import_to(&self.bundle, &self.proxy.host, args).await
+    }
+
+    async fn assert_arrived(&self) {
+        assert_big_image(&self.dst, &self.digest, &self.layer).await;
+    }
+}
+
 fn cut_rules(after: u64, shared: bool, buffered: bool) -> Vec<Rule> {
     ["PUT", "PATCH"]
         .into_iter()
@@ -143,16 +181,13 @@ fn cut_rules(after: u64, shared: bool, buffered: bool) -> Vec<Rule> {
 /// never finish).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_cut_every_mebibyte_finishes_in_chunks() {
-    let work = tempfile::tempdir().unwrap();
-    let (bundle, digest, layer) = big_bundle(work.path(), BIG).await;
-    let dst = TestRegistry::start();
-    let proxy = Proxy::start(&dst.host, cut_rules(1000 << 10, false, false)).await;
+    let bed = UploadBed::start(|_| cut_rules(1000 << 10, false, false)).await;
     let started = Instant::now();
-    let (code, err) = import_to(&bundle, &proxy.host, &[]).await;
+    let (code, err) = bed.import(&[]).await;
     assert_eq!(code, 0, "{err}");
     assert!(started.elapsed() < Duration::from_secs(20));
-    assert_resent_less_than_once(&proxy);
-    assert_big_image(&dst, &digest, &layer).await;
+    assert_resent_less_than_once(&bed.proxy);
+    bed.assert_arrived().await;
 }
 
 /// Behind a front that buffers request bodies (nginx's default), a cut
@@ -162,11 +197,9 @@ async fn an_upload_cut_every_mebibyte_finishes_in_chunks() {
 /// registry reports, not from zero.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_upload_continues_from_the_registrys_offset() {
-    let work = tempfile::tempdir().unwrap();
-    let (bundle, digest, layer) = big_bundle(work.path(), BIG).await;
-    let dst = TestRegistry::start();
-    let proxy = Proxy::start(&dst.host, cut_rules(5 << 18, true, true)).await;
-    let (code, err) = import_to(&bundle, &proxy.host, &[]).await;
+    let bed = UploadBed::start(|_| cut_rules(5 << 18, true, true)).await;
+    let proxy = &bed.proxy;
+    let (code, err) = bed.import(&[]).await;
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("the registry holds"),
@@ -182,8 +215,8 @@ async fn a_cut_upload_continues_from_the_registrys_offset() {
         "PATCHes from later offsets: {:?}",
         proxy.ranges()
     );
-    assert_resent_less_than_once(&proxy);
-    assert_big_image(&dst, &digest, &layer).await;
+    assert_resent_less_than_once(proxy);
+    bed.assert_arrived().await;
 }
 
 /// An upload slower than the request timeout but faster than the low-speed
@@ -191,39 +224,32 @@ async fn a_cut_upload_continues_from_the_registrys_offset() {
 /// request timeout, in one attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_steady_upload_outlasts_the_request_timeout() {
-    let work = tempfile::tempdir().unwrap();
-    let (bundle, digest, layer) = big_bundle(work.path(), BIG).await;
-    let dst = TestRegistry::start();
-    let proxy = Proxy::start(
-        &dst.host,
+    let bed = UploadBed::start(|_| {
         vec![Rule {
             method: "PUT",
             path_contains: "/blobs/uploads/".into(),
             fault: Fault::SlowUpload(1 << 20),
             times: usize::MAX,
-        }],
-    )
+        }]
+    })
     .await;
     let started = Instant::now();
-    let (code, err) = import_to(
-        &bundle,
-        &proxy.host,
-        &[
+    let (code, err) = bed
+        .import(&[
             "--request-timeout",
             "2",
             "--low-speed-limit",
             "65536",
             "--low-speed-time",
             "2",
-        ],
-    )
-    .await;
+        ])
+        .await;
     let took = started.elapsed();
-    eprintln!("took {took:?}, {} bytes went up", proxy.uploaded());
+    eprintln!("took {took:?}, {} bytes went up", bed.proxy.uploaded());
     assert_eq!(code, 0, "{err}");
     assert!(took > Duration::from_secs(3), "took {took:?}: {err}");
     assert!(!err.contains("retrying"), "{err}");
-    assert_big_image(&dst, &digest, &layer).await;
+    bed.assert_arrived().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,33 +465,26 @@ fn a_password_on_stdin_with_a_bundle_on_stdin_is_refused() {
 /// a wait of minutes; the retry gets the layer through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_is_cut_and_retried() {
-    let work = tempfile::tempdir().unwrap();
-    let (bundle, digest, layer) = big_bundle(work.path(), BIG).await;
-    let dst = TestRegistry::start();
-    let proxy = Proxy::start(
-        &dst.host,
+    let bed = UploadBed::start(|layer| {
         vec![Rule {
             // The layer's (its closing PUT names its digest), not the config's.
             method: "PUT",
             path_contains: layer.digest.hex(),
             fault: Fault::StallUpload { after: 1 << 20 },
             times: 1,
-        }],
-    )
+        }]
+    })
     .await;
     let started = Instant::now();
-    let (code, err) = import_to(
-        &bundle,
-        &proxy.host,
-        &["--low-speed-limit", "65536", "--low-speed-time", "2"],
-    )
-    .await;
+    let (code, err) = bed
+        .import(&["--low-speed-limit", "65536", "--low-speed-time", "2"])
+        .await;
     let took = started.elapsed();
-    eprintln!("took {took:?}, {} bytes went up", proxy.uploaded());
+    eprintln!("took {took:?}, {} bytes went up", bed.proxy.uploaded());
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("stalled"), "{err}");
     assert!(took < Duration::from_secs(12), "took {took:?}");
-    assert_big_image(&dst, &digest, &layer).await;
+    bed.assert_arrived().await;
 }
 
 /// A registry's error message is shown whole (a full disk is named at the
