@@ -1093,8 +1093,18 @@ async fn read_back(
     skip_tags: &HashSet<(String, String)>,
     graph: &Graph,
 ) -> Result<()> {
-    // Every blob where the plan put it, with its size: a registry that
-    // answered 201 to an upload without storing it is caught here.
+    // Both read only: at once (a missing blob is the error named first).
+    let (blobs, manifests) = futures_util::join!(
+        read_back_blobs(reg, plan, graph),
+        read_back_manifests(reg, plan, skip_tags)
+    );
+    blobs?;
+    manifests
+}
+
+/// Every blob where the plan put it, with its size: a registry that
+/// answered 201 to an upload without storing it is caught here.
+async fn read_back_blobs(reg: &Registry, plan: &Plan, graph: &Graph) -> Result<()> {
     let pairs = blob_pairs(graph, plan);
     let have = held(reg, pairs.clone(), MANIFEST_REQUESTS).await?;
     let missing: Vec<String> = pairs
@@ -1108,6 +1118,15 @@ async fn read_back(
             missing.join(", ")
         )));
     }
+    Ok(())
+}
+
+/// Every manifest by digest, and every tag set, reads back as pushed.
+async fn read_back_manifests(
+    reg: &Registry,
+    plan: &Plan,
+    skip_tags: &HashSet<(String, String)>,
+) -> Result<()> {
     let mut reads = Vec::new();
     for p in &plan.images {
         for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
