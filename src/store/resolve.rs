@@ -16,7 +16,7 @@ use crate::registry::RegistryError;
 use crate::selection::ImageSelection;
 use crate::store::discover::{Discovery, MAX_DEPTH};
 use crate::version::Version;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use std::collections::HashSet;
 
 /// One image resolved at its source, with everything it needs.
@@ -354,9 +354,12 @@ async fn walk_root(
         .iter()
         .map(|r| store.get_manifest(repo, r))
         .collect();
-    let fetched: Vec<_> = futures_util::stream::iter(asks).buffered(8).collect().await;
+    // In order, stopping at the first failure (no further requests).
+    let fetched: Vec<_> = futures_util::stream::iter(asks)
+        .buffered(8)
+        .try_collect()
+        .await?;
     for (child, m) in selected.iter().zip(fetched) {
-        let m = m?;
         if m.digest != child.digest {
             return Err(Error::Registry(RegistryError::DigestMismatch {
                 what: what(&child.digest),
