@@ -45,6 +45,18 @@ pub struct Discovery<'a> {
 /// Requests a prefetch keeps in flight.
 const PREFETCH: usize = 8;
 
+/// Run `asks` [`PREFETCH`] at a time; the answers that came back (a
+/// failure is left for the walk to meet again, where it is reported).
+async fn answered<K, V, E>(
+    asks: Vec<impl std::future::Future<Output = (K, Result<V, E>)>>,
+) -> Vec<(K, V)> {
+    futures_util::stream::iter(asks)
+        .buffer_unordered(PREFETCH)
+        .filter_map(|(k, r)| async move { r.ok().map(|v| (k, v)) })
+        .collect()
+        .await
+}
+
 /// The media type of a manifest the client refused for its type alone:
 /// such an artifact is skipped; every other error stays fatal.
 fn refused_media_type(e: &RegistryError) -> Option<&str> {
@@ -94,15 +106,7 @@ impl<'a> Discovery<'a> {
                 (t, m)
             })
             .collect();
-        let manifests: Vec<_> = futures_util::stream::iter(asks)
-            .buffer_unordered(PREFETCH)
-            .collect()
-            .await;
-        for (t, m) in manifests {
-            if let Ok(m) = m {
-                self.manifests.insert(t, m);
-            }
-        }
+        self.manifests.extend(answered(asks).await);
         let asks: Vec<_> = subjects
             .iter()
             .cloned()
@@ -111,15 +115,7 @@ impl<'a> Discovery<'a> {
                 (s, r)
             })
             .collect();
-        let referrers: Vec<_> = futures_util::stream::iter(asks)
-            .buffer_unordered(PREFETCH)
-            .collect()
-            .await;
-        for (s, r) in referrers {
-            if let Ok(r) = r {
-                self.referrers.insert(s, r);
-            }
-        }
+        self.referrers.extend(answered(asks).await);
     }
 
     async fn get_manifest(&mut self, reference: &str) -> Result<RawManifest, RegistryError> {

@@ -629,12 +629,9 @@ async fn preflight(
     let tags = planned_tags(plan);
     let asks: Vec<_> = tags
         .iter()
-        .map(|t| reg.head_manifest(&t.repo, &t.tag))
+        .map(|t| async { Ok(reg.head_manifest(&t.repo, &t.tag).await?) })
         .collect();
-    let existing: Vec<Option<Digest>> = futures_util::stream::iter(asks)
-        .buffered(MANIFEST_REQUESTS)
-        .try_collect()
-        .await?;
+    let existing: Vec<Option<Digest>> = all_small(asks).await?;
     for (t, existing) in tags.into_iter().zip(existing) {
         let Some(existing) = existing else {
             continue;
@@ -1002,6 +999,17 @@ async fn push_one(reg: &Registry, repo: &str, m: &ManifestPush, graph: &Graph) -
 /// the read-back: each is small, so their round trips are what costs.
 const MANIFEST_REQUESTS: usize = 8;
 
+/// Run `asks` (small registry requests) [`MANIFEST_REQUESTS`] at a time;
+/// their results in order, or the first error. The futures are made by the
+/// caller, not in a stream's closure over borrowed data, which would make
+/// the future not provably Send.
+async fn all_small<T>(asks: Vec<impl std::future::Future<Output = Result<T>>>) -> Result<Vec<T>> {
+    futures_util::stream::iter(asks)
+        .buffered(MANIFEST_REQUESTS)
+        .try_collect()
+        .await
+}
+
 /// Platform manifests and indexes by digest first, tags only once all
 /// exist; then the artifacts the same way. Within a step the requests run
 /// concurrently; the steps stay in order (children before the indexes that
@@ -1033,10 +1041,7 @@ async fn push_manifests(
             let asks: Vec<_> = step
                 .map(|(repo, m)| push_one(reg, repo, m, graph))
                 .collect();
-            let present: Vec<bool> = futures_util::stream::iter(asks)
-                .buffer_unordered(MANIFEST_REQUESTS)
-                .try_collect()
-                .await?;
+            let present: Vec<bool> = all_small(asks).await?;
             for p in present {
                 if p {
                     report.manifests_present += 1;
@@ -1061,10 +1066,7 @@ async fn push_manifests(
             .into_iter()
             .map(|(repo, tag, m)| set_tag(reg, repo, tag, m, graph))
             .collect();
-        futures_util::stream::iter(asks)
-            .buffer_unordered(MANIFEST_REQUESTS)
-            .try_collect::<Vec<()>>()
-            .await?;
+        all_small(asks).await?;
     }
     Ok(())
 }
@@ -1152,10 +1154,7 @@ async fn read_back_manifests(
             Ok(())
         })
         .collect();
-    futures_util::stream::iter(asks)
-        .buffer_unordered(MANIFEST_REQUESTS)
-        .try_collect::<Vec<()>>()
-        .await?;
+    all_small(asks).await?;
     Ok(())
 }
 

@@ -418,7 +418,8 @@ async fn resolve_root(
     }
 
     let mut discovery = Discovery::new(store, repo, tags);
-    // The subjects the walk below starts from, as it picks them.
+    // The subjects whose artifacts are carried, in the order they are
+    // walked: asked about all at once first, then walked.
     let mut subjects = Vec::new();
     if source_digest != root.digest {
         subjects.push(source_digest.clone());
@@ -432,16 +433,8 @@ async fn resolve_root(
         }
     }
     discovery.prefetch(&subjects).await;
-    if source_digest != root.digest {
-        discovery.discover(&source_digest, MAX_DEPTH).await?;
-    }
-    if platform_of.is_none() {
-        discovery.discover(&root.digest, MAX_DEPTH).await?;
-    }
-    for p in &platforms {
-        if p.digest != root.digest && p.digest != source_digest {
-            discovery.discover(&p.digest, MAX_DEPTH).await?;
-        }
+    for s in &subjects {
+        discovery.discover(s, MAX_DEPTH).await?;
     }
     let skipped = std::mem::take(&mut discovery.skipped);
     let mut artifacts: Vec<Artifact> = Vec::new();
