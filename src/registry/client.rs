@@ -158,7 +158,14 @@ pub struct Registry {
     http: reqwest::Client,
     /// Blob upload sessions: no read timeout, which would count the whole
     /// upload of a body against it; [`Registry::send_body`] times those.
-    upload_http: reqwest::Client,
+    /// Built on the first upload: a client loads the system's CA roots,
+    /// which an export (no uploads) need not pay for twice.
+    upload_http: std::sync::OnceLock<reqwest::Client>,
+    recipe: ClientRecipe,
+    /// Data the link does not acknowledge for this long: the kernel cuts
+    /// an upload's connection (the tail of a body, once sent, is otherwise
+    /// out of sight).
+    upload_unacked: Duration,
     request_timeout: Duration,
     credential: Option<Credential>,
     challenge: Mutex<Option<Challenge>>,
@@ -167,6 +174,49 @@ pub struct Registry {
     chunk_size: Option<usize>,
     low_speed: LowSpeed,
     events: crate::progress::EventsHandle,
+}
+
+/// What every HTTP client of one registry is built from.
+struct ClientRecipe {
+    host: String,
+    extra: Vec<reqwest::Certificate>,
+    identity: Option<reqwest::Identity>,
+    insecure: bool,
+}
+
+impl ClientRecipe {
+    fn build(
+        &self,
+        read_timeout: Option<Duration>,
+        unacked: Option<Duration>,
+    ) -> Result<reqwest::Client, RegistryError> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(16);
+        if let Some(t) = read_timeout {
+            builder = builder.read_timeout(t);
+        }
+        #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
+        if let Some(t) = unacked {
+            builder = builder.tcp_user_timeout(t);
+        }
+        #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
+        let _ = unacked;
+        if let Some(id) = &self.identity {
+            builder = builder.identity(id.clone());
+        }
+        if !self.extra.is_empty() {
+            builder = builder.tls_certs_merge(self.extra.clone());
+        }
+        if self.insecure {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        builder.build().map_err(|e| RegistryError::Tls {
+            host: self.host.clone(),
+            detail: error_chain(&e),
+        })
+    }
 }
 
 /// `host[:port]` names this machine: `localhost`, or a loopback address
@@ -598,42 +648,13 @@ impl Registry {
             .collect();
         let (cas, identity) = read_cert_dirs(host, &dirs)?;
         extra.extend(cas);
-        let build = |read_timeout: Option<Duration>, unacked: Option<Duration>| {
-            let mut builder = reqwest::Client::builder()
-                .user_agent(concat!("airlock/", env!("CARGO_PKG_VERSION")))
-                .connect_timeout(Duration::from_secs(20))
-                .pool_max_idle_per_host(16);
-            if let Some(t) = read_timeout {
-                builder = builder.read_timeout(t);
-            }
-            #[cfg(any(target_os = "android", target_os = "fuchsia", target_os = "linux"))]
-            if let Some(t) = unacked {
-                builder = builder.tcp_user_timeout(t);
-            }
-            #[cfg(not(any(target_os = "android", target_os = "fuchsia", target_os = "linux")))]
-            let _ = unacked;
-            if let Some(id) = &identity {
-                builder = builder.identity(id.clone());
-            }
-            if !extra.is_empty() {
-                builder = builder.tls_certs_merge(extra.clone());
-            }
-            if insecure {
-                builder = builder.danger_accept_invalid_certs(true);
-            }
-            builder.build().map_err(|e| RegistryError::Tls {
-                host: host.to_string(),
-                detail: error_chain(&e),
-            })
+        let recipe = ClientRecipe {
+            host: host.to_string(),
+            extra,
+            identity,
+            insecure,
         };
-        let http = build(Some(request_timeout), None)?;
-        // Data the link does not acknowledge for the low-speed window: the
-        // kernel cuts the connection (the tail of a body, once sent, is
-        // otherwise out of sight).
-        let upload_http = build(
-            None,
-            Some(config.low_speed.window.max(Duration::from_secs(1))),
-        )?;
+        let http = recipe.build(Some(request_timeout), None)?;
         let api_host = if host == crate::reference::DOCKER_HUB {
             "registry-1.docker.io"
         } else {
@@ -648,7 +669,9 @@ impl Registry {
             host: host.to_string(),
             base: https,
             http,
-            upload_http,
+            upload_http: std::sync::OnceLock::new(),
+            recipe,
+            upload_unacked: config.low_speed.window.max(Duration::from_secs(1)),
             request_timeout,
             credential: config.credentials.lookup(host)?,
             challenge: Mutex::new(None),
@@ -681,6 +704,18 @@ impl Registry {
 
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The client for blob upload sessions (see `upload_http`).
+    fn uploads(&self) -> Result<&reqwest::Client, Attempt> {
+        if let Some(c) = self.upload_http.get() {
+            return Ok(c);
+        }
+        let built = self
+            .recipe
+            .build(None, Some(self.upload_unacked))
+            .map_err(Attempt::Fatal)?;
+        Ok(self.upload_http.get_or_init(|| built))
     }
 
     /// What an error answer says ([`error_text`]), with our credentials
@@ -1761,7 +1796,7 @@ impl Registry {
                 .append_pair("from", from);
         }
         let resp = self
-            .send_once_on(&self.upload_http, &scopes, what, &|c| {
+            .send_once_on(self.uploads()?, &scopes, what, &|c| {
                 c.post(start.clone()).header(CONTENT_LENGTH, 0)
             })
             .await?;
@@ -1851,7 +1886,7 @@ impl Registry {
         what: &str,
     ) -> Result<SessionState, Attempt> {
         let resp = self
-            .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
+            .send_once_on(self.uploads()?, &[scope_push(repo)], what, &|c| {
                 c.get(location.clone())
             })
             .await?;
@@ -1880,9 +1915,9 @@ impl Registry {
 
     /// Free the session the registry holds for us (best effort).
     async fn cancel_upload(&self, repo: &str, job: &mut BlobUpload, what: &str) {
-        if let Some(loc) = job.session.take() {
+        if let (Some(loc), Ok(client)) = (job.session.take(), self.uploads()) {
             let _ = self
-                .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
+                .send_once_on(client, &[scope_push(repo)], what, &|c| {
                     c.delete(loc.clone())
                 })
                 .await;
@@ -2118,7 +2153,7 @@ impl Registry {
         let mut url = location.clone();
         url.query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
-        let req = self.upload_http.put(url);
+        let req = self.uploads()?.put(url);
         let resp = self.send_body(repo, req, body, desc.size, what).await?;
         self.finish_upload(resp, desc, what).await
     }
@@ -2147,7 +2182,7 @@ impl Registry {
             let n = job.chunking.size.min(desc.size - job.offset);
             let end = job.offset + n - 1;
             let req = self
-                .upload_http
+                .uploads()?
                 .patch(location)
                 .header("content-range", format!("{}-{end}", job.offset));
             let part = ChunkSource::take(body.clone(), n);
@@ -2230,7 +2265,7 @@ impl Registry {
         url.query_pairs_mut()
             .append_pair("digest", &desc.digest.to_string());
         let resp = self
-            .send_once_on(&self.upload_http, &[scope_push(repo)], what, &|c| {
+            .send_once_on(self.uploads()?, &[scope_push(repo)], what, &|c| {
                 c.put(url.clone()).header(CONTENT_LENGTH, 0)
             })
             .await?;
