@@ -389,49 +389,69 @@ async fn an_endless_tag_list_is_refused() {
     );
 }
 
-/// A registry that answers 201 to uploads and manifests without storing
-/// them is caught by the read-back, blob by blob.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_registry_that_drops_uploads_is_caught_by_the_read_back() {
+/// `airlock import` of one fixture image into a fresh registry behind a
+/// proxy with these rules: (exit code, stderr, the registry's tags).
+async fn import_through(rules: Vec<Rule>) -> (i32, String, Vec<String>) {
     let (src, images) = seeded_source().await;
     let work = tempfile::tempdir().unwrap();
     let bundle = work.path().join("r.tar.zst");
     cli_export(&src, &images[..1], &bundle);
     let dst = TestRegistry::start();
-    let proxy = Proxy::start(
-        &dst.host,
-        vec![
-            Rule {
-                method: "PUT",
-                path_contains: "/blobs/uploads/".into(),
-                fault: Fault::Status(201, None),
-                times: usize::MAX,
-            },
-            Rule {
-                method: "PUT",
-                path_contains: "/manifests/".into(),
-                fault: Fault::Status(201, None),
-                times: usize::MAX,
-            },
-        ],
-    )
-    .await;
-    let host = proxy.host.clone();
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        airlock(&[
-            "import",
-            bundle.to_str().unwrap(),
-            "--to",
-            &host,
-            "--retries",
-            "1",
-        ])
-    })
-    .await
-    .unwrap();
+    let proxy = Proxy::start(&dst.host, rules).await;
+    let (code, err) = import_to(&bundle, &proxy.host, &["--retries", "1"]).await;
+    (code, err, dst.all_tags().await)
+}
+
+fn blob_puts(fault: Fault) -> Vec<Rule> {
+    vec![Rule {
+        method: "PUT",
+        path_contains: "/blobs/uploads/".into(),
+        fault,
+        times: usize::MAX,
+    }]
+}
+
+/// A registry that answers "201 Created" to an upload it never stored (no
+/// digest in the answer) is caught as the upload ends (the blob is read
+/// back), before any manifest or tag refers to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_says_created_but_keeps_no_blob_is_caught() {
+    let (code, err, tags) = import_through(blob_puts(Fault::Created(None))).await;
     assert_ne!(code, 0);
     assert!(
-        err.contains("read-back") && err.contains("not there"),
+        err.contains("answered 201 but does not have the blob") && err.contains("sha256:"),
+        "{err}"
+    );
+    assert!(tags.is_empty(), "no tag reached the registry: {tags:?}");
+}
+
+/// A 201 naming another digest than the one uploaded is a refusal too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_answer_naming_another_digest_is_refused() {
+    let other = format!("sha256:{}", "ab".repeat(32));
+    let (code, err, tags) = import_through(blob_puts(Fault::Created(Some(other.clone())))).await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("digest mismatch") && err.contains(&other),
+        "{err}"
+    );
+    assert!(tags.is_empty(), "no tag reached the registry: {tags:?}");
+}
+
+/// A registry that answers 201 to manifests without storing them is caught
+/// by the read-back of every manifest and tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_that_drops_manifests_is_caught_by_the_read_back() {
+    let (code, err, _) = import_through(vec![Rule {
+        method: "PUT",
+        path_contains: "/manifests/".into(),
+        fault: Fault::Created(None),
+        times: usize::MAX,
+    }])
+    .await;
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("read-back after push failed") && err.contains("not found"),
         "{err}"
     );
 }

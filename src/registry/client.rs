@@ -1802,6 +1802,8 @@ impl Registry {
             .await?;
         let status = resp.status();
         if status == StatusCode::CREATED && mount_from.is_some() {
+            self.confirm_stored(repo, resp.headers(), desc, what)
+                .await?;
             return Ok(None);
         }
         if status != StatusCode::ACCEPTED {
@@ -1989,6 +1991,7 @@ impl Registry {
 
     async fn finish_upload(
         &self,
+        repo: &str,
         resp: Response,
         desc: &Descriptor,
         what: &str,
@@ -2012,16 +2015,41 @@ impl Registry {
                 body: self.excerpt(resp).await,
             }));
         }
-        if let Some(got) = content_digest(resp.headers()) {
-            if got != desc.digest {
-                return Err(Attempt::Fatal(RegistryError::DigestMismatch {
+        self.confirm_stored(repo, resp.headers(), desc, what).await
+    }
+
+    /// A 201 to an upload or a mount is confirmed when it names the
+    /// digest (the registry hashed what it received, or linked that
+    /// digest); one that does not is read back (HEAD, with the size). A
+    /// registry that says "created" without keeping the blob is caught
+    /// before anything refers to it, at no extra request where the answer
+    /// is complete (distribution, and most registries, name the digest).
+    async fn confirm_stored(
+        &self,
+        repo: &str,
+        headers: &HeaderMap,
+        desc: &Descriptor,
+        what: &str,
+    ) -> Result<(), Attempt> {
+        match content_digest(headers) {
+            Some(got) if got == desc.digest => Ok(()),
+            Some(got) => Err(Attempt::Fatal(RegistryError::DigestMismatch {
+                what: what.to_string(),
+                expected: desc.digest.clone(),
+                actual: got,
+            })),
+            None => match self.blob_exists(repo, desc).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Attempt::Fatal(RegistryError::Protocol {
                     what: what.to_string(),
-                    expected: desc.digest.clone(),
-                    actual: got,
-                }));
-            }
+                    detail: format!(
+                        "the registry answered 201 but does not have the blob (or not with its size {}); check its storage",
+                        desc.size
+                    ),
+                })),
+                Err(e) => Err(Attempt::Retry(e, None)),
+            },
         }
-        Ok(())
     }
 
     /// A request carrying (part of) a blob: no total timeout. While the
@@ -2155,7 +2183,7 @@ impl Registry {
             .append_pair("digest", &desc.digest.to_string());
         let req = self.uploads()?.put(url);
         let resp = self.send_body(repo, req, body, desc.size, what).await?;
-        self.finish_upload(resp, desc, what).await
+        self.finish_upload(repo, resp, desc, what).await
     }
 
     /// PATCH the blob from `job.offset` (where `body` starts) in chunks,
@@ -2269,7 +2297,7 @@ impl Registry {
                 c.put(url.clone()).header(CONTENT_LENGTH, 0)
             })
             .await?;
-        self.finish_upload(resp, desc, what).await
+        self.finish_upload(repo, resp, desc, what).await
     }
 }
 

@@ -500,6 +500,17 @@ struct Plan {
     blob_repos: BTreeMap<Digest, Vec<String>>,
 }
 
+/// What `prepare` found at the target, so that `commit` asks nothing twice.
+#[derive(Default)]
+struct Found {
+    /// Tags to leave as they are (`skip` rules).
+    skip_tags: HashSet<(String, String)>,
+    /// (repository, tag) pairs already pointing where the copy points them.
+    tags_there: HashSet<(String, String)>,
+    /// (repository, manifest) pairs the registry holds.
+    manifests_there: HashSet<(String, Digest)>,
+}
+
 /// Images pushed into a registry: the sink of `import` and `copy`.
 pub struct RegistrySink<'a> {
     registries: &'a Registries,
@@ -508,7 +519,7 @@ pub struct RegistrySink<'a> {
     on_existing_artifact: OnExistingArtifact,
     reg: Option<Arc<Registry>>,
     plan: Option<Plan>,
-    skip_tags: HashSet<(String, String)>,
+    found: Found,
     /// Artifact tags the preflight found to be merges, reported at commit.
     merges: Vec<ArtifactUpdate>,
     /// (blob, repository) pairs found at the registry by `prepare`.
@@ -526,7 +537,7 @@ impl<'a> RegistrySink<'a> {
             on_existing_artifact: OnExistingArtifact::default(),
             reg: None,
             plan: None,
-            skip_tags: HashSet::new(),
+            found: Found::default(),
             merges: Vec::new(),
             have: HashSet::new(),
             jobs: 6,
@@ -608,6 +619,8 @@ fn planned_tags(plan: &Plan) -> Vec<PlannedTag> {
 struct Preflight {
     skip: HashSet<(String, String)>,
     merges: Vec<ArtifactUpdate>,
+    /// Tags that already point to the digest the copy would set.
+    already: HashSet<(String, String)>,
 }
 
 /// Check every tag before the first byte is pushed: image tags against
@@ -637,6 +650,7 @@ async fn preflight(
             continue;
         };
         if existing == t.digest {
+            out.already.insert((t.repo, t.tag));
             continue;
         }
         let at = format!("{}/{}:{}", reg.host(), t.repo, t.tag);
@@ -762,6 +776,34 @@ async fn presence(
     Ok((have, everywhere))
 }
 
+/// The (repository, manifest) pairs the registry holds already.
+async fn manifest_presence(reg: &Registry, plan: &Plan) -> Result<HashSet<(String, Digest)>> {
+    let pairs: Vec<(&str, &Digest)> = plan
+        .images
+        .iter()
+        .flat_map(|p| {
+            p.graph
+                .manifests
+                .iter()
+                .chain(p.graph.artifacts.iter())
+                .map(move |m| (p.repo.as_str(), &m.digest))
+        })
+        .collect();
+    let asks: Vec<_> = pairs
+        .iter()
+        .map(|(repo, d)| async move {
+            Ok(reg.head_manifest(repo, &d.to_string()).await? == Some((*d).clone()))
+        })
+        .collect();
+    let there: Vec<bool> = all_small(asks).await?;
+    Ok(pairs
+        .into_iter()
+        .zip(there)
+        .filter(|(_, t)| *t)
+        .map(|((r, d), _)| (r.to_string(), d.clone()))
+        .collect())
+}
+
 /// An incremental bundle's external blobs: when every one is in some
 /// target repository that needs it, mount it into the others (the only
 /// writes before the first blob of the bundle, and only once nothing is
@@ -876,17 +918,25 @@ impl Sink for RegistrySink<'_> {
         Box::pin(async move {
             let plan = self.plan(graph)?;
             let reg = self.registries.get(&self.target.host).await?;
-            let decided = preflight(
-                &reg,
-                graph,
-                &plan,
-                self.on_existing_tag,
-                self.on_existing_artifact,
-            )
-            .await?;
-            self.skip_tags = decided.skip;
+            // All read only, so at once; the preflight's refusal still comes
+            // before the first write (the mounts below).
+            let (decided, (have, mut present), manifests_there) = futures_util::try_join!(
+                preflight(
+                    &reg,
+                    graph,
+                    &plan,
+                    self.on_existing_tag,
+                    self.on_existing_artifact,
+                ),
+                presence(&reg, graph, &plan, self.jobs),
+                manifest_presence(&reg, &plan),
+            )?;
             self.merges = decided.merges;
-            let (have, mut present) = presence(&reg, graph, &plan, self.jobs).await?;
+            self.found = Found {
+                skip_tags: decided.skip,
+                tags_there: decided.already,
+                manifests_there,
+            };
             mount_external(&reg, graph, &plan, &have, &mut present).await?;
             self.have = have;
             let unwanted = graph
@@ -962,12 +1012,14 @@ impl Sink for RegistrySink<'_> {
                 .take()
                 .ok_or_else(|| Error::Target("the registry sink was not prepared".into()))?;
             let mut report = SinkReport::default();
-            push_manifests(&reg, &plan, graph, &self.skip_tags, &mut report).await?;
+            push_manifests(&reg, &plan, graph, &self.found, &mut report).await?;
             for p in &plan.images {
                 report.tags_set +=
                     referrer_fallback_tags(&reg, &p.repo, &p.graph.entry, graph).await?;
             }
-            read_back(&reg, &plan, &self.skip_tags, graph).await?;
+            // Blobs: each upload or mount was confirmed as it finished
+            // (`Registry::confirm_stored`).
+            read_back_manifests(&reg, &plan, &self.found.skip_tags).await?;
             report.artifacts_updated = std::mem::take(&mut self.merges);
             report.destinations = plan
                 .images
@@ -982,12 +1034,19 @@ impl Sink for RegistrySink<'_> {
     }
 }
 
-async fn push_one(reg: &Registry, repo: &str, m: &ManifestPush, graph: &Graph) -> Result<bool> {
+/// Push manifest `m` into `repo` unless `prepare` found it there.
+async fn push_one(
+    reg: &Registry,
+    repo: &str,
+    m: &ManifestPush,
+    graph: &Graph,
+    there: &HashSet<(String, Digest)>,
+) -> Result<bool> {
     let raw = graph
         .manifests
         .get(&m.digest)
         .ok_or_else(|| Error::Target(format!("manifest {} is not in the graph", m.digest)))?;
-    let present = reg.head_manifest(repo, &m.digest.to_string()).await? == Some(m.digest.clone());
+    let present = there.contains(&(repo.to_string(), m.digest.clone()));
     if !present {
         reg.put_manifest(repo, &m.digest.to_string(), &raw.bytes, &m.media_type)
             .await?;
@@ -1018,7 +1077,7 @@ async fn push_manifests(
     reg: &Registry,
     plan: &Plan,
     graph: &Graph,
-    skip_tags: &HashSet<(String, String)>,
+    found: &Found,
     report: &mut SinkReport,
 ) -> Result<()> {
     for artifacts in [false, true] {
@@ -1039,7 +1098,7 @@ async fn push_manifests(
                 .iter()
                 .filter(|(_, m)| crate::oci::is_index_type(&m.media_type) == indexes);
             let asks: Vec<_> = step
-                .map(|(repo, m)| push_one(reg, repo, m, graph))
+                .map(|(repo, m)| push_one(reg, repo, m, graph, &found.manifests_there))
                 .collect();
             let present: Vec<bool> = all_small(asks).await?;
             for p in present {
@@ -1053,15 +1112,18 @@ async fn push_manifests(
         let mut tags = Vec::new();
         for (repo, m) in &all {
             let Some(tag) = &m.tag else { continue };
-            if skip_tags.contains(&(repo.to_string(), tag.clone())) {
+            let here = (repo.to_string(), tag.clone());
+            if found.skip_tags.contains(&here) {
                 report
                     .tags_skipped
                     .push(format!("{}/{repo}:{tag}", reg.host()));
                 continue;
             }
-            tags.push((*repo, tag.as_str(), *m));
+            report.tags_set += 1;
+            if !found.tags_there.contains(&here) {
+                tags.push((*repo, tag.as_str(), *m));
+            }
         }
-        report.tags_set += tags.len();
         let asks: Vec<_> = tags
             .into_iter()
             .map(|(repo, tag, m)| set_tag(reg, repo, tag, m, graph))
@@ -1071,7 +1133,7 @@ async fn push_manifests(
     Ok(())
 }
 
-/// Point `tag` at manifest `m` (already pushed), unless it already does.
+/// Point `tag` at manifest `m` (already pushed).
 async fn set_tag(
     reg: &Registry,
     repo: &str,
@@ -1079,47 +1141,12 @@ async fn set_tag(
     m: &ManifestPush,
     graph: &Graph,
 ) -> Result<()> {
-    if reg.head_manifest(repo, tag).await? != Some(m.digest.clone()) {
-        if let Some(raw) = graph.manifests.get(&m.digest) {
-            reg.put_manifest(repo, tag, &raw.bytes, &m.media_type)
-                .await?;
-        }
-    }
-    Ok(())
-}
-
-/// Read back every tag and manifest digest we are responsible for.
-async fn read_back(
-    reg: &Registry,
-    plan: &Plan,
-    skip_tags: &HashSet<(String, String)>,
-    graph: &Graph,
-) -> Result<()> {
-    // Both read only: at once (a missing blob is the error named first).
-    let (blobs, manifests) = futures_util::join!(
-        read_back_blobs(reg, plan, graph),
-        read_back_manifests(reg, plan, skip_tags)
-    );
-    blobs?;
-    manifests
-}
-
-/// Every blob where the plan put it, with its size: a registry that
-/// answered 201 to an upload without storing it is caught here.
-async fn read_back_blobs(reg: &Registry, plan: &Plan, graph: &Graph) -> Result<()> {
-    let pairs = blob_pairs(graph, plan);
-    let have = held(reg, pairs.clone(), MANIFEST_REQUESTS).await?;
-    let missing: Vec<String> = pairs
-        .into_iter()
-        .filter(|(d, r, _)| !have.contains(&(d.clone(), r.clone())))
-        .map(|(d, r, _)| format!("{}/{r}@{d}", reg.host()))
-        .collect();
-    if !missing.is_empty() {
-        return Err(Error::ReadBack(format!(
-            "blobs the registry accepted are not there (or not with their size): {}",
-            missing.join(", ")
-        )));
-    }
+    let raw = graph
+        .manifests
+        .get(&m.digest)
+        .ok_or_else(|| Error::Target(format!("manifest {} is not in the graph", m.digest)))?;
+    reg.put_manifest(repo, tag, &raw.bytes, &m.media_type)
+        .await?;
     Ok(())
 }
 
@@ -1129,21 +1156,29 @@ async fn read_back_manifests(
     plan: &Plan,
     skip_tags: &HashSet<(String, String)>,
 ) -> Result<()> {
+    // A tag is read back by its name: the bytes it answers with hash to
+    // the manifest's digest, which proves the manifest too (one GET, not
+    // two: the registry's CPU is an import's limit).
     let mut reads = Vec::new();
+    let mut asked = HashSet::new();
     for p in &plan.images {
         for m in p.graph.manifests.iter().chain(p.graph.artifacts.iter()) {
-            reads.push((p.repo.as_str(), m.digest.to_string(), &m.digest));
-            if let Some(t) = &m.tag {
-                if !skip_tags.contains(&(p.repo.clone(), t.clone())) {
-                    reads.push((p.repo.as_str(), t.clone(), &m.digest));
-                }
+            let reference = match &m.tag {
+                Some(t) if !skip_tags.contains(&(p.repo.clone(), t.clone())) => t.clone(),
+                _ => m.digest.to_string(),
+            };
+            if asked.insert((p.repo.as_str(), reference.clone())) {
+                reads.push((p.repo.as_str(), reference, &m.digest));
             }
         }
     }
     let asks: Vec<_> = reads
         .into_iter()
         .map(|(repo, r, expected)| async move {
-            let got = reg.get_manifest(repo, &r).await?;
+            let got = reg
+                .get_manifest(repo, &r)
+                .await
+                .map_err(|e| Error::ReadBack(format!("{}/{repo}:{r}: {e}", reg.host())))?;
             if &got.digest != expected {
                 return Err(Error::ReadBack(format!(
                     "{}/{repo}:{r} reads back as {}, expected {expected}",

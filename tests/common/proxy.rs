@@ -53,6 +53,10 @@ pub enum Fault {
     StallUpload {
         after: u64,
     },
+    /// The request's body read whole, then "201 Created" (naming this
+    /// digest, or none) in place of the registry's answer, which never
+    /// sees the request: a registry that says "created" and keeps nothing.
+    Created(Option<String>),
 }
 
 #[derive(Clone, Debug)]
@@ -320,6 +324,24 @@ async fn handle(
             let resp = format!(
                 "HTTP/1.1 {code} Injected\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
+            );
+            client.write_all(resp.as_bytes()).await?;
+            let _ = client.shutdown().await;
+            return Ok(());
+        }
+        Some(Fault::Created(ref digest)) => {
+            let text = String::from_utf8_lossy(&head).into_owned();
+            let len: u64 = header(&text, "content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let unread = len.saturating_sub(rest.len() as u64);
+            tokio::io::copy(&mut (&mut client).take(unread), &mut tokio::io::sink()).await?;
+            let named = digest
+                .as_ref()
+                .map(|d| format!("Docker-Content-Digest: {d}\r\n"))
+                .unwrap_or_default();
+            let resp = format!(
+                "HTTP/1.1 201 Created\r\n{named}Content-Length: 0\r\nConnection: close\r\n\r\n"
             );
             client.write_all(resp.as_bytes()).await?;
             let _ = client.shutdown().await;
