@@ -10,7 +10,7 @@
 
 use super::reader::{read_stream, read_whole, StreamEvent};
 use super::{BundleError, BundleIndex, Member, MemberKind, SeekableBundle};
-use crate::body::{Blob, InMemory, OpenBlob, Spooled, Verified};
+use crate::body::{Blob, InMemory, OpenBlob, SpoolPool, Spooled, Verified};
 use crate::digest::{Digest, HashingReader};
 use crate::error::{Error, Result};
 use crate::graph::{BlobClass, BlobInfo, Graph};
@@ -398,6 +398,8 @@ struct StreamReader {
     graph_sent: bool,
     pending: Option<(Digest, oneshot::Sender<Result<Blob>>)>,
     finish: Option<oneshot::Sender<Result<Option<Digest>>>>,
+    /// Spool files, reused once the blob they held is gone.
+    spools: Arc<SpoolPool>,
 }
 
 impl StreamReader {
@@ -415,6 +417,7 @@ impl StreamReader {
             graph_sent: false,
             pending: None,
             finish: None,
+            spools: SpoolPool::new(std::env::temp_dir()),
         }
     }
 
@@ -553,10 +556,11 @@ impl StreamReader {
             path: std::env::temp_dir().display().to_string(),
             source,
         };
-        // Each spool file lives as long as the blob handed out (a writer may
-        // read it after this reader has finished), in the system temp dir.
-        let dir = std::env::temp_dir();
-        let mut s = Spooled::create_in(&dir, &member.digest, member.size).map_err(io_err)?;
+        // Each spool file lives as long as the blob handed out and its
+        // readers (a writer may read it after this reader has finished), in
+        // the system temp dir; then it serves a later blob.
+        let mut s =
+            Spooled::from_pool(&self.spools, &member.digest, member.size).map_err(io_err)?;
         // `data` is the walk's verifying reader: one hash per byte, there.
         s.fill_from_verifying(data)
             .map_err(|e| super::member_error(&self.name, member, e))?;
