@@ -419,7 +419,7 @@ mod tests {
         let long = vec![7u8; 100_000];
         let first = spool(&pool, &long);
         let first_path = file_of(&first);
-        let mut open_reader = first.open().unwrap();
+        let open_reader = first.open().unwrap();
         drop(first);
         let second = spool(&pool, b"short");
         assert_ne!(file_of(&second), first_path, "still read: not reused");
