@@ -149,7 +149,7 @@ impl BlobCache {
     pub fn recover(&self, digest: &Digest, size: u64, data: &mut dyn Read) -> Result<bool> {
         let mut tmp = self.temp_file(digest)?;
         let name = tmp.path().display().to_string();
-        let copied = io::copy(data, tmp.as_file_mut());
+        let copied = crate::body::copy_to_file(data, tmp.as_file_mut());
         match copied {
             Ok(n) if n == size => {}
             _ => return Ok(false),

@@ -294,7 +294,8 @@ async fn verify_some_volumes(
         let p = path.clone();
         let (digest, counts) = tokio::task::spawn_blocking(move || -> Result<_> {
             let f = std::fs::File::open(&p).map_err(Error::io(p.display()))?;
-            let mut hashing = crate::digest::HashingReader::new(std::io::BufReader::new(f));
+            let mut hashing =
+                crate::digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
             let (_, _, _, counts) =
                 crate::bundle::read_one_volume(&mut hashing, &p.display().to_string())?;
             std::io::copy(&mut hashing, &mut std::io::sink()).map_err(Error::io(p.display()))?;

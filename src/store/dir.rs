@@ -274,7 +274,7 @@ impl LayoutReader {
     ) -> std::result::Result<(), LayoutError> {
         let mut r = self.verified_blob(&desc.digest, desc.size)?;
         out.set_len(0).map_err(io_err(&self.dir))?;
-        let copied = std::io::copy(&mut r, out);
+        let copied = crate::body::copy_to_file(&mut r, &mut *out);
         if let Err(e) = copied {
             let _ = out.set_len(0);
             return Err(if crate::digest::is_integrity_error(&e) {
@@ -458,7 +458,7 @@ fn store_blob(blobs: &Path, digest: &Digest, mut data: impl Read) -> Result<()> 
         .prefix(".tmp-")
         .tempfile_in(blobs)
         .map_err(Error::io(blobs.display()))?;
-    std::io::copy(&mut data, tmp.as_file_mut()).map_err(|e| {
+    crate::body::copy_to_file(&mut data, tmp.as_file_mut()).map_err(|e| {
         if crate::digest::is_integrity_error(&e) {
             Error::Refused(format!("{e}; not written to {}", blobs.display()))
         } else {
