@@ -4,6 +4,9 @@
 # multi-arch signed image set).
 #
 #   scripts/bench.sh [SCALE] [RUNS]     SCALE 1 ~ 200 MB of blobs, 5 ~ 1 GB
+#   scripts/bench.sh both [RUNS]        scales 1 and 5, then the README's
+#                                       tables rewritten from both summaries
+#                                       (scripts/bench-readme.py)
 #
 # One run measures, each RUNS times under /usr/bin/time -v (medians):
 #   skopeo pipeline: export (skopeo copy to a layout + tar | zstd) and import
@@ -18,6 +21,11 @@
 #   SKIP_BASELINE=1 reuses the skopeo and limit runs already in that directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [[ ${1:-} == both ]]; then
+  "$0" 1 "${2:-3}"
+  "$0" 5 "${2:-3}"
+  exec python3 scripts/bench-readme.py README.md target/bench
+fi
 source scripts/setup.sh
 SCALE=${1:-1}
 RUNS=${2:-3}
