@@ -307,9 +307,11 @@ impl BundleSink {
 }
 
 /// A file whose written bytes go to the disk while the export runs: every
-/// 64 MiB a background thread runs `fdatasync` on it (coalesced; the writer
-/// never waits for it), so that the fsync before the rename finds little
-/// left to do instead of a whole bundle of dirty pages.
+/// 4 MiB a background thread runs `fdatasync` on it (coalesced; the writer
+/// never waits for it), so that the fsync before the rename finds at most
+/// a few MiB left to do instead of a whole bundle of dirty pages. Measured
+/// (interleaved, ext4): a 196 MB export 0.44 -> 0.41 s against every 64 MiB,
+/// the same at 1 GB; 1 MiB no better.
 struct EarlyWriteback {
     file: std::fs::File,
     since_sync: u64,
@@ -317,7 +319,7 @@ struct EarlyWriteback {
 }
 
 impl EarlyWriteback {
-    const STEP: u64 = 64 << 20;
+    const STEP: u64 = 4 << 20;
 
     fn new(file: std::fs::File) -> Self {
         let syncs = file.try_clone().ok().map(|f| {
