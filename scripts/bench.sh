@@ -41,10 +41,13 @@ mkdir -p "$RES" "$WORK"
 cargo build --release --quiet
 AIRLOCK=$PWD/target/release/airlock
 
+# Runs of an earlier invocation (perhaps with more RUNS) must not count.
 if [[ ${SKIP_BASELINE:-0} == 1 && -f $RES/export-1.time && -f $RES/limit-http-put-p4-1.time ]]; then
   echo "== skopeo baseline and limits: reusing $RES (SKIP_BASELINE=1)"
+  rm -f "$RES"/airlock-*
 else
   echo "== skopeo baseline and machine limits (scale $SCALE, $RUNS runs)"
+  rm -rf "$RES" && mkdir -p "$RES"
   RESULTS=$RES "$BENCH/run-baseline.sh" -s "$SCALE" -n "$RUNS" -m export,import,limits >/dev/null
 fi
 
