@@ -425,6 +425,57 @@ async fn a_registry_that_says_created_but_keeps_no_blob_is_caught() {
     assert!(tags.is_empty(), "no tag reached the registry: {tags:?}");
 }
 
+/// Reads of the registry (HEAD, GET) that were asked more than once.
+fn asked_twice(proxy: &Proxy) -> Vec<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for r in proxy.requests() {
+        if r.starts_with("HEAD ") || r.starts_with("GET ") {
+            *seen.entry(r).or_default() += 1;
+        }
+    }
+    let mut twice: Vec<String> = seen
+        .into_iter()
+        .filter(|(r, n)| *n > 1 && r != "GET /v2/")
+        .map(|(r, n)| format!("{n}× {r}"))
+        .collect();
+    twice.sort();
+    twice
+}
+
+/// The destination registry's CPU is an import's limit, so an import asks
+/// each question once: every tag, manifest and blob is HEADed once, nothing
+/// written is asked about again but through the read-back of manifests and
+/// tags, and a second import of the same bundle writes nothing at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_asks_each_question_once() {
+    let (src, images) = seeded_source().await;
+    let work = tempfile::tempdir().unwrap();
+    let bundle = work.path().join("r.tar.zst");
+    cli_export(&src, &images[..1], &bundle);
+    let dst = TestRegistry::start();
+    let proxy = Proxy::start(&dst.host, vec![]).await;
+    let (code, err) = import_to(&bundle, &proxy.host, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(asked_twice(&proxy), Vec::<String>::new(), "first import");
+    assert!(
+        proxy.count("PUT", "/blobs/uploads/") > 0,
+        "blobs were uploaded"
+    );
+    let first = proxy.requests().len();
+    let (code, err) = import_to(&bundle, &proxy.host, &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let again: Vec<String> = proxy.requests()[first..].to_vec();
+    let writes: Vec<&String> = again
+        .iter()
+        .filter(|r| !r.starts_with("HEAD ") && !r.starts_with("GET "))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "a second import writes nothing: {writes:?}"
+    );
+    assert!(!dst.all_tags().await.is_empty());
+}
+
 /// A 201 naming another digest than the one uploaded is a refusal too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_created_answer_naming_another_digest_is_refused() {

@@ -143,6 +143,11 @@ impl Proxy {
             .count()
     }
 
+    /// Every request so far, as `METHOD path?query[ range=…]`.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
     pub fn set_rules(&self, rules: Vec<Rule>) {
         *self.rules.lock().unwrap() = rules;
     }
