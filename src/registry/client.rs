@@ -166,6 +166,10 @@ pub struct Registry {
     /// an upload's connection (the tail of a body, once sent, is otherwise
     /// out of sight).
     upload_unacked: Duration,
+    /// The registry answered a referrers request with 404 (or 405): it has
+    /// no referrers API (the spec forbids a 404 from one that has), so no
+    /// further subject is asked (one request per subject saved).
+    no_referrers_api: std::sync::atomic::AtomicBool,
     request_timeout: Duration,
     credential: Option<Credential>,
     challenge: Mutex<Option<Challenge>>,
@@ -672,6 +676,7 @@ impl Registry {
             upload_http: std::sync::OnceLock::new(),
             recipe,
             upload_unacked: config.low_speed.window.max(Duration::from_secs(1)),
+            no_referrers_api: std::sync::atomic::AtomicBool::new(false),
             request_timeout,
             credential: config.credentials.lookup(host)?,
             challenge: Mutex::new(None),
@@ -1395,6 +1400,10 @@ impl Registry {
         repo: &str,
         digest: &Digest,
     ) -> Result<Option<Vec<Descriptor>>, RegistryError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.no_referrers_api.load(Relaxed) {
+            return Ok(None);
+        }
         let what = format!("referrers of {}/{repo}@{digest}", self.host);
         let mut next = Some(self.url(&format!("v2/{repo}/referrers/{digest}")));
         let mut out = Vec::new();
@@ -1405,6 +1414,7 @@ impl Registry {
                 })
                 .await?;
             if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
+                self.no_referrers_api.store(true, Relaxed);
                 return Ok(None);
             }
             if !status.is_success() {
