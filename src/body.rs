@@ -207,15 +207,24 @@ fn new_spool_file(dir: &std::path::Path) -> io::Result<tempfile::NamedTempFile> 
 impl Spooled {
     /// A new spool file in `dir`, filled by the caller through [`Spooled::reopen_std`].
     pub fn create_in(dir: &std::path::Path, digest: &Digest, size: u64) -> io::Result<Spooled> {
-        Ok(Spooled {
+        Ok(Spooled::leased(new_spool_file(dir)?, None, digest, size))
+    }
+
+    fn leased(
+        file: tempfile::NamedTempFile,
+        pool: Option<Arc<SpoolPool>>,
+        digest: &Digest,
+        size: u64,
+    ) -> Spooled {
+        Spooled {
             lease: Arc::new(Lease {
-                file: Some(new_spool_file(dir)?),
-                pool: None,
+                file: Some(file),
+                pool,
             }),
             digest: digest.clone(),
             size,
             hashed_on_write: false,
-        })
+        }
     }
 
     /// A spool file from `pool` (a used one when there is one, written
@@ -226,15 +235,7 @@ impl Spooled {
             Some(f) => f,
             None => new_spool_file(&pool.dir)?,
         };
-        Ok(Spooled {
-            lease: Arc::new(Lease {
-                file: Some(file),
-                pool: Some(pool.clone()),
-            }),
-            digest: digest.clone(),
-            size,
-            hashed_on_write: false,
-        })
+        Ok(Spooled::leased(file, Some(pool.clone()), digest, size))
     }
 
     /// Fill the spool from a reader that verifies the blob itself (a
